@@ -1,0 +1,49 @@
+# Peak-Trade backup & recovery. Every target bootstraps .venv (pinned deps) on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CLI    := $(PY) src/infra/backup/__main__.py
+
+.PHONY: help backup backup-list restore restore-backup test lint typecheck bench venv clean
+
+help:
+	@echo "make backup | backup-list | restore | restore-backup BACKUP_ID=... | test | lint | bench"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "Python >= 3.10 is required (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+backup: $(STAMP)  ## Back up the configured sources into the repository (./backups by default)
+	$(CLI) create
+
+backup-list: $(STAMP)
+	$(CLI) list
+
+restore: $(STAMP)  ## Restore the newest good backup into ./restore/<id>/
+	$(CLI) restore
+
+restore-backup: $(STAMP)
+	@test -n "$(BACKUP_ID)" || { echo "usage: make restore-backup BACKUP_ID=<id>"; exit 2; }
+	$(CLI) restore $(BACKUP_ID)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

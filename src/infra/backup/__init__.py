@@ -1,0 +1,45 @@
+"""Peak-Trade backup and recovery: versioned, deduplicated, verified snapshots of bot state.
+
+The seed's API::
+
+    from src.infra.backup import BackupManager, BackupConfig, RecoveryManager, RecoveryError
+"""
+
+from src.infra.backup.config import BackupConfig, load_backup_config
+from src.infra.backup.errors import (
+    BackupError,
+    BackupNotFoundError,
+    ConfigError,
+    CorruptDataError,
+    FormatVersionError,
+    IntegrityError,
+    InvalidInputError,
+    RecoveryError,
+    RepositoryBusyError,
+    StorageError,
+    UnsupportedValueError,
+)
+from src.infra.backup.manager import BackupInfo, BackupManager, get_backup_manager
+from src.infra.backup.recovery import RecoveryManager, RestoreResult, get_recovery_manager
+
+__all__ = [
+    "BackupConfig",
+    "BackupError",
+    "BackupInfo",
+    "BackupManager",
+    "BackupNotFoundError",
+    "ConfigError",
+    "CorruptDataError",
+    "FormatVersionError",
+    "IntegrityError",
+    "InvalidInputError",
+    "RecoveryError",
+    "RecoveryManager",
+    "RepositoryBusyError",
+    "RestoreResult",
+    "StorageError",
+    "UnsupportedValueError",
+    "get_backup_manager",
+    "get_recovery_manager",
+    "load_backup_config",
+]

@@ -1,0 +1,125 @@
+"""Blobs: the stored form of a chunk.
+
+A chunk's id is the BLAKE3-256 hash of its plaintext (hex). Its stored form is an 8-byte header
+followed by the payload::
+
+    offset 0  4 bytes  magic b"PTCK"
+    offset 4  1 byte   blob format version (1)
+    offset 5  1 byte   codec: 0 none, 1 zstd, 2 gzip
+    offset 6  1 byte   flags: bit 0 = encrypted (not used by format 1 repositories)
+    offset 7  1 byte   reserved, 0
+    offset 8  ...      payload: the plaintext, compressed by the codec
+
+Reading a blob always decompresses (bounded by the expected size) and checks the hash against
+the id, so a flipped bit anywhere is an :class:`IntegrityError`, never wrong data.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from src.infra.backup.errors import CorruptDataError, InvalidInputError
+
+MAGIC = b"PTCK"
+BLOB_VERSION = 1
+HEADER_SIZE = 8
+CODECS = {"none": 0, "zstd": 1, "gzip": 2}
+_CODEC_NAMES = {number: name for name, number in CODECS.items()}
+DEFAULT_LEVELS = {"none": 0, "zstd": 3, "gzip": 6}
+
+
+def chunk_id(data: bytes | memoryview) -> str:
+    """The content address of ``data``: BLAKE3-256, lowercase hex."""
+    return blake3.blake3(data).hexdigest()
+
+
+def chunk_key(cid: str) -> str:
+    """The store key of a chunk id."""
+    return f"chunks/{cid[:2]}/{cid}"
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A codec name and level, e.g. ``zstd`` level 3."""
+
+    codec: str = "zstd"
+    level: int = DEFAULT_LEVELS["zstd"]
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise InvalidInputError(
+                f"unknown compression {self.codec!r}: expected one of {', '.join(CODECS)}"
+            )
+
+    @property
+    def label(self) -> str:
+        """``zstd-3``, ``gzip-6`` or ``none``."""
+        return "none" if self.codec == "none" else f"{self.codec}-{self.level}"
+
+
+class BlobCodec:
+    """Encodes chunks into blobs and back. Not thread-safe (holds a zstd context)."""
+
+    def __init__(self, compression: Compression | None = None) -> None:
+        self.compression = compression or Compression()
+        self._zstd = zstandard.ZstdCompressor(level=self.compression.level)
+        self._unzstd = zstandard.ZstdDecompressor()
+
+    def encode(self, plain: bytes | memoryview) -> bytes:
+        """Return the stored form of ``plain`` (uncompressed if compression would not help)."""
+        codec = self.compression.codec
+        if codec == "zstd":
+            payload = self._zstd.compress(plain)
+        elif codec == "gzip":
+            payload = _gzip_compress(plain, self.compression.level)
+        else:
+            payload = b""
+        if codec == "none" or len(payload) >= len(plain):
+            return _header(0) + bytes(plain)
+        return _header(CODECS[codec]) + payload
+
+    def decode(self, blob: bytes, expected_id: str, expected_size: int) -> bytes:
+        """Return the plaintext of ``blob``, verified against its id and size."""
+        if len(blob) < HEADER_SIZE or blob[:4] != MAGIC:
+            raise CorruptDataError(f"chunk {expected_id}: not a chunk (bad header)")
+        if blob[4] != BLOB_VERSION:
+            raise CorruptDataError(f"chunk {expected_id}: unknown blob version {blob[4]}")
+        if blob[6] != 0:
+            raise CorruptDataError(f"chunk {expected_id}: encrypted, but the repository is not")
+        codec = _CODEC_NAMES.get(blob[5])
+        payload = memoryview(blob)[HEADER_SIZE:]
+        try:
+            if codec == "none":
+                plain = bytes(payload)
+            elif codec == "zstd":
+                plain = self._unzstd.decompress(payload, max_output_size=expected_size)
+            elif codec == "gzip":
+                plain = _gzip_decompress(payload, expected_size)
+            else:
+                raise CorruptDataError(f"chunk {expected_id}: unknown codec {blob[5]}")
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise CorruptDataError(f"chunk {expected_id}: cannot decompress ({exc})") from exc
+        if len(plain) != expected_size or chunk_id(plain) != expected_id:
+            raise CorruptDataError(f"chunk {expected_id}: content does not match its checksum")
+        return plain
+
+
+def _header(codec: int) -> bytes:
+    return MAGIC + bytes((BLOB_VERSION, codec, 0, 0))
+
+
+def _gzip_compress(plain: bytes | memoryview, level: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return compressor.compress(plain) + compressor.flush()
+
+
+def _gzip_decompress(payload: memoryview, expected_size: int) -> bytes:
+    decompressor = zlib.decompressobj(31)
+    plain = decompressor.decompress(payload, expected_size + 1)
+    if not decompressor.eof:
+        raise CorruptDataError("gzip stream is truncated or longer than expected")
+    return plain

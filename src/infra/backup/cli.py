@@ -1,0 +1,381 @@
+"""The ``peak-backup`` command line: create, list, show, restore, delete, verify.
+
+Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 3 not found,
+4 integrity failure, 5 repository busy, 6 configuration error, 7 cancelled (no confirmation).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from src.infra.backup.config import load_backup_config
+from src.infra.backup.errors import BackupError, BackupNotFoundError, InvalidInputError
+from src.infra.backup.manager import BackupInfo, BackupManager
+from src.infra.backup.recovery import RecoveryManager
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INTEGRITY = 4
+EXIT_BUSY = 5
+EXIT_CONFIG = 6
+EXIT_CANCELLED = 7
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+class Context:
+    """Shared state of one invocation: the config file and the output mode."""
+
+    def __init__(self, config_path: str | None, as_json: bool) -> None:
+        self.config_path = config_path
+        self.as_json = as_json
+        self._manager: BackupManager | None = None
+
+    @property
+    def manager(self) -> BackupManager:
+        if self._manager is None:
+            self._manager = BackupManager(load_backup_config(self.config_path))
+        return self._manager
+
+    @property
+    def recovery(self) -> RecoveryManager:
+        return RecoveryManager(self.manager)
+
+
+def human_size(size: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def info_json(info: BackupInfo) -> dict[str, Any]:
+    """A backup's metadata for ``--json`` output."""
+    return {
+        "backup_id": info.backup_id,
+        "backup_type": info.backup_type,
+        "timestamp": info.timestamp.isoformat(),
+        "timestamp_utc": info.timestamp_utc.isoformat(),
+        "size_bytes": info.size_bytes,
+        "logical_bytes": info.logical_bytes,
+        "added_bytes": info.added_bytes,
+        "compressed": info.compressed,
+        "files": info.files,
+        "tags": info.tags,
+        "note": info.note,
+        "host": info.host,
+    }
+
+
+def emit_json(payload: Any) -> None:
+    """Print one JSON document on stdout."""
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def _json_option(func: _F) -> _F:
+    """``--json`` on every command (also accepted before the command name)."""
+
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
+
+    return click.option(
+        "--json", "as_json", is_flag=True, expose_value=False, callback=set_json,
+        is_eager=True, help="Print machine-readable JSON.",
+    )(func)
+
+
+@contextmanager
+def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress callback that shows a spinner with bytes done once work exceeds a second."""
+    started = time.monotonic()
+    done = 0
+    progress: Progress | None = None
+    task = None
+    show = not ctx.as_json and stderr.is_terminal
+
+    def update(amount: int) -> None:
+        nonlocal done, progress, task
+        done += amount
+        if not show:
+            return
+        if progress is None and time.monotonic() - started > 1.0:
+            progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                console=stderr, transient=True,
+            )
+            progress.start()
+            task = progress.add_task(description)
+        if progress is not None and task is not None:
+            progress.update(task, description=f"{description} ({human_size(done)})")
+
+    try:
+        yield update
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file (default: $PEAK_TRADE_CONFIG_PATH, ./config.toml, "
+                   "./config/config.toml).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+    """Peak-Trade backup and recovery."""
+    ctx.obj = Context(config_path, as_json)
+
+
+def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
+    tags = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--tag {item!r}: expected KEY=VALUE")
+        tags[key] = value
+    return tags
+
+
+@main.command()
+@click.option("--type", "backup_type", default="manual", show_default=True,
+              help="Backup type (e.g. manual, pre_trade, scheduled).")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Attach a tag (repeatable).")
+@click.option("--note", default=None, help="A free-text note.")
+@_json_option
+@click.pass_obj
+def create(ctx: Context, backup_type: str, tags: tuple[str, ...], note: str | None) -> None:
+    """Back up the configured sources ([backup] sources)."""
+    manager = ctx.manager
+    if not manager.config.sources:
+        raise InvalidInputError(
+            "nothing to back up: no [backup] sources are configured "
+            "(add e.g. sources = [\"config.toml\", \"live_runs/\"] to config.toml)"
+        )
+    with delayed_progress(ctx, "backing up") as progress:
+        backup_id = manager.create_backup(
+            None, backup_type, tags=_parse_tags(tags), note=note, include_files=True,
+            progress=progress,
+        )
+    info = manager.get_backup_info(backup_id)
+    if ctx.as_json:
+        emit_json(info_json(info))
+    else:
+        stdout.print(
+            f"Backup created: [bold]{backup_id}[/bold] ({len(info.files)} files, "
+            f"{human_size(info.logical_bytes)}, {human_size(info.added_bytes)} new)"
+        )
+
+
+@main.command(name="list")
+@click.option("--type", "backup_type", default=None, help="Only backups of this type.")
+@_json_option
+@click.pass_obj
+def list_command(ctx: Context, backup_type: str | None) -> None:
+    """List backups, newest first."""
+    backups = ctx.manager.list_backups(backup_type)
+    if ctx.as_json:
+        emit_json([info_json(info) for info in backups])
+        return
+    if not backups:
+        stdout.print(f"No backups in {ctx.manager.config.repository_path}")
+        return
+    table = Table(title=f"Backups in {ctx.manager.config.repository_path}")
+    for column, justify in (("ID", "left"), ("Type", "left"), ("Time (local)", "left"),
+                            ("Size", "right"), ("New", "right"), ("Entries", "right"),
+                            ("Tags", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for info in backups:
+        table.add_row(
+            info.backup_id, info.backup_type, f"{info.timestamp:%Y-%m-%d %H:%M:%S}",
+            human_size(info.size_bytes), human_size(info.added_bytes), str(len(info.files)),
+            ", ".join(f"{k}={v}" for k, v in info.tags.items()),
+        )
+    stdout.print(table)
+
+
+@main.command()
+@click.argument("backup_id")
+@_json_option
+@click.pass_obj
+def show(ctx: Context, backup_id: str) -> None:
+    """Show a backup's metadata and entries."""
+    manifest = ctx.manager.repository.read_manifest(backup_id)
+    info = BackupInfo.from_manifest(manifest)
+    entries = [
+        {"name": e.name, "kind": e.kind, "size": e.size, "path": e.path,
+         "mode": oct(e.mode) if e.mode is not None else None,
+         "mtime": datetime.fromtimestamp(e.mtime_ns / 1e9).isoformat() if e.mtime_ns else None}
+        for e in manifest.entries
+    ]
+    if ctx.as_json:
+        emit_json({**info_json(info), "parent": manifest.parent,
+                   "compression": manifest.compression, "entries": entries})
+        return
+    stdout.print(f"[bold]{info.backup_id}[/bold]  type {info.backup_type}  host {info.host}")
+    stdout.print(f"time      {info.timestamp:%Y-%m-%d %H:%M:%S} local "
+                 f"({info.timestamp_utc.isoformat()})")
+    stdout.print(f"size      {human_size(info.logical_bytes)} restored, "
+                 f"{human_size(info.size_bytes)} stored, {human_size(info.added_bytes)} new "
+                 f"({manifest.compression})")
+    if info.tags:
+        stdout.print("tags      " + ", ".join(f"{k}={v}" for k, v in info.tags.items()))
+    if info.note:
+        stdout.print(f"note      {info.note}")
+    table = Table()
+    for column in ("Entry", "Kind", "Size", "Mode", "Modified"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(str(entry["name"]), str(entry["kind"]), human_size(int(entry["size"])),
+                      entry["mode"] or "", (entry["mtime"] or "")[:19])
+    stdout.print(table)
+
+
+@main.command()
+@click.argument("backup_id", required=False)
+@click.option("--target", type=click.Path(file_okay=False), default=None,
+              help="Directory to restore into (default: ./restore/<backup_id>).")
+@_json_option
+@click.pass_obj
+def restore(ctx: Context, backup_id: str | None, target: str | None) -> None:
+    """Restore a backup (default: the newest that verifies) into a directory."""
+    recovery = ctx.recovery
+    if backup_id is None:
+        backup_id = _latest_good(recovery)
+    destination = Path(target) if target else Path("restore") / backup_id
+    result = recovery.restore_to_directory(backup_id, destination)
+    if ctx.as_json:
+        emit_json({"backup_id": backup_id, "target": str(result.target),
+                   "files": [str(p) for p in result.written],
+                   "bytes": result.bytes_written})
+    else:
+        stdout.print(f"Restored [bold]{backup_id}[/bold] to {result.target} "
+                     f"({len(result.written)} files, {human_size(result.bytes_written)})")
+
+
+def _latest_good(recovery: RecoveryManager) -> str:
+    backups = recovery.manager.list_backups()
+    if not backups:
+        raise BackupNotFoundError("no backup to restore")
+    for info in backups:
+        if recovery.verify_backup(info.backup_id):
+            return info.backup_id
+        stderr.print(f"[yellow]warning:[/yellow] skipping damaged backup {info.backup_id}")
+    raise BackupError("no backup could be restored: all are damaged")
+
+
+@main.command()
+@click.argument("backup_id")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Also delete the last good backup.")
+@_json_option
+@click.pass_obj
+def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
+    """Delete a backup (asks for confirmation on stdin unless --yes)."""
+    manager = ctx.manager
+    info = manager.get_backup_info(backup_id)
+    if not yes:
+        stderr.print(f"Delete backup {info.backup_id} ({info.backup_type}, "
+                     f"{info.timestamp:%Y-%m-%d %H:%M:%S})? [y/N] ", end="")
+        answer = sys.stdin.readline().strip().lower() if sys.stdin else ""
+        if answer not in ("y", "yes"):
+            stderr.print("Not deleted. Answer 'y', or pass --yes to delete without asking.")
+            if ctx.as_json:
+                emit_json({"deleted": False, "backup_id": backup_id})
+            raise SystemExit(EXIT_CANCELLED)
+    manager.delete_backup(backup_id, force=force)
+    if ctx.as_json:
+        emit_json({"deleted": True, "backup_id": backup_id})
+    else:
+        stdout.print(f"Deleted backup {backup_id}")
+
+
+@main.command()
+@click.argument("backup_id", required=False)
+@click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
+@click.option("--structure", is_flag=True, help="Only check that every chunk exists.")
+@_json_option
+@click.pass_obj
+def verify(ctx: Context, backup_id: str | None, verify_all: bool, structure: bool) -> None:
+    """Verify a backup (default: the newest) by reading and checking every chunk."""
+    if backup_id and verify_all:
+        raise click.UsageError("give a backup id or --all, not both")
+    recovery = ctx.recovery
+    if verify_all:
+        ids = [info.backup_id for info in ctx.manager.list_backups()]
+        ids += sorted(ctx.manager.repository.damaged_snapshots())
+    elif backup_id:
+        ids = [backup_id]
+    else:
+        latest = recovery.get_latest_backup()
+        if latest is None:
+            raise BackupNotFoundError("no backup to verify")
+        ids = [latest]
+    reports = []
+    with delayed_progress(ctx, "verifying") as progress:
+        for bid in ids:
+            report = recovery.verify_backup_report(bid, read_data=not structure)
+            reports.append(report)
+            progress(report.checked_bytes)
+    if ctx.as_json:
+        emit_json([{"backup_id": r.backup_id, "ok": r.ok, "chunks": r.checked_chunks,
+                    "bytes": r.checked_bytes, "problems": r.problems} for r in reports])
+    else:
+        for r in reports:
+            if r.ok:
+                stdout.print(f"[green]OK[/green]       {r.backup_id} ({r.checked_chunks} chunks, "
+                             f"{human_size(r.checked_bytes)})")
+            else:
+                stdout.print(f"[red]DAMAGED[/red]  {r.backup_id}: " + "; ".join(r.problems))
+    if not all(r.ok for r in reports):
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; expected errors never show a traceback."""
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        main.main(args=argv, prog_name="peak-backup", standalone_mode=False)
+    except click.exceptions.Abort:
+        stderr.print("Aborted.")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except BackupError as exc:
+        code = getattr(exc, "exit_code", EXIT_ERROR)
+        if as_json:
+            emit_json({"error": {"type": type(exc).__name__, "message": str(exc),
+                                 "exit_code": code}})
+        else:
+            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        return code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except KeyboardInterrupt:
+        stderr.print("Interrupted.")
+        return 130
+    return EXIT_OK
+
+
+def entry_point() -> None:
+    """Console-script entry point (``peak-backup``)."""
+    sys.exit(run())

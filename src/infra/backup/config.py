@@ -1,0 +1,170 @@
+"""``BackupConfig``: the ``[backup]`` table of ``config.toml``, validated.
+
+The seed's five keys keep their meaning and defaults; the others are optional. Validation is
+strict (``msgspec``): an unknown or mistyped key is a :class:`ConfigError` that names the key,
+the value and what was expected, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from src.core import Config, load_config
+from src.core.errors import ConfigError as CoreConfigError
+from src.infra.backup.blobs import DEFAULT_LEVELS, Compression
+from src.infra.backup.errors import ConfigError
+
+_LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
+
+
+class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of ``[backup]``: types only; ranges are checked in ``BackupConfig``."""
+
+    enabled: bool = True
+    interval_hours: float = 24.0
+    retention_days: int = 30
+    backup_path: str = "./backups"
+    compress: bool = True
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    compression_level: int | None = None
+    sources: list[str] = []
+    exclude: list[str] = []
+    include_secrets: bool = False
+
+
+@dataclass
+class BackupConfig:
+    """Settings of the backup subsystem (the seed's fields first, with the seed's defaults).
+
+    ``backup_path``: the repository directory. ``compress``: compress chunks (``False`` means
+    ``compression = "none"``). ``retention_days``: backups older than this are deleted after
+    each ``create_backup`` (``<= 0`` turns it off; the newest backup of each type is kept).
+    ``enabled`` / ``interval_hours``: for the scheduler. ``compression`` / ``compression_level``:
+    codec and level (zstd 3 and gzip 6 by default). ``sources`` / ``exclude``: files,
+    directories and globs backed up with every backup, relative to ``base_dir`` (the config
+    file's directory when loaded from a file, else the working directory).
+    ``include_secrets``: also back up ``.env``, ``secrets.toml``, ``*.key``, ``*.pem`` and
+    ``*_secret*`` files, which are excluded by default.
+    """
+
+    backup_path: str | os.PathLike[str] = "./backups"
+    compress: bool = True
+    retention_days: int = 30
+    enabled: bool = True
+    interval_hours: float = 24.0
+    compression: str = "zstd"
+    compression_level: int | None = None
+    sources: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    include_secrets: bool = False
+    base_dir: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
+        if isinstance(values["backup_path"], os.PathLike):
+            values["backup_path"] = os.fspath(values["backup_path"])
+        if isinstance(values["interval_hours"], int) and not isinstance(
+            values["interval_hours"], bool
+        ):
+            values["interval_hours"] = float(values["interval_hours"])
+        _validate(values, "BackupConfig")
+
+    @classmethod
+    def from_table(cls, table: Any, base_dir: Path | None = None) -> BackupConfig:
+        """Build from a ``[backup]`` table (a mapping); relative paths are resolved
+        against ``base_dir``."""
+        values = dict(table)
+        _validate(values, "[backup]")
+        if base_dir is not None and "backup_path" in values:
+            path = Path(values["backup_path"]).expanduser()
+            values["backup_path"] = str(path if path.is_absolute() else base_dir / path)
+        return cls(**values, base_dir=base_dir)
+
+    @property
+    def repository_path(self) -> Path:
+        """The repository directory as an absolute path."""
+        return Path(self.backup_path).expanduser().absolute()
+
+    @property
+    def source_root(self) -> Path:
+        """The directory that relative ``sources`` are resolved against."""
+        return Path(self.base_dir).absolute() if self.base_dir is not None else Path.cwd()
+
+    @property
+    def compression_setting(self) -> Compression:
+        """The effective codec and level."""
+        codec = self.compression if self.compress else "none"
+        level = self.compression_level if self.compression_level is not None else None
+        return Compression(codec, DEFAULT_LEVELS[codec] if level is None or codec == "none"
+                           else level)
+
+
+def _validate(values: dict[str, Any], where: str) -> None:
+    """Check ``values`` against the schema; raise :class:`ConfigError` naming the key."""
+    allowed = set(_BackupTable.__struct_fields__)
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(allowed))}"
+            )
+    try:
+        table = msgspec.convert(values, _BackupTable, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, values, where)) from None
+    low, high = _LEVEL_RANGES[table.compression]
+    if table.compression_level is not None and table.compression != "none":
+        if not low <= table.compression_level <= high:
+            raise ConfigError(
+                f"{where}: compression_level = {table.compression_level!r} is out of range: "
+                f"expected {low}..{high} for {table.compression}"
+            )
+    if not table.interval_hours > 0:
+        raise ConfigError(
+            f"{where}: interval_hours = {table.interval_hours!r}: expected a positive number"
+        )
+    if not table.backup_path.strip():
+        raise ConfigError(f"{where}: backup_path is empty: expected a directory path")
+    for key in ("sources", "exclude"):
+        for item in getattr(table, key):
+            if not item.strip() or "\0" in item:
+                raise ConfigError(f"{where}: {key} contains {item!r}: expected a path or glob")
+
+
+def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -> str:
+    """Rephrase msgspec's message as 'key = value: expected ...'."""
+    message = str(exc)
+    match = re.search(r"at `\$\.(\w+)((?:\[\d+\])*)`", message)
+    expected = message.split(" - at ")[0]
+    if not match:
+        return f"{where}: {expected}"
+    key = match.group(1)
+    value = values.get(key)
+    shown = f"{key}{match.group(2)}"
+    if match.group(2):
+        index = int(match.group(2).strip("[]").split("][")[0])
+        value = value[index] if isinstance(value, list) and index < len(value) else value
+    return f"{where}: {shown} = {value!r} is invalid: {expected}"
+
+
+def load_backup_config(path: str | os.PathLike[str] | None = None) -> BackupConfig:
+    """The ``[backup]`` table of the config file (see ``load_config``), else the defaults."""
+    try:
+        config: Config = load_config(path)
+    except CoreConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    source = config.source_path
+    if source is None or "backup" not in config:
+        return BackupConfig()
+    table = config["backup"]
+    if not hasattr(table, "to_dict"):
+        raise ConfigError(f"{source}: 'backup' must be a table ([backup]), not {table!r}")
+    return BackupConfig.from_table(table.to_dict(), base_dir=source.parent)

@@ -1,0 +1,274 @@
+"""``BackupManager``: the seed's API (create, list, load, delete) plus retention."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from src.infra.backup.config import BackupConfig, load_backup_config
+from src.infra.backup.errors import BackupError, BackupNotFoundError, InvalidInputError
+from src.infra.backup.manifest import Manifest
+from src.infra.backup.repository import (
+    DataInput,
+    FileInput,
+    ProgressCallback,
+    Repository,
+    id_sort_key,
+    validate_backup_type,
+)
+from src.infra.backup.retention import SnapshotRef, apply_retention_days
+from src.infra.backup.sources import collect_sources
+from src.infra.backup.storage.local import LocalStore
+from src.infra.backup.values import ENCODING_NAME, decode_value, encode_value
+
+log = logging.getLogger(__name__)
+
+ENTRY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_TAG_VALUE = 256
+MAX_NOTE = 4096
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """Metadata of one backup, as ``list_backups()`` returns it.
+
+    Sizes: ``size_bytes`` is the stored (compressed) size of everything the backup references,
+    i.e. what it would occupy on its own; ``logical_bytes`` is what a restore produces;
+    ``added_bytes`` is what this backup added to the repository (its new chunks; the rest was
+    shared with earlier backups).
+    """
+
+    backup_id: str
+    backup_type: str
+    timestamp: datetime
+    size_bytes: int
+    compressed: bool
+    files: list[str]
+    timestamp_utc: datetime
+    logical_bytes: int
+    added_bytes: int
+    tags: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+    host: str = ""
+    data_keys: list[str] = field(default_factory=list)
+    file_paths: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> BackupInfo:
+        """Summarize a manifest; ``timestamp`` is local time without a zone (as in the seed)."""
+        data_keys = [e.name for e in manifest.entries if e.kind == "data"]
+        file_paths = [e.name for e in manifest.entries if e.kind == "file"]
+        return cls(
+            backup_id=manifest.backup_id,
+            backup_type=manifest.backup_type,
+            timestamp=manifest.time_utc.astimezone().replace(tzinfo=None),
+            size_bytes=manifest.stats.stored_bytes,
+            compressed=manifest.compression != "none",
+            files=[f"{key}.json" for key in data_keys] + file_paths,
+            timestamp_utc=manifest.time_utc.astimezone(timezone.utc),
+            logical_bytes=manifest.stats.logical_bytes,
+            added_bytes=manifest.stats.added_bytes,
+            tags=dict(manifest.tags),
+            note=manifest.note,
+            host=manifest.host,
+            data_keys=data_keys,
+            file_paths=file_paths,
+        )
+
+
+def validate_entry_name(name: object) -> str:
+    """Data keys become entry names and ``<key>.json`` files: keep them filename-safe."""
+    if not isinstance(name, str) or not ENTRY_NAME_PATTERN.match(name):
+        raise InvalidInputError(
+            f"invalid data key {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter, digit or '_'"
+        )
+    return name
+
+
+def _validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise InvalidInputError(f"tags must be a mapping of str to str, not {type(tags).__name__}")
+    checked = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY_PATTERN.match(key):
+            raise InvalidInputError(f"invalid tag name {key!r}: use letters, digits, '_-.'")
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or "\0" in value:
+            raise InvalidInputError(f"invalid value for tag {key!r}: a string of at most 256 chars")
+        checked[key] = value
+    return checked
+
+
+class BackupManager:
+    """Creates, lists, loads and deletes backups in one repository.
+
+    ``BackupManager()`` uses the ``[backup]`` table of the config file (``config.toml`` or
+    ``$PEAK_TRADE_CONFIG_PATH``), else the defaults, so the CLI, a scheduler and library code
+    agree on one repository.
+    """
+
+    def __init__(self, config: BackupConfig | None = None) -> None:
+        self.config = config if config is not None else load_backup_config()
+        self._repository: Repository | None = None
+
+    @property
+    def repository(self) -> Repository:
+        """The repository (opened, and created if missing, on first use)."""
+        if self._repository is None:
+            store = LocalStore(self.config.repository_path)
+            self._repository = Repository.open(
+                store, compression=self.config.compression_setting
+            )
+        return self._repository
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Back up ``data`` (a mapping of names to values) and the configured file sources.
+
+        Returns the new backup's id, ``<type>_<YYYYmmdd_HHMMSS>`` (with ``_2``, ``_3`` ... when
+        that id is taken). Values are checked before anything is written; an unsupported value
+        raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
+        backing up the configured ``sources`` when there are any. After the backup, retention
+        (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
+        """
+        validate_backup_type(backup_type)
+        checked_tags = _validate_tags(tags)
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+            raise InvalidInputError("note must be a string of at most 4096 characters")
+        if data is not None and not isinstance(data, Mapping):
+            raise InvalidInputError(
+                f"data must be a dict of names to values, not {type(data).__name__}"
+            )
+        entries: list[DataInput | FileInput] = []
+        for key, value in (data or {}).items():
+            validate_entry_name(key)
+            payload = encode_value(value, root=f"data[{json.dumps(key)}]")
+            entries.append(DataInput(key, payload, ENCODING_NAME))
+        files = include_files if include_files is not None else bool(self.config.sources)
+        if files:
+            entries.extend(
+                collect_sources(
+                    self.config.sources,
+                    self.config.source_root,
+                    exclude=self.config.exclude,
+                    include_secrets=self.config.include_secrets,
+                )
+            )
+        manifest = self.repository.create_snapshot(
+            backup_type,
+            entries,
+            tags=checked_tags,
+            note=note,
+            base_dir=str(self.config.source_root) if files else None,
+            progress=progress,
+        )
+        log.info(
+            "backup %s created: %d entries, %d bytes, %d new bytes",
+            manifest.backup_id, len(manifest.entries), manifest.stats.logical_bytes,
+            manifest.stats.added_bytes,
+            extra={"backup_id": manifest.backup_id, "backup_type": backup_type},
+        )
+        if self.config.retention_days > 0:
+            try:
+                self.apply_retention(protect=[manifest.backup_id])
+            except BackupError as exc:  # the backup itself is committed and safe
+                log.warning("retention after backup %s failed: %s", manifest.backup_id, exc)
+        return manifest.backup_id
+
+    # -- read ------------------------------------------------------------------------------
+
+    def list_backups(self, backup_type: str | None = None) -> list[BackupInfo]:
+        """All readable backups, newest first, optionally of one type."""
+        if backup_type is not None:
+            validate_backup_type(backup_type)
+        return [
+            BackupInfo.from_manifest(m)
+            for m in self.repository.list_snapshots()
+            if backup_type is None or m.backup_type == backup_type
+        ]
+
+    def get_backup_info(self, backup_id: str) -> BackupInfo:
+        """Metadata of one backup; :class:`BackupNotFoundError` if there is none."""
+        return BackupInfo.from_manifest(self.repository.read_manifest(backup_id))
+
+    def load_backup(self, backup_id: str) -> dict[str, Any]:
+        """The data entries of a backup as Python values, every chunk verified."""
+        repository = self.repository
+        manifest = repository.read_manifest(backup_id)
+        return {
+            entry.name: decode_value(repository.read_entry(entry))
+            for entry in manifest.entries
+            if entry.kind == "data"
+        }
+
+    # -- delete ----------------------------------------------------------------------------
+
+    def delete_backup(self, backup_id: str, *, force: bool = False) -> None:
+        """Delete a backup. Refuses to delete the last good backup unless ``force=True``.
+
+        Its chunks stay until garbage collection reclaims those no other backup uses.
+        """
+        repository = self.repository
+        repository.read_manifest(backup_id)  # not found -> BackupNotFoundError
+        if not force:
+            others = sorted(
+                (i for i in repository.snapshot_ids() if i != backup_id),
+                key=id_sort_key, reverse=True,
+            )
+            if not any(repository.verify_snapshot(i, read_data=False).ok for i in others):
+                raise BackupError(
+                    f"refusing to delete {backup_id}: it is the last good backup "
+                    "(pass force=True, or --force on the command line)"
+                )
+        repository.delete_snapshot(backup_id)
+        log.info("backup %s deleted", backup_id, extra={"backup_id": backup_id})
+
+    def apply_retention(self, *, protect: list[str] | None = None) -> list[str]:
+        """Delete backups older than ``retention_days``; returns the deleted ids."""
+        snapshots = [
+            SnapshotRef(m.backup_id, m.backup_type, m.time_utc)
+            for m in self.repository.list_snapshots()
+        ]
+        decisions = apply_retention_days(
+            snapshots, self.config.retention_days, datetime.now(timezone.utc),
+            protect=protect or [],
+        )
+        deleted = []
+        for decision in decisions:
+            if not decision.keep:
+                try:
+                    self.repository.delete_snapshot(decision.backup_id)
+                except BackupNotFoundError:
+                    continue  # deleted concurrently
+                deleted.append(decision.backup_id)
+                log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+        return deleted
+
+
+_default_manager: BackupManager | None = None
+
+
+def get_backup_manager() -> BackupManager:
+    """A process-wide ``BackupManager()`` built from the config file, created on first use."""
+    global _default_manager
+    if _default_manager is None:
+        _default_manager = BackupManager()
+    return _default_manager

@@ -1,0 +1,162 @@
+"""Snapshot manifests and ``repo.json``: schema, checksum, parsing.
+
+A manifest is compact UTF-8 JSON whose last member is ``"checksum"``: the BLAKE3-256 hash (hex)
+of the file's bytes with those 64 hex digits replaced by 64 ``0`` characters. So the file is
+plain JSON for people and tools, and any change to it is detected. Parsing is strict
+(``msgspec`` schemas): anything malformed is a :class:`CorruptDataError`; a newer format number
+is a :class:`FormatVersionError`, never a misreading.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, TypeVar
+
+import blake3
+import msgspec
+
+from src.infra.backup.errors import CorruptDataError, FormatVersionError
+
+FORMAT_VERSION = 1
+CHECKSUM_FIELD = b'"checksum":"'
+_ZERO_SUM = "0" * 64
+_SUFFIX_LEN = len(CHECKSUM_FIELD) + 64 + 2  # "checksum":"<64 hex>"}
+
+
+class ChunkRef(msgspec.Struct, array_like=True, frozen=True):
+    """One chunk of an entry: ``[id, size, stored]`` (plaintext and stored bytes)."""
+
+    id: str
+    size: int
+    stored: int
+
+
+class ListRef(msgspec.Struct, array_like=True, frozen=True):
+    """A chunk-list blob covering ``count`` consecutive chunks of a large entry."""
+
+    id: str
+    count: int
+    size: int
+    stored: int
+
+
+class Entry(msgspec.Struct, omit_defaults=True, frozen=True):
+    """One named entry of a backup: a data value or a file.
+
+    Data entries carry ``encoding``; file entries carry ``path`` (relative, ``/``-separated,
+    or absolute for sources outside the base directory), ``mode``, ``mtime_ns`` and, for change
+    detection, ``ino`` and ``ctime_ns``. Chunks are listed inline (``chunks``) or, for large
+    entries, through chunk-list blobs (``lists``), so appending to a large entry adds one small
+    list blob instead of repeating every chunk id in each manifest.
+    """
+
+    name: str
+    kind: Literal["data", "file"]
+    size: int
+    chunks: list[ChunkRef] = []
+    lists: list[ListRef] = []
+    encoding: str | None = None
+    path: str | None = None
+    mode: int | None = None
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    ino: int | None = None
+
+
+class Stats(msgspec.Struct, frozen=True):
+    """Sizes of a backup, in bytes.
+
+    ``logical_bytes``: what a restore produces (sum of entry sizes). ``stored_bytes``: the
+    compressed size of every distinct chunk the backup references, i.e. what it would occupy
+    alone. ``added_bytes``: the new chunks it wrote (what it cost on top of the repository).
+    """
+
+    logical_bytes: int
+    stored_bytes: int
+    added_bytes: int
+    new_chunks: int
+    total_chunks: int
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    """A snapshot's manifest: the commit point of a backup."""
+
+    format: int
+    backup_id: str
+    backup_type: str
+    time_utc: datetime
+    host: str
+    pid: int
+    tags: dict[str, str]
+    note: str | None
+    parent: str | None
+    compression: str
+    base_dir: str | None
+    entries: list[Entry]
+    stats: Stats
+    checksum: str = _ZERO_SUM
+
+
+class RepoConfig(msgspec.Struct, frozen=True):
+    """``repo.json``: what every reader and writer of the repository must agree on."""
+
+    format: int
+    repository_id: str
+    created_utc: datetime
+    hash: str
+    chunker: dict[str, int | str]
+    encryption: None = None
+    checksum: str = _ZERO_SUM
+
+
+class _FormatOnly(msgspec.Struct):
+    format: int
+
+
+_T = TypeVar("_T", Manifest, RepoConfig)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_checked(document: Manifest | RepoConfig) -> bytes:
+    """Serialize ``document`` with its checksum filled in."""
+    raw = _ENCODER.encode(msgspec.structs.replace(document, checksum=_ZERO_SUM))
+    if not raw.endswith(CHECKSUM_FIELD + _ZERO_SUM.encode() + b'"}'):
+        raise AssertionError("checksum must be the last member")  # schema invariant
+    digest = blake3.blake3(raw).hexdigest().encode()
+    return raw[: -66] + digest + b'"}'
+
+
+def decode_checked(raw: bytes, kind: type[_T], what: str) -> _T:
+    """Parse and verify a manifest or ``repo.json``; ``what`` names it in errors."""
+    if len(raw) < _SUFFIX_LEN or raw[-_SUFFIX_LEN:-66] != CHECKSUM_FIELD or raw[-2:] != b'"}':
+        raise CorruptDataError(f"{what}: damaged (no checksum at its end)")
+    stored = raw[-66:-2]
+    expected = blake3.blake3(raw[:-66] + _ZERO_SUM.encode() + b'"}').hexdigest().encode()
+    if stored != expected:
+        raise CorruptDataError(f"{what}: damaged (checksum mismatch)")
+    try:
+        version = msgspec.json.decode(raw, type=_FormatOnly).format
+    except msgspec.MsgspecError as exc:
+        raise CorruptDataError(f"{what}: damaged ({exc})") from exc
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{what} uses format {version}; this version reads format {FORMAT_VERSION} and "
+            "older. Upgrade peak-trade-backup to read it."
+        )
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.MsgspecError as exc:
+        raise CorruptDataError(f"{what}: damaged ({exc})") from exc
+
+
+def encode_chunk_list(refs: list[ChunkRef]) -> bytes:
+    """The plaintext of a chunk-list blob: a JSON array of ``[id, size, stored]``."""
+    return _ENCODER.encode(refs)
+
+
+def decode_chunk_list(raw: bytes, what: str) -> list[ChunkRef]:
+    """Parse a chunk-list blob's plaintext."""
+    try:
+        return msgspec.json.decode(raw, type=list[ChunkRef])
+    except msgspec.MsgspecError as exc:
+        raise CorruptDataError(f"{what}: damaged chunk list ({exc})") from exc

@@ -1,0 +1,524 @@
+"""Snapshots over a store: write chunks, commit manifests, read, verify, delete.
+
+The commit protocol: every new chunk is written durably first (one ``put_many`` call: fsync per
+file, one fsync per directory); then the manifest is written exclusively. A backup exists if and
+only if its manifest exists, so a crash at any instant leaves no backup or a complete one. The
+repository knows nothing of trading, retention or the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+
+from src.infra.backup.blobs import BlobCodec, Compression, chunk_id, chunk_key
+from src.infra.backup.chunking import Chunker, ChunkerParams
+from src.infra.backup.errors import (
+    BackupNotFoundError,
+    CorruptDataError,
+    FormatVersionError,
+    IntegrityError,
+    InvalidInputError,
+    ObjectExistsError,
+    StorageError,
+)
+from src.infra.backup.manifest import (
+    FORMAT_VERSION,
+    ChunkRef,
+    Entry,
+    ListRef,
+    Manifest,
+    RepoConfig,
+    Stats,
+    decode_checked,
+    decode_chunk_list,
+    encode_checked,
+    encode_chunk_list,
+)
+from src.infra.backup.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+REPO_KEY = "repo.json"
+SNAPSHOT_PREFIX = "snapshots/"
+BACKUP_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+BACKUP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
+_ID_TIME = re.compile(r"_(\d{8}_\d{6})(?:_(\d+))?$")
+CHUNKS_PER_LIST = 32
+_FLUSH_BYTES = 64 * 1024 * 1024
+ProgressCallback = Callable[[int], None]
+
+
+def validate_backup_type(backup_type: object) -> str:
+    """Return ``backup_type`` if it is a valid type name, else raise :class:`InvalidInputError`."""
+    if not isinstance(backup_type, str) or not BACKUP_TYPE_PATTERN.match(backup_type):
+        raise InvalidInputError(
+            f"invalid backup type {backup_type!r}: use 1-64 lowercase letters, digits, '_' or "
+            "'-', starting with a letter or digit (e.g. 'pre_trade')"
+        )
+    return backup_type
+
+
+def is_valid_backup_id(backup_id: object) -> bool:
+    """Whether ``backup_id`` has the shape of a backup id (no path separators, no ``..``)."""
+    return isinstance(backup_id, str) and bool(BACKUP_ID_PATTERN.match(backup_id))
+
+
+def id_sort_key(backup_id: str) -> tuple[str, int, str]:
+    """Order ids by the time and collision suffix they carry (``manual_20251217_214030_2``)."""
+    match = _ID_TIME.search(backup_id)
+    if not match:
+        return ("", 0, backup_id)
+    return (match.group(1), int(match.group(2) or 1), backup_id)
+
+
+@dataclass(frozen=True)
+class DataInput:
+    """A data entry to store: its name and its encoded bytes."""
+
+    name: str
+    payload: bytes
+    encoding: str
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """A file entry to store: its name in the backup and where it is now."""
+
+    name: str
+    path: Path
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of verifying one backup."""
+
+    backup_id: str
+    ok: bool
+    checked_chunks: int = 0
+    checked_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """Chunks written (or found) during one snapshot: id -> (size, stored size)."""
+
+    known: dict[str, tuple[int, int]]
+    referenced: dict[str, int] = field(default_factory=dict)
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    pending_bytes: int = 0
+    new_chunks: int = 0
+    added_bytes: int = 0
+
+
+class Repository:
+    """A backup repository on a :class:`Store`. Safe to share between threads."""
+
+    def __init__(self, store: Store, config: RepoConfig, compression: Compression) -> None:
+        self.store = store
+        self.config = config
+        self.compression = compression
+        self.chunker = Chunker(_chunker_params(config))
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._manifests: dict[str, Manifest] = {}
+        self._damaged: dict[str, str] = {}
+        self._chunk_lists: dict[str, list[ChunkRef]] = {}
+        self._id_hint: dict[str, int] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, store: Store, *, compression: Compression | None = None, create: bool = True
+    ) -> Repository:
+        """Open the repository in ``store``, creating it (``repo.json``) if allowed."""
+        compression = compression or Compression()
+        try:
+            raw = store.get(REPO_KEY)
+        except KeyError:
+            if not create:
+                raise BackupNotFoundError(f"no backup repository at {store.location}") from None
+            raw = cls._initialize(store)
+        config = decode_checked(raw, RepoConfig, f"{store.location}/{REPO_KEY}")
+        if config.hash != "blake3-256":
+            raise FormatVersionError(f"unsupported chunk hash {config.hash!r} in {REPO_KEY}")
+        return cls(store, config, compression)
+
+    @staticmethod
+    def _initialize(store: Store) -> bytes:
+        config = RepoConfig(
+            format=FORMAT_VERSION,
+            repository_id=uuid.uuid4().hex,
+            created_utc=datetime.now(timezone.utc),
+            hash="blake3-256",
+            chunker=dict(ChunkerParams().to_json()),  # type: ignore[arg-type]
+        )
+        raw = encode_checked(config)
+        try:
+            store.put(REPO_KEY, raw, exclusive=True)
+        except ObjectExistsError:
+            return store.get(REPO_KEY)  # another process initialized it first
+        return raw
+
+    @property
+    def _codec(self) -> BlobCodec:
+        codec: BlobCodec | None = getattr(self._local, "codec", None)
+        if codec is None:
+            codec = BlobCodec(self.compression)
+            self._local.codec = codec
+        return codec
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        """Ids of all committed backups (unordered; a directory listing, no manifest reads)."""
+        ids = []
+        for key in self.store.list(SNAPSHOT_PREFIX):
+            name = key[len(SNAPSHOT_PREFIX) :]
+            if name.endswith(".json") and "/" not in name:
+                ids.append(name[: -len(".json")])
+        return ids
+
+    def read_manifest(self, backup_id: str) -> Manifest:
+        """The verified manifest of ``backup_id``; cached, since manifests never change."""
+        if not is_valid_backup_id(backup_id):
+            raise BackupNotFoundError(f"backup not found: {backup_id!r} is not a valid backup id")
+        cached = self._manifests.get(backup_id)
+        if cached is not None:
+            return cached
+        try:
+            raw = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+        except KeyError:
+            raise BackupNotFoundError(f"backup not found: {backup_id}") from None
+        manifest = decode_checked(raw, Manifest, f"manifest of backup {backup_id}")
+        if manifest.backup_id != backup_id:
+            raise CorruptDataError(
+                f"manifest of backup {backup_id}: it names itself {manifest.backup_id!r}"
+            )
+        with self._lock:
+            self._manifests[backup_id] = manifest
+        return manifest
+
+    def list_snapshots(self) -> list[Manifest]:
+        """Manifests of all readable backups, newest first. Damaged ones are skipped (logged)."""
+        ids = self.snapshot_ids()
+        present = set(ids)
+        with self._lock:
+            for gone in [i for i in self._manifests if i not in present]:
+                del self._manifests[gone]
+            self._damaged = {i: why for i, why in self._damaged.items() if i in present}
+        manifests = []
+        for backup_id in ids:
+            if backup_id in self._damaged:
+                continue
+            try:
+                manifests.append(self.read_manifest(backup_id))
+            except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
+                if isinstance(exc, BackupNotFoundError):
+                    continue  # deleted while we listed
+                log.warning("skipping backup %s: %s", backup_id, exc)
+                with self._lock:
+                    self._damaged[backup_id] = str(exc)
+        manifests.sort(key=lambda m: (m.time_utc, id_sort_key(m.backup_id)), reverse=True)
+        return manifests
+
+    def damaged_snapshots(self) -> dict[str, str]:
+        """Backups whose manifest could not be read at the last listing, with the reason."""
+        return dict(self._damaged)
+
+    def entry_refs(self, entry: Entry) -> list[ChunkRef]:
+        """All chunk references of an entry, resolving chunk-list blobs."""
+        if not entry.lists:
+            return list(entry.chunks)
+        refs: list[ChunkRef] = []
+        for ref in entry.lists:
+            refs.extend(self._read_chunk_list(ref))
+        return refs
+
+    def _read_chunk_list(self, ref: ListRef) -> list[ChunkRef]:
+        cached = self._chunk_lists.get(ref.id)
+        if cached is None:
+            plain = self.read_chunk(ChunkRef(ref.id, ref.size, ref.stored))
+            cached = decode_chunk_list(plain, f"chunk list {ref.id}")
+            if len(cached) != ref.count:
+                raise CorruptDataError(f"chunk list {ref.id}: {len(cached)} chunks, not {ref.count}")
+            with self._lock:
+                self._chunk_lists[ref.id] = cached
+        return cached
+
+    def read_chunk(self, ref: ChunkRef) -> bytes:
+        """The verified plaintext of one chunk."""
+        key = chunk_key(ref.id) if _is_hex_id(ref.id) else None
+        if key is None:
+            raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
+        try:
+            blob = self.store.get(key)
+        except KeyError:
+            raise IntegrityError(f"chunk {ref.id} is missing from the repository") from None
+        return self._codec.decode(blob, ref.id, ref.size)
+
+    def iter_entry(self, entry: Entry) -> Iterator[bytes]:
+        """The verified chunks of an entry, in order."""
+        for ref in self.entry_refs(entry):
+            yield self.read_chunk(ref)
+
+    def read_entry(self, entry: Entry) -> bytes:
+        """The verified content of an entry."""
+        data = b"".join(self.iter_entry(entry))
+        if len(data) != entry.size:
+            raise CorruptDataError(f"entry {entry.name!r}: {len(data)} bytes, not {entry.size}")
+        return data
+
+    # -- verifying -------------------------------------------------------------------------
+
+    def verify_snapshot(self, backup_id: str, *, read_data: bool = True) -> VerifyReport:
+        """Check a backup: its manifest, and every chunk (read and hashed, or only present)."""
+        report = VerifyReport(backup_id, ok=True)
+        try:
+            manifest = self.read_manifest(backup_id)
+        except (BackupNotFoundError, CorruptDataError, FormatVersionError, StorageError) as exc:
+            report.ok = False
+            report.problems.append(str(exc))
+            return report
+        for entry in manifest.entries:
+            try:
+                refs = self.entry_refs(entry)
+                total = 0
+                for ref in refs:
+                    if read_data:
+                        total += len(self.read_chunk(ref))
+                    elif not self.store.exists(chunk_key(ref.id)):
+                        raise IntegrityError(f"chunk {ref.id} is missing from the repository")
+                    else:
+                        total += ref.size
+                    report.checked_chunks += 1
+                report.checked_bytes += total
+                if total != entry.size:
+                    raise CorruptDataError(f"{total} bytes instead of {entry.size}")
+            except (IntegrityError, StorageError) as exc:
+                report.ok = False
+                report.problems.append(f"entry {entry.name!r}: {exc}")
+        return report
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def create_snapshot(
+        self,
+        backup_type: str,
+        entries: Iterable[DataInput | FileInput],
+        *,
+        tags: dict[str, str] | None = None,
+        note: str | None = None,
+        base_dir: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Manifest:
+        """Store the entries as a new backup and return its committed manifest."""
+        validate_backup_type(backup_type)
+        parent = self._parent_manifest()
+        pending = _Pending(known=self._known_chunks(parent))
+        parent_files = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
+        stored_entries: list[Entry] = []
+        for item in entries:
+            if isinstance(item, DataInput):
+                refs = [self._store_chunk(view, pending) for view in self.chunker.split(item.payload)]
+                stored_entries.append(
+                    self._entry(item.name, "data", len(item.payload), refs, pending,
+                                encoding=item.encoding)
+                )
+                if progress:
+                    progress(len(item.payload))
+            else:
+                stored_entries.append(self._store_file(item, parent_files.get(item.name), pending))
+                if progress:
+                    progress(stored_entries[-1].size)
+            if pending.pending_bytes >= _FLUSH_BYTES:
+                self._flush(pending)
+        self._flush(pending)
+        stats = self._stats(stored_entries, pending)
+        return self._commit(
+            backup_type, stored_entries, stats, tags or {}, note, parent, base_dir
+        )
+
+    def _parent_manifest(self) -> Manifest | None:
+        """The newest backup by its id's time: its chunks are known without asking the store."""
+        for backup_id in sorted(self.snapshot_ids(), key=id_sort_key, reverse=True)[:3]:
+            try:
+                return self.read_manifest(backup_id)
+            except (CorruptDataError, FormatVersionError, BackupNotFoundError):
+                continue
+        return None
+
+    def _known_chunks(self, parent: Manifest | None) -> dict[str, tuple[int, int]]:
+        known: dict[str, tuple[int, int]] = {}
+        if parent is None:
+            return known
+        for entry in parent.entries:
+            for lref in entry.lists:
+                known[lref.id] = (lref.size, lref.stored)
+            try:
+                refs = self.entry_refs(entry)
+            except (IntegrityError, StorageError):
+                continue  # a damaged parent only costs dedup, never correctness
+            for ref in refs:
+                known[ref.id] = (ref.size, ref.stored)
+        return known
+
+    def _store_chunk(self, plain: bytes | memoryview, pending: _Pending) -> ChunkRef:
+        cid = chunk_id(plain)
+        seen = pending.known.get(cid)
+        if seen is not None:
+            pending.referenced[cid] = seen[1]
+            return ChunkRef(cid, seen[0], seen[1])
+        key = chunk_key(cid)
+        try:
+            stored = self.store.size(key)
+        except KeyError:
+            blob = self._codec.encode(plain)
+            stored = len(blob)
+            pending.blobs.append((key, blob))
+            pending.pending_bytes += stored
+            pending.new_chunks += 1
+            pending.added_bytes += stored
+        pending.known[cid] = (len(plain), stored)
+        pending.referenced[cid] = stored
+        return ChunkRef(cid, len(plain), stored)
+
+    def _entry(
+        self, name: str, kind: str, size: int, refs: list[ChunkRef], pending: _Pending,
+        **meta: object,
+    ) -> Entry:
+        """Build an entry; large chunk lists go to chunk-list blobs of fixed-size groups."""
+        if len(refs) <= CHUNKS_PER_LIST:
+            return Entry(name=name, kind=kind, size=size, chunks=refs, **meta)  # type: ignore[arg-type]
+        lists = []
+        for start in range(0, len(refs), CHUNKS_PER_LIST):
+            group = refs[start : start + CHUNKS_PER_LIST]
+            plain = encode_chunk_list(group)
+            ref = self._store_chunk(plain, pending)
+            with self._lock:
+                self._chunk_lists[ref.id] = group
+            lists.append(ListRef(ref.id, len(group), ref.size, ref.stored))
+        return Entry(name=name, kind=kind, size=size, lists=lists, **meta)  # type: ignore[arg-type]
+
+    def _store_file(self, item: FileInput, previous: Entry | None, pending: _Pending) -> Entry:
+        try:
+            with open(item.path, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                meta = {"path": item.name, "mode": st.st_mode & 0o7777,
+                        "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+                if previous is not None and _unchanged(previous, st):
+                    refs = self.entry_refs(previous)
+                    if all(ref.id in pending.known for ref in refs):
+                        pending.referenced.update((ref.id, ref.stored) for ref in refs)
+                        return self._entry(item.name, "file", st.st_size, refs, pending, **meta)
+                refs = [self._store_chunk(chunk, pending)
+                        for chunk in self.chunker.split_stream(handle, st.st_size)]
+                if pending.pending_bytes >= _FLUSH_BYTES:
+                    self._flush(pending)
+        except FileNotFoundError:
+            raise InvalidInputError(f"source file vanished during the backup: {item.path}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read source file {item.path}: {exc.strerror}") from exc
+        size = sum(ref.size for ref in refs)
+        return self._entry(item.name, "file", size, refs, pending, **meta)
+
+    def _flush(self, pending: _Pending) -> None:
+        if pending.blobs:
+            self.store.put_many(pending.blobs)
+            pending.blobs = []
+            pending.pending_bytes = 0
+
+    @staticmethod
+    def _stats(entries: list[Entry], pending: _Pending) -> Stats:
+        return Stats(
+            logical_bytes=sum(e.size for e in entries),
+            stored_bytes=sum(pending.referenced.values()),
+            added_bytes=pending.added_bytes,
+            new_chunks=pending.new_chunks,
+            total_chunks=sum(len(e.chunks) + sum(lr.count for lr in e.lists) for e in entries),
+        )
+
+    def _commit(
+        self,
+        backup_type: str,
+        entries: list[Entry],
+        stats: Stats,
+        tags: dict[str, str],
+        note: str | None,
+        parent: Manifest | None,
+        base_dir: str | None,
+    ) -> Manifest:
+        """Write the manifest exclusively under a fresh id: the backup's commit point."""
+        now = datetime.now(timezone.utc)
+        base = f"{backup_type}_{now.astimezone():%Y%m%d_%H%M%S}"
+        suffix = self._id_hint.get(base, 1)
+        while True:
+            backup_id = base if suffix == 1 else f"{base}_{suffix}"
+            manifest = Manifest(
+                format=FORMAT_VERSION, backup_id=backup_id, backup_type=backup_type,
+                time_utc=now, host=socket.gethostname(), pid=os.getpid(), tags=tags, note=note,
+                parent=parent.backup_id if parent else None,
+                compression=self.compression.label, base_dir=base_dir, entries=entries,
+                stats=stats,
+            )
+            raw = encode_checked(manifest)
+            try:
+                self.store.put(f"{SNAPSHOT_PREFIX}{backup_id}.json", raw, exclusive=True)
+            except ObjectExistsError:
+                suffix += 1
+                continue
+            self._id_hint = {base: suffix + 1}
+            manifest = msgspec.json.decode(raw, type=Manifest)
+            with self._lock:
+                self._manifests[backup_id] = manifest
+            return manifest
+
+    # -- deleting --------------------------------------------------------------------------
+
+    def delete_snapshot(self, backup_id: str) -> None:
+        """Remove a backup's manifest (its chunks are reclaimed by garbage collection)."""
+        if not is_valid_backup_id(backup_id) or backup_id not in set(self.snapshot_ids()):
+            raise BackupNotFoundError(f"backup not found: {backup_id}")
+        self.store.delete(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+        with self._lock:
+            self._manifests.pop(backup_id, None)
+            self._damaged.pop(backup_id, None)
+
+
+def _unchanged(previous: Entry, st: os.stat_result) -> bool:
+    return (
+        previous.size == st.st_size
+        and previous.mtime_ns == st.st_mtime_ns
+        and previous.ctime_ns == st.st_ctime_ns
+        and previous.ino == st.st_ino
+    )
+
+
+def _is_hex_id(cid: str) -> bool:
+    return len(cid) == 64 and all(c in "0123456789abcdef" for c in cid)
+
+
+def _chunker_params(config: RepoConfig) -> ChunkerParams:
+    chunker = config.chunker
+    try:
+        return ChunkerParams(
+            avg_size=int(chunker["avg_size"]),
+            min_size=int(chunker["min_size"]),
+            max_size=int(chunker["max_size"]),
+            single_chunk_below=int(chunker["single_chunk_below"]),
+            algorithm=str(chunker["algorithm"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CorruptDataError(f"{REPO_KEY}: invalid chunker parameters ({exc})") from exc

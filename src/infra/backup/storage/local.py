@@ -1,0 +1,211 @@
+"""The default store: a directory on a local filesystem, every write crash-safe.
+
+A write goes to a temporary file in the target directory (``.tmp-*``, never listed), is
+fsync'ed, renamed (or hard-linked, for exclusive writes) into place, and the directory is
+fsync'ed, so a crash leaves either the old state or the complete new object. Files are created
+0600 and directories 0700.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from src.infra.backup.errors import ObjectExistsError, StorageError
+from src.infra.backup.storage.base import Store
+
+TEMP_PREFIX = ".tmp-"
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+def storage_error(action: str, path: Path | str, exc: OSError) -> StorageError:
+    """Turn an ``OSError`` into a :class:`StorageError` that names the problem plainly."""
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device (disk full)"
+    elif exc.errno == errno.EDQUOT:
+        what = "disk quota exceeded"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        what = "permission denied"
+    elif exc.errno == errno.EROFS:
+        what = "read-only filesystem"
+    else:
+        what = exc.strerror or str(exc)
+    return StorageError(f"cannot {action} {path}: {what}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_temp_file(directory: Path, data: bytes | Iterable[bytes]) -> Path:
+    """Write ``data`` (bytes, or an iterable of pieces) to a new fsync'ed temporary file in
+    ``directory`` and return its path."""
+    temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class LocalStore(Store):
+    """A store rooted at a local directory (created 0700 on first write)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        """Map a key to a path below the root, refusing anything that could escape it."""
+        parts = key.split("/")
+        if not key or not all(_SEGMENT.match(part) for part in parts if part) or "" in parts[:-1]:
+            raise StorageError(f"invalid object key {key!r}")
+        return self.root.joinpath(*[p for p in parts if p])
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` (and parents) durably, 0700."""
+        if directory.is_dir():
+            return
+        missing: list[Path] = []
+        current = directory
+        while not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, _DIR_MODE)
+            except FileExistsError:
+                continue
+            fsync_dir(path.parent)
+
+    # -- Store API ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except IsADirectoryError:
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise storage_error("read", path, exc) from exc
+
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        path = self._path(key)
+        try:
+            self._ensure_dir(path.parent)
+            temp = write_temp_file(path.parent, data)
+            try:
+                if exclusive:
+                    try:
+                        os.link(temp, path)
+                    except FileExistsError:
+                        raise ObjectExistsError(f"{key} already exists") from None
+                else:
+                    os.replace(temp, path)
+            finally:
+                _unlink_quietly(temp)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise storage_error("write", path, exc) from exc
+
+    def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        touched: set[Path] = set()
+        path: Path | str = self.root
+        try:
+            for key, data in items:
+                path = self._path(key)
+                self._ensure_dir(path.parent)
+                temp = write_temp_file(path.parent, data)
+                try:
+                    os.replace(temp, path)
+                except BaseException:
+                    _unlink_quietly(temp)
+                    raise
+                touched.add(path.parent)
+            # One directory fsync per directory, after all files are durable.
+            for directory in touched:
+                path = directory
+                fsync_dir(directory)
+        except OSError as exc:
+            raise storage_error("write", path, exc) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise storage_error("stat", path, exc) from exc
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        start = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        yield from self._walk(base, start)
+
+    def _walk(self, directory: Path, key_prefix: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error("list", directory, exc) from exc
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # temp files of unfinished writes, or foreign hidden files
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), f"{key_prefix}{entry.name}/")
+            elif entry.is_file(follow_symlinks=False):
+                yield f"{key_prefix}{entry.name}"
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error("delete", path, exc) from exc
+        try:
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise storage_error("sync", path.parent, exc) from exc
