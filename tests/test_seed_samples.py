@@ -21,7 +21,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "src" / "infra" / "backup" / "__main__.py"
 
-PROGRAMMATIC = '''
+PROGRAMMATIC = """
 from src.infra.backup import BackupManager, BackupConfig
 
 # Backup Manager erstellen
@@ -54,9 +54,9 @@ for backup in backups:
 # Backup laden
 data = manager.load_backup(backup_id)
 portfolio = data["portfolio"]
-'''
+"""
 
-PORTFOLIO = '''
+PORTFOLIO = """
 portfolio_state = {
     "timestamp": datetime.now().isoformat(),
     "equity": 10000.0,
@@ -74,9 +74,9 @@ manager.create_backup(
     {"portfolio": portfolio_state},
     backup_type="pre_trade"
 )
-'''
+"""
 
-HISTORY = '''
+HISTORY = """
 trading_history = {
     "trades": [
         {
@@ -97,9 +97,9 @@ manager.create_backup(
     {"history": trading_history},
     backup_type="automatic"
 )
-'''
+"""
 
-CONFIGS = '''
+CONFIGS = """
 config_backup = {
     "strategy_config": {
         "name": "ma_crossover",
@@ -116,9 +116,9 @@ manager.create_backup(
     {"config": config_backup},
     backup_type="manual"
 )
-'''
+"""
 
-LEARNED = '''
+LEARNED = """
 learned_data = {
     "patterns": {
         "successful_setups": [...],
@@ -134,9 +134,9 @@ manager.create_backup(
     {"learned": learned_data},
     backup_type="automatic"
 )
-'''
+"""
 
-AUTOMATIC_RECOVERY = '''
+AUTOMATIC_RECOVERY = """
 from src.infra.backup import RecoveryManager
 
 recovery = RecoveryManager()
@@ -147,9 +147,9 @@ portfolio = data["portfolio"]
 
 # Spezifisches Backup wiederherstellen
 data = recovery.restore_backup("manual_20251217_214030")
-'''
+"""
 
-VERIFY = '''
+VERIFY = """
 recovery = RecoveryManager()
 
 # Backup verifizieren
@@ -158,9 +158,9 @@ if is_valid:
     print("Backup is valid")
 else:
     print("Backup is corrupted")
-'''
+"""
 
-ROLLBACK = '''
+ROLLBACK = """
 from src.infra.backup import RecoveryManager
 
 def risky_operation():
@@ -181,18 +181,18 @@ def risky_operation():
         data = recovery.restore_backup(backup_id)
         restore_portfolio_state(data["portfolio"])
         raise
-'''
+"""
 
-CONFIG_TOML = '''
+CONFIG_TOML = """
 [backup]
 enabled = true
 interval_hours = 24
 retention_days = 30
 backup_path = "./backups"
 compress = true
-'''
+"""
 
-CONFIG_LOAD = '''
+CONFIG_LOAD = """
 from src.core import load_config
 from src.infra.backup import BackupConfig, BackupManager
 
@@ -205,9 +205,9 @@ if hasattr(cfg, "backup"):
         retention_days=cfg.backup.retention_days,
     )
     manager = BackupManager(backup_config)
-'''
+"""
 
-SCHEDULED = '''
+SCHEDULED = """
 import schedule
 import time
 from src.infra.backup import BackupManager
@@ -225,9 +225,9 @@ schedule.every().day.at("02:00").do(create_scheduled_backup)
 while True:
     schedule.run_pending()
     time.sleep(3600)  # Check every hour
-'''
+"""
 
-RETENTION = '''
+RETENTION = """
 config = BackupConfig(
     retention_days=30,  # Backups älter als 30 Tage löschen
 )
@@ -235,9 +235,9 @@ manager = BackupManager(config)
 
 # Cleanup wird automatisch bei jedem create_backup() aufgerufen
 manager.create_backup(data)
-'''
+"""
 
-MANUAL_CLEANUP = '''
+MANUAL_CLEANUP = """
 manager = BackupManager()
 
 # Lösche alle Backups älter als 7 Tage
@@ -248,9 +248,9 @@ for backup in manager.list_backups():
     if backup.timestamp < cutoff:
         manager.delete_backup(backup.backup_id)
         print(f"Deleted old backup: {backup.backup_id}")
-'''
+"""
 
-METADATA = '''
+METADATA = """
 manager = BackupManager()
 backups = manager.list_backups()
 
@@ -262,17 +262,17 @@ for backup in backups:
     print(f"Compressed: {backup.compressed}")
     print(f"Files: {backup.files}")
     print()
-'''
+"""
 
-TROUBLE_BACKUP = '''
+TROUBLE_BACKUP = """
 try:
     manager.create_backup(data)
 except Exception as e:
     logger.error(f"Backup failed: {e}")
     # Fallback: Speichere in temporärem Ordner
-'''
+"""
 
-TROUBLE_RECOVERY = '''
+TROUBLE_RECOVERY = """
 from src.infra.backup import RecoveryError
 
 try:
@@ -282,7 +282,7 @@ except RecoveryError as e:
     # Versuche älteres Backup
     backup_id = recovery.get_latest_backup()
     data = recovery.restore_backup(backup_id)
-'''
+"""
 
 
 def fill(sample: str) -> str:
@@ -339,7 +339,8 @@ def test_recovery_samples(project: Path, capsys: pytest.CaptureFixture[str]) -> 
     # Verify: as written (an id that does not exist is reported, never raised) and a real one.
     run(VERIFY, {"RecoveryManager": ns["RecoveryManager"]})
     assert "Backup is corrupted" in capsys.readouterr().out
-    run(VERIFY.replace("manual_20251217_214030", created), {"RecoveryManager": ns["RecoveryManager"]})
+    real = VERIFY.replace("manual_20251217_214030", created)
+    run(real, {"RecoveryManager": ns["RecoveryManager"]})
     assert "Backup is valid" in capsys.readouterr().out
 
 
@@ -353,12 +354,15 @@ def test_rollback_sample(project: Path) -> None:
         state["equity"] = -1.0  # the trade corrupts the state, then fails
         raise RuntimeError("exchange rejected the order")
 
-    ns = run(ROLLBACK, {
-        "BackupManager": BackupManager,
-        "current_portfolio_state": lambda: dict(state),
-        "execute_trade": execute_trade,
-        "restore_portfolio_state": restored.append,
-    })
+    ns = run(
+        ROLLBACK,
+        {
+            "BackupManager": BackupManager,
+            "current_portfolio_state": lambda: dict(state),
+            "execute_trade": execute_trade,
+            "restore_portfolio_state": restored.append,
+        },
+    )
     with pytest.raises(RuntimeError, match="exchange rejected"):
         ns["risky_operation"]()
     assert restored == [{"equity": 10000.0, "positions": [{"symbol": "BTC/USD", "size": 0.1}]}]
@@ -396,8 +400,14 @@ def test_scheduled_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_retention_and_cleanup_samples(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from src.infra.backup import BackupConfig, BackupManager
 
-    ns = run(RETENTION, {"BackupConfig": BackupConfig, "BackupManager": BackupManager,
-                         "data": {"portfolio": {"equity": 1}}})
+    ns = run(
+        RETENTION,
+        {
+            "BackupConfig": BackupConfig,
+            "BackupManager": BackupManager,
+            "data": {"portfolio": {"equity": 1}},
+        },
+    )
     assert len(ns["manager"].list_backups()) == 1
     run(MANUAL_CLEANUP, {"BackupManager": BackupManager})
     assert "Deleted old backup" not in capsys.readouterr().out  # nothing is 7 days old
@@ -425,8 +435,10 @@ def test_troubleshooting_samples(project: Path, caplog: pytest.LogCaptureFixture
     run(TROUBLE_BACKUP, {"manager": manager, "data": {"bad": object()}, "logger": logger})
     assert "Backup failed:" in caplog.text and 'data["bad"]' in caplog.text
     # A failing restore falls back to the latest backup.
-    ns = run(TROUBLE_RECOVERY, {"recovery": RecoveryManager(), "backup_id": "manual_19990101_000000",
-                                "logger": logger})
+    ns = run(
+        TROUBLE_RECOVERY,
+        {"recovery": RecoveryManager(), "backup_id": "manual_19990101_000000", "logger": logger},
+    )
     assert "Recovery failed:" in caplog.text
     assert ns["backup_id"] == good and ns["data"] == {"portfolio": {"equity": 1}}
 
@@ -438,15 +450,17 @@ def test_s3_sample() -> None:  # pragma: no cover
 
 def cli(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(MAIN), *args], cwd=cwd, input=stdin, text=True,
-        capture_output=True, timeout=120,
+        [sys.executable, str(MAIN), *args],
+        cwd=cwd,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
 def test_seed_cli_commands(project: Path) -> None:
-    (project / "config.toml").write_text(
-        CONFIG_TOML + 'sources = ["config.toml", "state/"]\n'
-    )
+    (project / "config.toml").write_text(CONFIG_TOML + 'sources = ["config.toml", "state/"]\n')
     (project / "state").mkdir()
     (project / "state" / "portfolio.json").write_text('{"equity": 10000}\n')
 

@@ -28,7 +28,8 @@ class ConfigSection(Mapping[str, Any]):
     def __init__(self, values: Mapping[str, Any], name: str = "") -> None:
         self._values = {
             key: ConfigSection(value, f"{name}.{key}" if name else key)
-            if isinstance(value, Mapping) else value
+            if isinstance(value, Mapping)
+            else value
             for key, value in values.items()
         }
         self._name = name

@@ -10,7 +10,7 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-from src.infra.backup.cli import entry_point  # noqa: E402
+from src.infra.backup.cli import entry_point
 
 if __name__ == "__main__":
     entry_point()

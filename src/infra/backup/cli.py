@@ -98,8 +98,13 @@ def _json_option(func: _F) -> _F:
             ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
 
     return click.option(
-        "--json", "as_json", is_flag=True, expose_value=False, callback=set_json,
-        is_eager=True, help="Print machine-readable JSON.",
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        is_eager=True,
+        help="Print machine-readable JSON.",
     )(func)
 
 
@@ -119,8 +124,11 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
             return
         if progress is None and time.monotonic() - started > 1.0:
             progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                console=stderr, transient=True,
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=stderr,
+                transient=True,
             )
             progress.start()
             task = progress.add_task(description)
@@ -135,9 +143,12 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file (default: $PEAK_TRADE_CONFIG_PATH, ./config.toml, "
-                   "./config/config.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $PEAK_TRADE_CONFIG_PATH, ./config.toml, ./config/config.toml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
@@ -156,9 +167,16 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command()
-@click.option("--type", "backup_type", default="manual", show_default=True,
-              help="Backup type (e.g. manual, pre_trade, scheduled).")
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Attach a tag (repeatable).")
+@click.option(
+    "--type",
+    "backup_type",
+    default="manual",
+    show_default=True,
+    help="Backup type (e.g. manual, pre_trade, scheduled).",
+)
+@click.option(
+    "--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Attach a tag (repeatable)."
+)
 @click.option("--note", default=None, help="A free-text note.")
 @_json_option
 @click.pass_obj
@@ -168,11 +186,15 @@ def create(ctx: Context, backup_type: str, tags: tuple[str, ...], note: str | No
     if not manager.config.sources:
         raise InvalidInputError(
             "nothing to back up: no [backup] sources are configured "
-            "(add e.g. sources = [\"config.toml\", \"live_runs/\"] to config.toml)"
+            '(add e.g. sources = ["config.toml", "live_runs/"] to config.toml)'
         )
     with delayed_progress(ctx, "backing up") as progress:
         backup_id = manager.create_backup(
-            None, backup_type, tags=_parse_tags(tags), note=note, include_files=True,
+            None,
+            backup_type,
+            tags=_parse_tags(tags),
+            note=note,
+            include_files=True,
             progress=progress,
         )
     info = manager.get_backup_info(backup_id)
@@ -199,15 +221,26 @@ def list_command(ctx: Context, backup_type: str | None) -> None:
         stdout.print(f"No backups in {ctx.manager.config.repository_path}")
         return
     table = Table(title=f"Backups in {ctx.manager.config.repository_path}")
-    for column, justify in (("ID", "left"), ("Type", "left"), ("Time (local)", "left"),
-                            ("Size", "right"), ("New", "right"), ("Entries", "right"),
-                            ("Tags", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    # Ids and times never wrap, so they can be copied even at 80 columns; the rest may.
+    id_width = max(len(info.backup_id) for info in backups)
+    table.add_column("ID", no_wrap=True, min_width=id_width)
+    table.add_column("Type", overflow="fold")
+    table.add_column("Time (local)", no_wrap=True)
+    table.add_column("Size", justify="right", no_wrap=True)
+    table.add_column("New", justify="right")
+    table.add_column("Entries", justify="right")
+    with_tags = any(info.tags for info in backups)
+    if with_tags:
+        table.add_column("Tags", overflow="fold")
     for info in backups:
         table.add_row(
-            info.backup_id, info.backup_type, f"{info.timestamp:%Y-%m-%d %H:%M:%S}",
-            human_size(info.size_bytes), human_size(info.added_bytes), str(len(info.files)),
-            ", ".join(f"{k}={v}" for k, v in info.tags.items()),
+            info.backup_id,
+            info.backup_type,
+            f"{info.timestamp:%Y-%m-%d %H:%M:%S}",
+            human_size(info.size_bytes),
+            human_size(info.added_bytes),
+            str(len(info.files)),
+            *([", ".join(f"{k}={v}" for k, v in info.tags.items())] if with_tags else []),
         )
     stdout.print(table)
 
@@ -221,21 +254,35 @@ def show(ctx: Context, backup_id: str) -> None:
     manifest = ctx.manager.repository.read_manifest(backup_id)
     info = BackupInfo.from_manifest(manifest)
     entries = [
-        {"name": e.name, "kind": e.kind, "size": e.size, "path": e.path,
-         "mode": oct(e.mode) if e.mode is not None else None,
-         "mtime": datetime.fromtimestamp(e.mtime_ns / 1e9).isoformat() if e.mtime_ns else None}
+        {
+            "name": e.name,
+            "kind": e.kind,
+            "size": e.size,
+            "path": e.path,
+            "mode": oct(e.mode) if e.mode is not None else None,
+            "mtime": datetime.fromtimestamp(e.mtime_ns / 1e9).isoformat() if e.mtime_ns else None,
+        }
         for e in manifest.entries
     ]
     if ctx.as_json:
-        emit_json({**info_json(info), "parent": manifest.parent,
-                   "compression": manifest.compression, "entries": entries})
+        emit_json(
+            {
+                **info_json(info),
+                "parent": manifest.parent,
+                "compression": manifest.compression,
+                "entries": entries,
+            }
+        )
         return
     stdout.print(f"[bold]{info.backup_id}[/bold]  type {info.backup_type}  host {info.host}")
-    stdout.print(f"time      {info.timestamp:%Y-%m-%d %H:%M:%S} local "
-                 f"({info.timestamp_utc.isoformat()})")
-    stdout.print(f"size      {human_size(info.logical_bytes)} restored, "
-                 f"{human_size(info.size_bytes)} stored, {human_size(info.added_bytes)} new "
-                 f"({manifest.compression})")
+    stdout.print(
+        f"time      {info.timestamp:%Y-%m-%d %H:%M:%S} local ({info.timestamp_utc.isoformat()})"
+    )
+    stdout.print(
+        f"size      {human_size(info.logical_bytes)} restored, "
+        f"{human_size(info.size_bytes)} stored, {human_size(info.added_bytes)} new "
+        f"({manifest.compression})"
+    )
     if info.tags:
         stdout.print("tags      " + ", ".join(f"{k}={v}" for k, v in info.tags.items()))
     if info.note:
@@ -243,16 +290,25 @@ def show(ctx: Context, backup_id: str) -> None:
     table = Table()
     for column in ("Entry", "Kind", "Size", "Mode", "Modified"):
         table.add_column(column)
-    for entry in entries:
-        table.add_row(str(entry["name"]), str(entry["kind"]), human_size(int(entry["size"])),
-                      entry["mode"] or "", (entry["mtime"] or "")[:19])
+    for entry in manifest.entries:
+        modified = (
+            f"{datetime.fromtimestamp(entry.mtime_ns / 1e9):%Y-%m-%d %H:%M:%S}"
+            if entry.mtime_ns
+            else ""
+        )
+        mode = oct(entry.mode) if entry.mode is not None else ""
+        table.add_row(entry.name, entry.kind, human_size(entry.size), mode, modified)
     stdout.print(table)
 
 
 @main.command()
 @click.argument("backup_id", required=False)
-@click.option("--target", type=click.Path(file_okay=False), default=None,
-              help="Directory to restore into (default: ./restore/<backup_id>).")
+@click.option(
+    "--target",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory to restore into (default: ./restore/<backup_id>).",
+)
 @_json_option
 @click.pass_obj
 def restore(ctx: Context, backup_id: str | None, target: str | None) -> None:
@@ -263,12 +319,19 @@ def restore(ctx: Context, backup_id: str | None, target: str | None) -> None:
     destination = Path(target) if target else Path("restore") / backup_id
     result = recovery.restore_to_directory(backup_id, destination)
     if ctx.as_json:
-        emit_json({"backup_id": backup_id, "target": str(result.target),
-                   "files": [str(p) for p in result.written],
-                   "bytes": result.bytes_written})
+        emit_json(
+            {
+                "backup_id": backup_id,
+                "target": str(result.target),
+                "files": [str(p) for p in result.written],
+                "bytes": result.bytes_written,
+            }
+        )
     else:
-        stdout.print(f"Restored [bold]{backup_id}[/bold] to {result.target} "
-                     f"({len(result.written)} files, {human_size(result.bytes_written)})")
+        stdout.print(
+            f"Restored [bold]{backup_id}[/bold] to {result.target} "
+            f"({len(result.written)} files, {human_size(result.bytes_written)})"
+        )
 
 
 def _latest_good(recovery: RecoveryManager) -> str:
@@ -293,8 +356,11 @@ def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
     manager = ctx.manager
     info = manager.get_backup_info(backup_id)
     if not yes:
-        stderr.print(f"Delete backup {info.backup_id} ({info.backup_type}, "
-                     f"{info.timestamp:%Y-%m-%d %H:%M:%S})? [y/N] ", end="")
+        stderr.print(
+            f"Delete backup {info.backup_id} ({info.backup_type}, "
+            f"{info.timestamp:%Y-%m-%d %H:%M:%S})? [y/N] ",
+            end="",
+        )
         answer = sys.stdin.readline().strip().lower() if sys.stdin else ""
         if answer not in ("y", "yes"):
             stderr.print("Not deleted. Answer 'y', or pass --yes to delete without asking.")
@@ -323,6 +389,7 @@ def verify(ctx: Context, backup_id: str | None, verify_all: bool, structure: boo
         ids = [info.backup_id for info in ctx.manager.list_backups()]
         ids += sorted(ctx.manager.repository.damaged_snapshots())
     elif backup_id:
+        ctx.manager.repository.read_manifest(backup_id)  # unknown id: exit code 3
         ids = [backup_id]
     else:
         latest = recovery.get_latest_backup()
@@ -336,13 +403,25 @@ def verify(ctx: Context, backup_id: str | None, verify_all: bool, structure: boo
             reports.append(report)
             progress(report.checked_bytes)
     if ctx.as_json:
-        emit_json([{"backup_id": r.backup_id, "ok": r.ok, "chunks": r.checked_chunks,
-                    "bytes": r.checked_bytes, "problems": r.problems} for r in reports])
+        emit_json(
+            [
+                {
+                    "backup_id": r.backup_id,
+                    "ok": r.ok,
+                    "chunks": r.checked_chunks,
+                    "bytes": r.checked_bytes,
+                    "problems": r.problems,
+                }
+                for r in reports
+            ]
+        )
     else:
         for r in reports:
             if r.ok:
-                stdout.print(f"[green]OK[/green]       {r.backup_id} ({r.checked_chunks} chunks, "
-                             f"{human_size(r.checked_bytes)})")
+                stdout.print(
+                    f"[green]OK[/green]       {r.backup_id} ({r.checked_chunks} chunks, "
+                    f"{human_size(r.checked_bytes)})"
+                )
             else:
                 stdout.print(f"[red]DAMAGED[/red]  {r.backup_id}: " + "; ".join(r.problems))
     if not all(r.ok for r in reports):
@@ -363,8 +442,9 @@ def run(argv: list[str] | None = None) -> int:
     except BackupError as exc:
         code = getattr(exc, "exit_code", EXIT_ERROR)
         if as_json:
-            emit_json({"error": {"type": type(exc).__name__, "message": str(exc),
-                                 "exit_code": code}})
+            emit_json(
+                {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}
+            )
         else:
             stderr.print(f"[red]error:[/red] {exc}", highlight=False)
         return code

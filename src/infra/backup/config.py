@@ -22,6 +22,7 @@ from src.infra.backup.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.errors import ConfigError
 
 _LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
+_CHOICES = ("zstd", "gzip", "none")
 
 
 class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,7 +52,8 @@ class BackupConfig:
     directories and globs backed up with every backup, relative to ``base_dir`` (the config
     file's directory when loaded from a file, else the working directory).
     ``include_secrets``: also back up ``.env``, ``secrets.toml``, ``*.key``, ``*.pem`` and
-    ``*_secret*`` files, which are excluded by default.
+    ``*_secret*`` files, which are excluded by default; only allowed for an encrypted
+    repository (not yet available, so ``true`` is refused).
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -102,8 +104,9 @@ class BackupConfig:
         """The effective codec and level."""
         codec = self.compression if self.compress else "none"
         level = self.compression_level if self.compression_level is not None else None
-        return Compression(codec, DEFAULT_LEVELS[codec] if level is None or codec == "none"
-                           else level)
+        return Compression(
+            codec, DEFAULT_LEVELS[codec] if level is None or codec == "none" else level
+        )
 
 
 def _validate(values: dict[str, Any], where: str) -> None:
@@ -121,15 +124,22 @@ def _validate(values: dict[str, Any], where: str) -> None:
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, values, where)) from None
     low, high = _LEVEL_RANGES[table.compression]
-    if table.compression_level is not None and table.compression != "none":
-        if not low <= table.compression_level <= high:
-            raise ConfigError(
-                f"{where}: compression_level = {table.compression_level!r} is out of range: "
-                f"expected {low}..{high} for {table.compression}"
-            )
+    level = table.compression_level
+    if level is not None and table.compression != "none" and not low <= level <= high:
+        raise ConfigError(
+            f"{where}: compression_level = {level!r} is out of range: "
+            f"expected {low}..{high} for {table.compression}"
+        )
     if not table.interval_hours > 0:
         raise ConfigError(
             f"{where}: interval_hours = {table.interval_hours!r}: expected a positive number"
+        )
+    if table.include_secrets:
+        # DESIGN.md: secrets only ever go into an encrypted repository. This version has no
+        # encryption yet, so opting in cannot be honoured safely.
+        raise ConfigError(
+            f"{where}: include_secrets = true needs an encrypted repository, and encryption "
+            "is not available in this version; secrets files stay excluded (set it to false)"
         )
     if not table.backup_path.strip():
         raise ConfigError(f"{where}: backup_path is empty: expected a directory path")
@@ -144,6 +154,8 @@ def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -
     message = str(exc)
     match = re.search(r"at `\$\.(\w+)((?:\[\d+\])*)`", message)
     expected = message.split(" - at ")[0]
+    if expected.startswith("Invalid enum value"):
+        expected = "expected one of " + ", ".join(repr(c) for c in _CHOICES)
     if not match:
         return f"{where}: {expected}"
     key = match.group(1)

@@ -19,6 +19,7 @@ from src.infra.backup.repository import (
     ProgressCallback,
     Repository,
     id_sort_key,
+    is_valid_backup_id,
     validate_backup_type,
 )
 from src.infra.backup.retention import SnapshotRef, apply_retention_days
@@ -124,9 +125,7 @@ class BackupManager:
         """The repository (opened, and created if missing, on first use)."""
         if self._repository is None:
             store = LocalStore(self.config.repository_path)
-            self._repository = Repository.open(
-                store, compression=self.config.compression_setting
-            )
+            self._repository = Repository.open(store, compression=self.config.compression_setting)
         return self._repository
 
     # -- create ----------------------------------------------------------------------------
@@ -182,7 +181,9 @@ class BackupManager:
         )
         log.info(
             "backup %s created: %d entries, %d bytes, %d new bytes",
-            manifest.backup_id, len(manifest.entries), manifest.stats.logical_bytes,
+            manifest.backup_id,
+            len(manifest.entries),
+            manifest.stats.logical_bytes,
             manifest.stats.added_bytes,
             extra={"backup_id": manifest.backup_id, "backup_type": backup_type},
         )
@@ -227,11 +228,14 @@ class BackupManager:
         Its chunks stay until garbage collection reclaims those no other backup uses.
         """
         repository = self.repository
-        repository.read_manifest(backup_id)  # not found -> BackupNotFoundError
-        if not force:
+        if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
+            raise BackupNotFoundError(f"backup not found: {backup_id}")
+        # A damaged backup can always go; a good one only if another good one remains.
+        if not force and repository.verify_snapshot(backup_id, read_data=False).ok:
             others = sorted(
                 (i for i in repository.snapshot_ids() if i != backup_id),
-                key=id_sort_key, reverse=True,
+                key=id_sort_key,
+                reverse=True,
             )
             if not any(repository.verify_snapshot(i, read_data=False).ok for i in others):
                 raise BackupError(
@@ -248,7 +252,9 @@ class BackupManager:
             for m in self.repository.list_snapshots()
         ]
         decisions = apply_retention_days(
-            snapshots, self.config.retention_days, datetime.now(timezone.utc),
+            snapshots,
+            self.config.retention_days,
+            datetime.now(timezone.utc),
             protect=protect or [],
         )
         deleted = []

@@ -123,7 +123,7 @@ def encode_checked(document: Manifest | RepoConfig) -> bytes:
     if not raw.endswith(CHECKSUM_FIELD + _ZERO_SUM.encode() + b'"}'):
         raise AssertionError("checksum must be the last member")  # schema invariant
     digest = blake3.blake3(raw).hexdigest().encode()
-    return raw[: -66] + digest + b'"}'
+    return raw[:-66] + digest + b'"}'
 
 
 def decode_checked(raw: bytes, kind: type[_T], what: str) -> _T:

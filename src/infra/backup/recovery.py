@@ -11,11 +11,12 @@ from typing import Any
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
+    IntegrityError,
     InvalidInputError,
     RecoveryError,
 )
 from src.infra.backup.manager import BackupManager, get_backup_manager
-from src.infra.backup.repository import VerifyReport, validate_backup_type
+from src.infra.backup.repository import VerifyReport, is_valid_backup_id, validate_backup_type
 from src.infra.backup.sources import restore_path, write_file
 from src.infra.backup.values import decode_value, to_jsonable
 
@@ -37,12 +38,18 @@ class RecoveryManager:
 
     def __init__(self, backup_manager: BackupManager | None = None) -> None:
         self.manager = backup_manager if backup_manager is not None else BackupManager()
+        # Backups found damaged by this manager: "latest" then means the newest intact one,
+        # so the seed's "try an older backup" fallback reaches a backup that restores.
+        self._damaged: set[str] = set()
 
     def restore_backup(self, backup_id: str) -> dict[str, Any]:
         """The data of backup ``backup_id``, verified. Any failure raises :class:`RecoveryError`
         (:class:`BackupNotFoundError` for an unknown id, :class:`IntegrityError` for damage)."""
         try:
             return self.manager.load_backup(backup_id)
+        except IntegrityError:
+            self._damaged.add(backup_id)
+            raise
         except RecoveryError:
             raise
         except BackupError as exc:
@@ -66,23 +73,30 @@ class RecoveryManager:
                 skipped.append(f"{info.backup_id} ({exc})")
                 continue
             if skipped:
-                log.warning("restored %s instead of newer damaged backups: %s",
-                            info.backup_id, "; ".join(skipped))
+                log.warning(
+                    "restored %s instead of newer damaged backups: %s",
+                    info.backup_id,
+                    "; ".join(skipped),
+                )
             return data
         raise RecoveryError("no backup could be restored; all are damaged: " + "; ".join(skipped))
 
     def get_latest_backup(self, backup_type: str | None = None) -> str | None:
-        """The id of the newest backup (of ``backup_type``), or ``None`` if there is none."""
-        backups = self._list(backup_type)
+        """The id of the newest backup (of ``backup_type``) not found damaged by this
+        manager, or ``None`` if there is none."""
+        backups = [b for b in self._list(backup_type) if b.backup_id not in self._damaged]
         return backups[0].backup_id if backups else None
 
     def verify_backup(self, backup_id: str) -> bool:
         """Whether the backup is intact (every chunk read and checked). Never raises."""
         try:
-            return self.verify_backup_report(backup_id).ok
-        except Exception:  # noqa: BLE001 - the contract is a bool, whatever went wrong
+            ok = self.verify_backup_report(backup_id).ok
+        except Exception:  # the contract is a bool, whatever went wrong
             log.exception("verify of %r failed unexpectedly", backup_id)
             return False
+        if not ok and is_valid_backup_id(backup_id):
+            self._damaged.add(backup_id)
+        return ok
 
     def verify_backup_report(self, backup_id: str, *, read_data: bool = True) -> VerifyReport:
         """Verify one backup and say what is wrong: every chunk is read and hashed, or with
@@ -120,14 +134,17 @@ class RecoveryManager:
             raise RecoveryError(f"backup {backup_id}: two entries would restore to the same path")
         result = RestoreResult(backup_id, root)
         try:
-            for entry, name in zip(manifest.entries, names):
+            for entry, name in zip(manifest.entries, names, strict=True):
                 if entry.kind == "data":
                     text = _json_text(decode_value(repository.read_entry(entry)))
                     path = write_file(root, name, [text])
                 else:
                     path = write_file(
-                        root, name, repository.iter_entry(entry),
-                        mode=entry.mode, mtime_ns=entry.mtime_ns,
+                        root,
+                        name,
+                        repository.iter_entry(entry),
+                        mode=entry.mode,
+                        mtime_ns=entry.mtime_ns,
                     )
                 result.written.append(path)
                 result.bytes_written += path.stat().st_size

@@ -253,7 +253,9 @@ class Repository:
             plain = self.read_chunk(ChunkRef(ref.id, ref.size, ref.stored))
             cached = decode_chunk_list(plain, f"chunk list {ref.id}")
             if len(cached) != ref.count:
-                raise CorruptDataError(f"chunk list {ref.id}: {len(cached)} chunks, not {ref.count}")
+                raise CorruptDataError(
+                    f"chunk list {ref.id}: {len(cached)} chunks, not {ref.count}"
+                )
             with self._lock:
                 self._chunk_lists[ref.id] = cached
         return cached
@@ -332,10 +334,13 @@ class Repository:
         stored_entries: list[Entry] = []
         for item in entries:
             if isinstance(item, DataInput):
-                refs = [self._store_chunk(view, pending) for view in self.chunker.split(item.payload)]
+                refs = [
+                    self._store_chunk(view, pending) for view in self.chunker.split(item.payload)
+                ]
                 stored_entries.append(
-                    self._entry(item.name, "data", len(item.payload), refs, pending,
-                                encoding=item.encoding)
+                    self._entry(
+                        item.name, "data", len(item.payload), refs, pending, encoding=item.encoding
+                    )
                 )
                 if progress:
                     progress(len(item.payload))
@@ -347,9 +352,7 @@ class Repository:
                 self._flush(pending)
         self._flush(pending)
         stats = self._stats(stored_entries, pending)
-        return self._commit(
-            backup_type, stored_entries, stats, tags or {}, note, parent, base_dir
-        )
+        return self._commit(backup_type, stored_entries, stats, tags or {}, note, parent, base_dir)
 
     def _parent_manifest(self) -> Manifest | None:
         """The newest backup by its id's time: its chunks are known without asking the store."""
@@ -396,7 +399,12 @@ class Repository:
         return ChunkRef(cid, len(plain), stored)
 
     def _entry(
-        self, name: str, kind: str, size: int, refs: list[ChunkRef], pending: _Pending,
+        self,
+        name: str,
+        kind: str,
+        size: int,
+        refs: list[ChunkRef],
+        pending: _Pending,
         **meta: object,
     ) -> Entry:
         """Build an entry; large chunk lists go to chunk-list blobs of fixed-size groups."""
@@ -416,19 +424,28 @@ class Repository:
         try:
             with open(item.path, "rb") as handle:
                 st = os.fstat(handle.fileno())
-                meta = {"path": item.name, "mode": st.st_mode & 0o7777,
-                        "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+                meta = {
+                    "path": item.name,
+                    "mode": st.st_mode & 0o7777,
+                    "mtime_ns": st.st_mtime_ns,
+                    "ctime_ns": st.st_ctime_ns,
+                    "ino": st.st_ino,
+                }
                 if previous is not None and _unchanged(previous, st):
                     refs = self.entry_refs(previous)
                     if all(ref.id in pending.known for ref in refs):
                         pending.referenced.update((ref.id, ref.stored) for ref in refs)
                         return self._entry(item.name, "file", st.st_size, refs, pending, **meta)
-                refs = [self._store_chunk(chunk, pending)
-                        for chunk in self.chunker.split_stream(handle, st.st_size)]
+                refs = [
+                    self._store_chunk(chunk, pending)
+                    for chunk in self.chunker.split_stream(handle, st.st_size)
+                ]
                 if pending.pending_bytes >= _FLUSH_BYTES:
                     self._flush(pending)
         except FileNotFoundError:
-            raise InvalidInputError(f"source file vanished during the backup: {item.path}") from None
+            raise InvalidInputError(
+                f"source file vanished during the backup: {item.path}"
+            ) from None
         except OSError as exc:
             raise StorageError(f"cannot read source file {item.path}: {exc.strerror}") from exc
         size = sum(ref.size for ref in refs)
@@ -467,10 +484,18 @@ class Repository:
         while True:
             backup_id = base if suffix == 1 else f"{base}_{suffix}"
             manifest = Manifest(
-                format=FORMAT_VERSION, backup_id=backup_id, backup_type=backup_type,
-                time_utc=now, host=socket.gethostname(), pid=os.getpid(), tags=tags, note=note,
+                format=FORMAT_VERSION,
+                backup_id=backup_id,
+                backup_type=backup_type,
+                time_utc=now,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                tags=tags,
+                note=note,
                 parent=parent.backup_id if parent else None,
-                compression=self.compression.label, base_dir=base_dir, entries=entries,
+                compression=self.compression.label,
+                base_dir=base_dir,
+                entries=entries,
                 stats=stats,
             )
             raw = encode_checked(manifest)

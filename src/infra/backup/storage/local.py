@@ -8,6 +8,7 @@ fsync'ed, so a crash leaves either the old state or the complete new object. Fil
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -70,10 +71,8 @@ def write_temp_file(directory: Path, data: bytes | Iterable[bytes]) -> Path:
 
 
 def _unlink_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 class LocalStore(Store):
