@@ -485,6 +485,11 @@ def print_report(report: dict[str, Any]) -> None:
     entries = ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in state["per_entry"].items())
     print(f"State at the end: {_fmt_bytes(state['total'])} serialized ({entries})")
     print(f"  [{state['encoder']}]")
+    machine = report["machine"]
+    print(
+        f"{machine['cpus']} CPUs, /tmp on {machine['tmp_filesystem']}, load average "
+        f"{machine['loadavg_start']} at the start, {machine['loadavg_end']} at the end"
+    )
     if naive and "extrapolated_to_full_day" in naive:
         print(
             f"naive: ran {naive['backups']} of {params['backups']} backups; figures marked * "
@@ -541,6 +546,14 @@ def other_tools() -> dict[str, str]:
         )
         for tool in ("restic", "borg")
     }
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _filesystem_of(path: str) -> str:
@@ -609,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "tmp_filesystem": _filesystem_of(tempfile.gettempdir()),
+            "loadavg_start": _loadavg(),
         },
         "other_tools": other_tools(),
         "results": {},
@@ -644,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     if ours and naive and "error" not in ours and "error" not in naive:
         report["ratios"] = compute_ratios(ours, naive)
     report["finished_utc"] = datetime.now(UTC).isoformat()
+    report["machine"]["loadavg_end"] = _loadavg()
     report["ok"] = not failed
 
     print_report(report)

@@ -7,6 +7,7 @@ Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,12 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from src.infra.backup.config import load_backup_config
-from src.infra.backup.errors import BackupError, BackupNotFoundError, InvalidInputError
+from src.infra.backup.errors import (
+    BackupError,
+    BackupNotFoundError,
+    IntegrityError,
+    InvalidInputError,
+)
 from src.infra.backup.manager import BackupInfo, BackupManager
 from src.infra.backup.recovery import RecoveryManager
 
@@ -150,9 +156,15 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
     help="Config file (default: $PEAK_TRADE_CONFIG_PATH, ./config.toml, ./config/config.toml).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Also log what each step does.")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
+def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool) -> None:
     """Peak-Trade backup and recovery."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
     ctx.obj = Context(config_path, as_json)
 
 
@@ -354,13 +366,13 @@ def _latest_good(recovery: RecoveryManager) -> str:
 def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
     """Delete a backup (asks for confirmation on stdin unless --yes)."""
     manager = ctx.manager
-    info = manager.get_backup_info(backup_id)
+    try:
+        info = manager.get_backup_info(backup_id)
+        what = f"{info.backup_id} ({info.backup_type}, {info.timestamp:%Y-%m-%d %H:%M:%S})"
+    except IntegrityError as exc:  # a damaged backup must stay deletable
+        what = f"{backup_id} (damaged: {exc})"
     if not yes:
-        stderr.print(
-            f"Delete backup {info.backup_id} ({info.backup_type}, "
-            f"{info.timestamp:%Y-%m-%d %H:%M:%S})? [y/N] ",
-            end="",
-        )
+        stderr.print(f"Delete backup {what}? [y/N] ", end="", highlight=False)
         answer = sys.stdin.readline().strip().lower() if sys.stdin else ""
         if answer not in ("y", "yes"):
             stderr.print("Not deleted. Answer 'y', or pass --yes to delete without asking.")

@@ -11,7 +11,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from src.infra.backup.config import BackupConfig, load_backup_config
-from src.infra.backup.errors import BackupError, BackupNotFoundError, InvalidInputError
+from src.infra.backup.errors import (
+    BackupError,
+    BackupNotFoundError,
+    CorruptDataError,
+    InvalidInputError,
+)
 from src.infra.backup.manifest import Manifest
 from src.infra.backup.repository import (
     DataInput,
@@ -214,11 +219,17 @@ class BackupManager:
         """The data entries of a backup as Python values, every chunk verified."""
         repository = self.repository
         manifest = repository.read_manifest(backup_id)
-        return {
-            entry.name: decode_value(repository.read_entry(entry))
-            for entry in manifest.entries
-            if entry.kind == "data"
-        }
+        data = {}
+        for entry in manifest.entries:
+            if entry.kind != "data":
+                continue
+            if entry.encoding != ENCODING_NAME:
+                raise CorruptDataError(
+                    f"backup {backup_id}, entry {entry.name!r}: unknown value encoding "
+                    f"{entry.encoding!r} (this version reads {ENCODING_NAME})"
+                )
+            data[entry.name] = decode_value(repository.read_entry(entry))
+        return data
 
     # -- delete ----------------------------------------------------------------------------
 

@@ -136,6 +136,7 @@ class Repository:
         self._damaged: dict[str, str] = {}
         self._chunk_lists: dict[str, list[ChunkRef]] = {}
         self._id_hint: dict[str, int] = {}
+        self._last_committed: Manifest | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -285,8 +286,18 @@ class Repository:
 
     # -- verifying -------------------------------------------------------------------------
 
-    def verify_snapshot(self, backup_id: str, *, read_data: bool = True) -> VerifyReport:
-        """Check a backup: its manifest, and every chunk (read and hashed, or only present)."""
+    def verify_snapshot(
+        self,
+        backup_id: str,
+        *,
+        read_data: bool = True,
+        check_data: Callable[[Entry, bytes], None] | None = None,
+    ) -> VerifyReport:
+        """Check a backup: its manifest, and every chunk (read and hashed, or only present).
+
+        With ``read_data``, ``check_data(entry, content)`` is also called for each data entry
+        (to decode it, say) from the same read, so verification reads every chunk once.
+        """
         report = VerifyReport(backup_id, ok=True)
         try:
             manifest = self.read_manifest(backup_id)
@@ -298,9 +309,14 @@ class Repository:
             try:
                 refs = self.entry_refs(entry)
                 total = 0
+                keep = read_data and check_data is not None and entry.kind == "data"
+                pieces: list[bytes] = []
                 for ref in refs:
                     if read_data:
-                        total += len(self.read_chunk(ref))
+                        plain = self.read_chunk(ref)
+                        total += len(plain)
+                        if keep:
+                            pieces.append(plain)
                     elif not self.store.exists(chunk_key(ref.id)):
                         raise IntegrityError(f"chunk {ref.id} is missing from the repository")
                     else:
@@ -309,6 +325,8 @@ class Repository:
                 report.checked_bytes += total
                 if total != entry.size:
                     raise CorruptDataError(f"{total} bytes instead of {entry.size}")
+                if keep and check_data is not None:
+                    check_data(entry, b"".join(pieces))
             except (IntegrityError, StorageError) as exc:
                 report.ok = False
                 report.problems.append(f"entry {entry.name!r}: {exc}")
@@ -355,7 +373,12 @@ class Repository:
         return self._commit(backup_type, stored_entries, stats, tags or {}, note, parent, base_dir)
 
     def _parent_manifest(self) -> Manifest | None:
-        """The newest backup by its id's time: its chunks are known without asking the store."""
+        """The backup whose chunks are known without asking the store: the last one this
+        process committed while it still exists, else the newest by its id's time. (Any parent
+        is correct; a recent one just deduplicates best.)"""
+        last = self._last_committed
+        if last is not None and self.store.exists(f"{SNAPSHOT_PREFIX}{last.backup_id}.json"):
+            return last
         for backup_id in sorted(self.snapshot_ids(), key=id_sort_key, reverse=True)[:3]:
             try:
                 return self.read_manifest(backup_id)
@@ -508,6 +531,7 @@ class Repository:
             manifest = msgspec.json.decode(raw, type=Manifest)
             with self._lock:
                 self._manifests[backup_id] = manifest
+                self._last_committed = manifest
             return manifest
 
     # -- deleting --------------------------------------------------------------------------

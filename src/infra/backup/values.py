@@ -82,9 +82,11 @@ Guarantees and limits
   a set in iteration order, ``<key i>`` for the i-th key of a dict, ``.value`` for the value of
   an enum member; pandas objects use ``.columns``, ``.index``, ``.name`` and ``[column]``.
 * Nesting: at most 255 levels of list/dict inside one ext payload (ormsgpack's limit) and at
-  most 8 nested ext values with a msgpack payload (tuple, set, frozenset,
-  OrderedDict, dict with non-str keys, enum, pandas). Deeper or cyclic values are refused;
-  the ext limit keeps decoding within the native stack even for hostile input.
+  most 32 nested ext values with a msgpack payload (tuple, set, frozenset, OrderedDict, dict
+  with non-str keys, enum, pandas); raw-payload codes do not count. Deeper or cyclic values
+  are refused. Hostile input can make every payload ~1000 arrays deep (~0.55 MB of native
+  stack each), so the decoder handles 6 ext levels in the calling thread and decodes values
+  nested deeper again in a helper thread with a 64 MB stack.
 * Enums are restored only if their class is already loaded: the class is looked up in
   ``sys.modules`` and then through the class ``__dict__`` along the qualname, never by
   importing. If the class is not loaded, is not an Enum, or has no member with that value,
@@ -109,6 +111,8 @@ import math
 import pathlib
 import struct
 import sys
+import threading
+import types
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterator
@@ -130,9 +134,14 @@ __all__ = [
 
 ENCODING_NAME: Final = "msgpack-tagged-1"
 
-#: Most nested ext values with a msgpack payload (see the module docstring). Decoding one
-#: payload may use about 0.5 MB of native stack on hostile input, so this bounds the total.
-_MAX_EXT_DEPTH: Final = 8
+#: Most nested ext values with a msgpack payload (see the module docstring).
+_MAX_EXT_DEPTH: Final = 32
+#: ormsgpack's unpackb nests up to ~1022 arrays deep, using ~0.55 MB of native stack; hostile
+#: input can do that in every ext payload. Up to this many levels are decoded in the calling
+#: thread (< 4 MB); deeper values are decoded again in a thread with a stack of this size.
+_FAST_EXT_DEPTH: Final = 6
+_BIG_STACK_BYTES: Final = 64 * 1024 * 1024
+_STACK_LOCK: Final = threading.Lock()
 
 #: ormsgpack refuses a list/dict at this many enclosing lists/dicts within one packb call.
 _MAX_CONTAINER_DEPTH: Final = 255
@@ -280,7 +289,8 @@ def _format_error(path: str, reason: str) -> str:
 
 def _key_repr(key: object) -> str:
     if type(key) is str:
-        text = json.dumps(key, ensure_ascii=False)
+        # lone surrogates are shown escaped, so the message itself stays valid UTF-8
+        text = json.dumps(key, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
     else:
         try:
             text = repr(key)
@@ -626,6 +636,8 @@ class _Encoder:
             return encoder(self, obj)
         except _RefusalError as exc:
             self._fail(exc.reason)
+        except Exception as exc:  # noqa: BLE001 - ormsgpack would hide it: record it first
+            self._fail(f"cannot encode {_type_name(obj)}: {type(exc).__name__}: {exc}")
 
     def _fail(self, reason: str) -> NoReturn:
         if self.error is None:
@@ -764,6 +776,8 @@ def _leaf_problem(obj: Any, encoder: Callable[[Any, Any], ormsgpack.Ext]) -> str
         encoder(None, obj)
     except _RefusalError as exc:
         return exc.reason
+    except Exception as exc:  # noqa: BLE001 - report it like the encoder does
+        return f"cannot encode {_type_name(obj)}: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -1010,19 +1024,22 @@ def _dec_ordereddict(dec: _Decoder, data: bytes) -> collections.OrderedDict[Any,
 def _lookup_enum(module: str, qualname: str) -> type[enum.Enum] | None:
     """Find an already loaded Enum class, without importing and without calling getattr hooks."""
     obj: Any = sys.modules.get(module)
-    if obj is None:
+    if not isinstance(obj, types.ModuleType):
         return None
+    # object.__getattribute__ / type's own __dict__ descriptor: no module __getattr__, no
+    # lazy-module loading, no metaclass hooks run here.
+    namespace = object.__getattribute__(obj, "__dict__")
     for part in qualname.split("."):
-        try:
-            namespace = vars(obj)
-        except TypeError:
-            return None
         obj = namespace.get(part)
-        if obj is None:
+        if not isinstance(obj, type):
             return None
+        namespace = _TYPE_DICT.__get__(obj)
     if isinstance(obj, type) and issubclass(obj, enum.Enum):
         return obj
     return None
+
+
+_TYPE_DICT: Final = type.__dict__["__dict__"]
 
 
 def _dec_enum(dec: _Decoder, data: bytes) -> object:
@@ -1189,13 +1206,15 @@ _DECODERS: Final[dict[int, Callable[[Any, bytes], object]]] = {
 
 
 class _Decoder:
-    """Per-call state of :func:`decode_value`: ext nesting depth and the first error."""
+    """Per-call state of :func:`decode_value`: ext nesting depth, its limit, the first error."""
 
-    __slots__ = ("depth", "error")
+    __slots__ = ("depth", "error", "limit", "needs_big_stack")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self.depth = 0
+        self.limit = limit
         self.error: str | None = None
+        self.needs_big_stack = False
 
     def hook(self, code: int, data: bytes) -> object:
         """ormsgpack ``ext_hook``: rebuild one ext value (errors are recorded, then raised)."""
@@ -1214,8 +1233,10 @@ class _Decoder:
 
     def unpack(self, data: bytes) -> object:
         """Decode the msgpack payload of an ext value one nesting level deeper."""
-        if self.depth >= _MAX_EXT_DEPTH:
-            _corrupt(f"ext values nested more than {_MAX_EXT_DEPTH} deep")
+        if self.depth >= self.limit:
+            if self.limit < _MAX_EXT_DEPTH:
+                self.needs_big_stack = True
+            _corrupt(f"ext values nested more than {self.limit} deep")
         self.depth += 1
         try:
             return ormsgpack.unpackb(data, ext_hook=self.hook)
@@ -1223,19 +1244,60 @@ class _Decoder:
             self.depth -= 1
 
 
+def _decode(data: bytes | memoryview, limit: int) -> tuple[object, _Decoder]:
+    decoder = _Decoder(limit)
+    try:
+        return ormsgpack.unpackb(data, ext_hook=decoder.hook), decoder
+    except Exception as exc:
+        if decoder.needs_big_stack:
+            return None, decoder
+        message = decoder.error or f"malformed msgpack data: {exc}"
+        raise CorruptDataError(message) from exc
+
+
+def _decode_on_big_stack(data: bytes | memoryview) -> object:
+    """Decode in a fresh thread whose native stack holds ``_MAX_EXT_DEPTH`` hostile levels."""
+    outcome: list[object] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(_decode(data, _MAX_EXT_DEPTH)[0])
+        except BaseException as exc:  # noqa: BLE001 - handed over to the calling thread
+            failure.append(exc)
+
+    with _STACK_LOCK:
+        try:
+            previous = threading.stack_size(_BIG_STACK_BYTES)
+        except (ValueError, RuntimeError) as exc:
+            raise CorruptDataError(
+                f"ext values nested more than {_FAST_EXT_DEPTH} deep and this platform "
+                "cannot start a thread with a larger stack to decode them"
+            ) from exc
+        try:
+            worker = threading.Thread(target=target, name="decode_value-big-stack", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def decode_value(data: bytes | memoryview) -> object:
     """Decode bytes written by :func:`encode_value`.
 
     Raises :class:`CorruptDataError` (and nothing else) for any malformed input. Never
     imports modules named by the data and never runs code from it; enum classes are only
-    resolved when already loaded (otherwise the plain value is returned).
+    resolved when already loaded (otherwise the plain value is returned). Values with more
+    than 6 nested msgpack-payload ext levels are decoded again in a helper thread with a
+    larger native stack (see the module docstring).
     """
-    decoder = _Decoder()
-    try:
-        return ormsgpack.unpackb(data, ext_hook=decoder.hook)
-    except Exception as exc:
-        message = decoder.error or f"malformed msgpack data: {exc}"
-        raise CorruptDataError(message) from exc
+    value, decoder = _decode(data, _FAST_EXT_DEPTH)
+    if decoder.needs_big_stack:
+        return _decode_on_big_stack(data)
+    return value
 
 
 # --------------------------------------------------------------------------- JSON view
