@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from seed_config import SEED_BACKUP_TABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAIN_SCRIPT = PROJECT_ROOT / "src" / "infra" / "backup" / "__main__.py"
@@ -20,28 +21,33 @@ CliRunner = Callable[..., Any]
 
 ID_RE = re.compile(r"\b([a-z0-9_-]+_\d{8}_\d{6}(?:_\d+)?)\b")
 
-CONFIG = """\
-[backup]
-enabled = true
-interval_hours = 24
-retention_days = 30
-backup_path = "./backups"
-compress = true
-sources = ["config.toml", "live_runs/"]
-"""
+CONFIG = SEED_BACKUP_TABLE + 'sources = ["config.toml", "live_runs/"]\n'
 
 # name -> (content, mode, mtime_ns)
 FILES = {
-    "live_runs/run_001.json": (b'{"run": 1, "equity": 10000.5}\n', 0o640,
-                               1_700_000_000_123_456_789),
-    "live_runs/run_002.json": (b'{"run": 2, "equity": 10100.25}\n', 0o600,
-                               1_700_000_100_987_654_321),
-    "live_runs/sub/trades.jsonl": (b"".join(b'{"i": %d}\n' % i for i in range(5000)), 0o644,
-                                   1_650_000_000_000_000_001),
+    "live_runs/run_001.json": (
+        b'{"run": 1, "equity": 10000.5}\n',
+        0o640,
+        1_700_000_000_123_456_789,
+    ),
+    "live_runs/run_002.json": (
+        b'{"run": 2, "equity": 10100.25}\n',
+        0o600,
+        1_700_000_100_987_654_321,
+    ),
+    "live_runs/sub/trades.jsonl": (
+        b"".join(b'{"i": %d}\n' % i for i in range(5000)),
+        0o644,
+        1_650_000_000_000_000_001,
+    ),
     "live_runs/empty.json": (b"", 0o444, 1_600_000_000_000_000_000),
 }
-SECRETS = {".env": b"API_KEY=root-secret\n", "live_runs/.env": b"API_KEY=secret\n",
-           "live_runs/exchange.key": b"-----KEY-----\n", "live_runs/secrets.toml": b"k = 1\n"}
+SECRETS = {
+    ".env": b"API_KEY=root-secret\n",
+    "live_runs/.env": b"API_KEY=secret\n",
+    "live_runs/exchange.key": b"-----KEY-----\n",
+    "live_runs/secrets.toml": b"k = 1\n",
+}
 CONFIG_MTIME = 1_690_000_000_555_555_555
 
 
@@ -81,8 +87,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory, run_cli: CliRunner) -> dict
     ok(first)
     assert "Backup created" in first.stdout
     first_id = created_id(first.stdout)
-    second = run_cli("create", "--type", "pre_trade", "--tag", "a=b", "--note", "x",
-                             "--json", cwd=root)
+    second = run_cli(
+        "create", "--type", "pre_trade", "--tag", "a=b", "--note", "x", "--json", cwd=root
+    )
     ok(second)
     info = json.loads(second.stdout)
     return {"root": root, "first": first_id, "second": info["backup_id"], "second_info": info}
@@ -197,8 +204,9 @@ def test_restore_newest_into_default_dir(run_cli: CliRunner, tmp_path: Path) -> 
     assert sorted(p.name for p in (root / "restore").iterdir()) == [newest]
 
 
-def test_restore_by_id_with_target(shared: dict[str, object], run_cli: CliRunner,
-                                   tmp_path: Path) -> None:
+def test_restore_by_id_with_target(
+    shared: dict[str, object], run_cli: CliRunner, tmp_path: Path
+) -> None:
     root = Path(str(shared["root"]))
     target = tmp_path / "elsewhere" / "out"
     result = run_cli("restore", str(shared["first"]), "--target", str(target), "--json", cwd=root)
@@ -208,7 +216,8 @@ def test_restore_by_id_with_target(shared: dict[str, object], run_cli: CliRunner
     assert Path(payload["target"]) == target
     assert_restored(target)
     assert not (root / "restore").exists() or str(shared["first"]) not in os.listdir(
-        root / "restore")
+        root / "restore"
+    )
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -228,13 +237,18 @@ def test_verify(shared: dict[str, object], run_cli: CliRunner) -> None:
     ok(result)
 
 
-def test_verify_damaged_exit_4(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
-    root, (first, second) = project
-    snapshot = root / "backups" / "snapshots" / f"{second}.json"
+def damage_manifest(root: Path, backup_id: str) -> None:
+    """Flip one byte of a backup's manifest."""
+    snapshot = root / "backups" / "snapshots" / f"{backup_id}.json"
     raw = bytearray(snapshot.read_bytes())
     raw[10] ^= 1
     os.chmod(snapshot, 0o600)
     snapshot.write_bytes(bytes(raw))
+
+
+def test_verify_damaged_exit_4(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
+    root, (first, second) = project
+    damage_manifest(root, second)
     result = run_cli("verify", "--all", "--json", cwd=root)
     assert result.returncode == 4, (result.stdout, result.stderr)
     reports = {r["backup_id"]: r for r in json.loads(result.stdout)}
@@ -404,8 +418,9 @@ def test_config_option(tmp_path: Path, run_cli: CliRunner) -> None:
     ok(result)
     backup_id = json.loads(result.stdout)["backup_id"]
     assert (root / "backups" / "snapshots" / f"{backup_id}.json").is_file()
-    result = run_cli("list", "--json", cwd=elsewhere,
-                     env={"PEAK_TRADE_CONFIG_PATH": str(root / "config.toml")})
+    result = run_cli(
+        "list", "--json", cwd=elsewhere, env={"PEAK_TRADE_CONFIG_PATH": str(root / "config.toml")}
+    )
     ok(result)
     assert [b["backup_id"] for b in json.loads(result.stdout)] == [backup_id]
 
@@ -416,8 +431,10 @@ def test_config_option(tmp_path: Path, run_cli: CliRunner) -> None:
 def test_python_dash_m_and_console_script(shared: dict[str, object], run_cli: CliRunner) -> None:
     root = Path(str(shared["root"]))
     expected = [shared["second"], shared["first"]]
-    for command in ([sys.executable, "-m", "src.infra.backup"],
-                    [str(PROJECT_ROOT / ".venv" / "bin" / "peak-backup")]):
+    for command in (
+        [sys.executable, "-m", "src.infra.backup"],
+        [str(PROJECT_ROOT / ".venv" / "bin" / "peak-backup")],
+    ):
         result = run_cli("list", "--json", cwd=root, command=command)
         ok(result)
         assert [b["backup_id"] for b in json.loads(result.stdout)] == expected
@@ -434,8 +451,9 @@ def test_seed_command_forms(tmp_path: Path, run_cli: CliRunner) -> None:
     path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
     def run(*args: str, input: str | None = None) -> Any:
-        return run_cli(*args, cwd=root, input=input, env={"PATH": path},
-                       command=["python", str(MAIN_SCRIPT)])
+        return run_cli(
+            *args, cwd=root, input=input, env={"PATH": path}, command=["python", str(MAIN_SCRIPT)]
+        )
 
     result = run("create")
     ok(result)
@@ -483,20 +501,19 @@ def test_include_secrets_without_encryption_does_not_store_secrets(
         return
     ok(result)
     files = json.loads(result.stdout)["files"]
-    assert not [name for name in files if name.rsplit("/", 1)[-1] in (".env", "exchange.key",
-                                                                        "secrets.toml")], files
+    assert not [
+        name
+        for name in files
+        if name.rsplit("/", 1)[-1] in (".env", "exchange.key", "secrets.toml")
+    ], files
 
 
 def test_delete_damaged_backup(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
     """A backup whose manifest is damaged (skipped by list, DAMAGED in verify) can be deleted
     from the command line."""
     root, (first, second) = project
-    snapshot = root / "backups" / "snapshots" / f"{second}.json"
-    raw = bytearray(snapshot.read_bytes())
-    raw[10] ^= 1
-    os.chmod(snapshot, 0o600)
-    snapshot.write_bytes(bytes(raw))
+    damage_manifest(root, second)
     result = run_cli("delete", second, "--yes", cwd=root)
     ok(result)
-    assert not snapshot.exists()
+    assert not (root / "backups" / "snapshots" / f"{second}.json").exists()
     assert listed_ids(root, run_cli) == [first]

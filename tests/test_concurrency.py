@@ -21,8 +21,9 @@ ID_PARTS = re.compile(r"^(?P<base>[a-z0-9_-]+_\d{8}_\d{6})(?:_(?P<n>\d+))?$")
 
 def test_two_backups_in_one_second_get_distinct_ids(tmp_path: Path) -> None:
     for attempt in range(10):
-        manager = BackupManager(BackupConfig(backup_path=tmp_path / f"r{attempt}",
-                                             retention_days=0))
+        manager = BackupManager(
+            BackupConfig(backup_path=tmp_path / f"r{attempt}", retention_days=0)
+        )
         # Start right after a second boundary so both land in the same second.
         time.sleep(1.0 - (time.time() % 1.0) + 0.01)
         first = manager.create_backup({"n": 1})
@@ -83,7 +84,10 @@ def test_four_processes_create_25_backups_each(tmp_path: Path) -> None:
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(repo), str(w), "25", str(go)],
-            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for w in range(4)
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from seed_config import SEED_BACKUP_TABLE
 
 from src.core import ConfigError as CoreConfigError
 from src.core import load_config
@@ -16,14 +17,7 @@ from src.infra.backup import (
     load_backup_config,
 )
 
-SEED_TABLE = """\
-[backup]
-enabled = true
-interval_hours = 24
-retention_days = 30
-backup_path = "./backups"
-compress = true
-"""
+SEED_TABLE = SEED_BACKUP_TABLE
 
 
 def write(path: Path, text: str) -> Path:
@@ -237,8 +231,9 @@ def chunk_codecs(repo: Path) -> list[int]:
     return [p.read_bytes()[5] for p in blobs]
 
 
-COMPRESSIBLE = {"history": {"trades": [{"symbol": "BTC/USD", "side": "buy", "n": i}
-                                       for i in range(3000)]}}
+COMPRESSIBLE = {
+    "history": {"trades": [{"symbol": "BTC/USD", "side": "buy", "n": i} for i in range(3000)]}
+}
 
 
 def test_compress_false_stores_chunks_uncompressed(tmp_path: Path) -> None:
@@ -265,8 +260,10 @@ def test_compress_true_compresses(tmp_path: Path) -> None:
 
 
 def test_gzip_compression_from_config(tmp_path: Path) -> None:
-    write(tmp_path / "config.toml",
-          '[backup]\nbackup_path = "./g"\ncompression = "gzip"\nretention_days = 0\n')
+    write(
+        tmp_path / "config.toml",
+        '[backup]\nbackup_path = "./g"\ncompression = "gzip"\nretention_days = 0\n',
+    )
     manager = BackupManager()
     backup_id = manager.create_backup(COMPRESSIBLE)
     assert 2 in chunk_codecs(tmp_path / "g")

@@ -25,7 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KILLS = 30
 
 # Shared by the child (which writes) and the parent (which regenerates and compares).
-GENERATOR = '''
+GENERATOR = """
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -77,9 +77,11 @@ def write_files(workdir, i):
     runs = workdir / "live_runs"
     runs.mkdir(exist_ok=True)
     (runs / "journal.jsonl").write_text(journal_text(i))
-'''
+"""
 
-CHILD = GENERATOR + '''
+CHILD = (
+    GENERATOR
+    + """
 import sys
 from src.infra.backup import BackupConfig, BackupManager
 
@@ -94,7 +96,8 @@ while True:
     backup_id = manager.create_backup(make_state(i), backup_type=("automatic", "pre_trade")[i % 2])
     print("committed", i, backup_id, flush=True)
     i += 1
-'''
+"""
+)
 
 generated: dict[str, Any] = {}
 exec(compile(GENERATOR, "<crash-generator>", "exec"), generated)
@@ -149,14 +152,23 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_backup(tmp_path: Path)
     print(f"\ncrash test seed {seed}")
 
     verified: dict[str, int] = {}
-    counts = {"kills": 0, "during_startup": 0, "mid_write": 0, "in_loop_no_temp_left": 0,
-              "commits_seen": 0, "after_commit_before_report": 0}
+    counts = {
+        "kills": 0,
+        "during_startup": 0,
+        "mid_write": 0,
+        "in_loop_no_temp_left": 0,
+        "commits_seen": 0,
+        "after_commit_before_report": 0,
+    }
     started_at = time.monotonic()
     for kill in range(KILLS):
         before_temps = temp_files(repo)
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(repo), str(workdir), str(kill * 10_000)],
-            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(rng.uniform(0.05, 0.6))
         assert child.poll() is None, child.communicate()[1]  # it must still be running
@@ -182,8 +194,10 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_backup(tmp_path: Path)
 
     listed = check_repository(repo, workdir, {})  # at the end: everything, fully, again
     elapsed = time.monotonic() - started_at
-    print(f"crash test: {counts}; {listed} backups committed; "
-          f"{len(temp_files(repo))} temp files left; {elapsed:.1f} s")
+    print(
+        f"crash test: {counts}; {listed} backups committed; "
+        f"{len(temp_files(repo))} temp files left; {elapsed:.1f} s"
+    )
     assert listed == len(verified)
     assert listed > 0, "no backup was ever committed"
     assert listed >= counts["commits_seen"]

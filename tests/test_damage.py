@@ -46,8 +46,11 @@ def tree(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
 def state(n: int) -> dict[str, object]:
     """Distinct per ``n``, so no two backups share a chunk."""
     return {
-        "portfolio": {"n": n, "equity": 10000.0 + n, "positions": [{"symbol": "BTC/USD",
-                                                                     "size": 0.1 * n}]},
+        "portfolio": {
+            "n": n,
+            "equity": 10000.0 + n,
+            "positions": [{"symbol": "BTC/USD", "size": 0.1 * n}],
+        },
         "config": {"strategy": f"ma_{n}", "risk_per_trade": 0.01},
     }
 
@@ -92,10 +95,14 @@ class Custom:
 @pytest.mark.parametrize(
     ("data", "path_text"),
     [
-        ({"portfolio": {"positions": [{"symbol": "BTC/USD", "opened_at": Custom()}]}},
-         'data["portfolio"]["positions"][0]["opened_at"]'),
-        ({"portfolio": {"equity": 1}, "config": {"callbacks": {"on_fill": lambda: 1}}},
-         'data["config"]["callbacks"]["on_fill"]'),
+        (
+            {"portfolio": {"positions": [{"symbol": "BTC/USD", "opened_at": Custom()}]}},
+            'data["portfolio"]["positions"][0]["opened_at"]',
+        ),
+        (
+            {"portfolio": {"equity": 1}, "config": {"callbacks": {"on_fill": lambda: 1}}},
+            'data["config"]["callbacks"]["on_fill"]',
+        ),
         ({"portfolio": Custom()}, 'data["portfolio"]'),
     ],
 )
@@ -148,8 +155,18 @@ def test_longest_valid_type_is_accepted(manager: BackupManager) -> None:
 
 # -- traversal ids -----------------------------------------------------------------------------
 
-BAD_IDS = ["../x", "/etc/passwd", "a/b", "x\x00y", "..", ".", "", "../../etc/passwd",
-           "snapshots/../repo", "MANUAL_20250101_000000"]
+BAD_IDS = [
+    "../x",
+    "/etc/passwd",
+    "a/b",
+    "x\x00y",
+    "..",
+    ".",
+    "",
+    "../../etc/passwd",
+    "snapshots/../repo",
+    "MANUAL_20250101_000000",
+]
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
@@ -342,8 +359,9 @@ def test_restore_latest_on_empty_repository(manager: BackupManager) -> None:
 
 def test_damaged_large_entry_chunk_list(manager: BackupManager) -> None:
     """A big entry is stored through chunk-list blobs; damage to one is an IntegrityError."""
-    big = {"history": {"trades": [{"i": i, "p": i * 1.5, "s": f"sym{i % 97}"}
-                                  for i in range(60_000)]}}
+    big = {
+        "history": {"trades": [{"i": i, "p": i * 1.5, "s": f"sym{i % 97}"} for i in range(60_000)]}
+    }
     first = manager.create_backup({"x": 1})
     backup_id = manager.create_backup(big)
     assert manager.load_backup(backup_id) == big
@@ -471,20 +489,27 @@ def test_retention_days_keeps_newest_per_type_and_protected() -> None:
     snapshots = [
         ref("manual_old", "manual", 40),
         ref("manual_older", "manual", 50),
-        ref("pre_trade_only", "pre_trade", 90),     # newest of its type: kept
+        ref("pre_trade_only", "pre_trade", 90),  # newest of its type: kept
         ref("automatic_new", "automatic", 0.5),
         ref("automatic_old", "automatic", 2),
-        ref("automatic_edge", "automatic", 1),      # exactly at the cutoff: kept
-        ref("scheduled_future", "scheduled", -3),   # dated in the future
+        ref("automatic_edge", "automatic", 1),  # exactly at the cutoff: kept
+        ref("scheduled_future", "scheduled", -3),  # dated in the future
         ref("scheduled_old", "scheduled", 10),
         ref("protected_old", "manual", 100),
     ]
-    decisions = {d.backup_id: d for d in apply_retention_days(
-        snapshots, 1, NOW, protect=["protected_old"])}
+    decisions = {
+        d.backup_id: d for d in apply_retention_days(snapshots, 1, NOW, protect=["protected_old"])
+    }
     assert set(decisions) == {s.backup_id for s in snapshots}
     kept = {i for i, d in decisions.items() if d.keep}
-    assert kept == {"manual_old", "pre_trade_only", "automatic_new", "automatic_edge",
-                    "scheduled_future", "protected_old"}
+    assert kept == {
+        "manual_old",
+        "pre_trade_only",
+        "automatic_new",
+        "automatic_edge",
+        "scheduled_future",
+        "protected_old",
+    }
     for decision in decisions.values():
         assert decision.reason
     assert "newest" in decisions["pre_trade_only"].reason
@@ -500,8 +525,10 @@ def test_retention_off_keeps_everything() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["manual", "pre_trade", "automatic"]),
-                  st.floats(min_value=-5, max_value=400, allow_nan=False)),
+        st.tuples(
+            st.sampled_from(["manual", "pre_trade", "automatic"]),
+            st.floats(min_value=-5, max_value=400, allow_nan=False),
+        ),
         max_size=30,
     ),
     st.integers(min_value=-2, max_value=60),
@@ -516,8 +543,10 @@ def test_retention_properties(
     assert [d.backup_id for d in decisions] == [s.backup_id for s in snapshots]
     kept = {d.backup_id for d in decisions if d.keep}
     for backup_type in {s.backup_type for s in snapshots}:
-        newest = max((s for s in snapshots if s.backup_type == backup_type),
-                     key=lambda s: (s.time_utc, s.backup_id))
+        newest = max(
+            (s for s in snapshots if s.backup_type == backup_type),
+            key=lambda s: (s.time_utc, s.backup_id),
+        )
         assert newest.backup_id in kept
     assert set(protect) & {s.backup_id for s in snapshots} <= kept
     for snap in snapshots:
@@ -527,8 +556,10 @@ def test_retention_properties(
 
 def test_manager_retention_keeps_recent_backups(repo_dir: Path) -> None:
     manager = BackupManager(BackupConfig(backup_path=repo_dir, retention_days=1))
-    ids = [manager.create_backup(state(n), backup_type=t)
-           for n, t in enumerate(["manual", "pre_trade", "manual"])]
+    ids = [
+        manager.create_backup(state(n), backup_type=t)
+        for n, t in enumerate(["manual", "pre_trade", "manual"])
+    ]
     assert sorted(ids_of(manager)) == sorted(ids)
     assert manager.apply_retention() == []
 

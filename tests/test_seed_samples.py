@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from seed_config import SEED_BACKUP_TABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAIN = REPO_ROOT / "src" / "infra" / "backup" / "__main__.py"
@@ -183,14 +184,7 @@ def risky_operation():
         raise
 """
 
-CONFIG_TOML = """
-[backup]
-enabled = true
-interval_hours = 24
-retention_days = 30
-backup_path = "./backups"
-compress = true
-"""
+CONFIG_TOML = SEED_BACKUP_TABLE
 
 CONFIG_LOAD = """
 from src.core import load_config
