@@ -6,12 +6,16 @@ followed by the payload::
     offset 0  4 bytes  magic b"PTCK"
     offset 4  1 byte   blob format version (1)
     offset 5  1 byte   codec: 0 none, 1 zstd, 2 gzip
-    offset 6  1 byte   flags: bit 0 = encrypted (not used by format 1 repositories)
+    offset 6  1 byte   flags: bit 0 = encrypted
     offset 7  1 byte   reserved, 0
-    offset 8  ...      payload: the plaintext, compressed by the codec
+    offset 8  ...      payload: the plaintext, compressed by the codec; in an encrypted
+                       repository then sealed (nonce || AEAD ciphertext || tag, with the
+                       chunk id bound as associated data)
 
-Reading a blob always decompresses (bounded by the expected size) and checks the hash against
-the id, so a flipped bit anywhere is an :class:`IntegrityError`, never wrong data.
+In an encrypted repository the id is a keyed BLAKE3 hash, so equal content is not visible
+across repositories. Reading a blob always authenticates (if encrypted), decompresses (bounded
+by the expected size) and checks the hash against the id, so a flipped bit anywhere is an
+:class:`IntegrityError`, never wrong data.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 import blake3
 import zstandard
 
+from src.infra.backup.crypto import RepositoryKeys, object_aad
 from src.infra.backup.errors import CorruptDataError, InvalidInputError
 
 MAGIC = b"PTCK"
@@ -62,15 +67,32 @@ class Compression:
 
 
 class BlobCodec:
-    """Encodes chunks into blobs and back. Not thread-safe (holds a zstd context)."""
+    """Encodes chunks into blobs and back; with ``keys``, ids are keyed and blobs sealed.
+    Not thread-safe (holds a zstd context)."""
 
-    def __init__(self, compression: Compression | None = None) -> None:
+    def __init__(
+        self, compression: Compression | None = None, keys: RepositoryKeys | None = None
+    ) -> None:
         self.compression = compression or Compression()
+        self.keys = keys
         self._zstd = zstandard.ZstdCompressor(level=self.compression.level)
         self._unzstd = zstandard.ZstdDecompressor()
 
-    def encode(self, plain: bytes | memoryview) -> bytes:
-        """Return the stored form of ``plain`` (uncompressed if compression would not help)."""
+    def chunk_id(self, plain: bytes | memoryview) -> str:
+        """The id of a chunk in this repository (keyed when encrypted)."""
+        return self.keys.chunk_id(plain) if self.keys is not None else chunk_id(plain)
+
+    def encode(self, plain: bytes | memoryview, cid: str) -> bytes:
+        """Return the stored form of ``plain`` (uncompressed if compression would not help;
+        sealed with ``cid`` as associated data when encrypted)."""
+        blob = self._compress(plain)
+        if self.keys is None:
+            return blob
+        header = _header(blob[5], encrypted=True)
+        sealed = self.keys.seal(memoryview(blob)[HEADER_SIZE:], object_aad("chunk", cid) + header)
+        return header + sealed
+
+    def _compress(self, plain: bytes | memoryview) -> bytes:
         codec = self.compression.codec
         if codec == "zstd":
             payload = self._zstd.compress(plain)
@@ -88,10 +110,17 @@ class BlobCodec:
             raise CorruptDataError(f"chunk {expected_id}: not a chunk (bad header)")
         if blob[4] != BLOB_VERSION:
             raise CorruptDataError(f"chunk {expected_id}: unknown blob version {blob[4]}")
-        if blob[6] != 0:
+        payload: bytes | memoryview = memoryview(blob)[HEADER_SIZE:]
+        if self.keys is None and blob[6] != 0:
             raise CorruptDataError(f"chunk {expected_id}: encrypted, but the repository is not")
+        if self.keys is not None:
+            if blob[6] != 1:
+                raise CorruptDataError(
+                    f"chunk {expected_id}: not encrypted in an encrypted repository"
+                )
+            aad = object_aad("chunk", expected_id) + blob[:HEADER_SIZE]
+            payload = self.keys.open(payload, aad)
         codec = _CODEC_NAMES.get(blob[5])
-        payload = memoryview(blob)[HEADER_SIZE:]
         try:
             if codec == "none":
                 plain = bytes(payload)
@@ -103,13 +132,13 @@ class BlobCodec:
                 raise CorruptDataError(f"chunk {expected_id}: unknown codec {blob[5]}")
         except (zstandard.ZstdError, zlib.error) as exc:
             raise CorruptDataError(f"chunk {expected_id}: cannot decompress ({exc})") from exc
-        if len(plain) != expected_size or chunk_id(plain) != expected_id:
+        if len(plain) != expected_size or self.chunk_id(plain) != expected_id:
             raise CorruptDataError(f"chunk {expected_id}: content does not match its checksum")
         return plain
 
 
-def _header(codec: int) -> bytes:
-    return MAGIC + bytes((BLOB_VERSION, codec, 0, 0))
+def _header(codec: int, *, encrypted: bool = False) -> bytes:
+    return MAGIC + bytes((BLOB_VERSION, codec, 1 if encrypted else 0, 0))
 
 
 def _gzip_compress(plain: bytes | memoryview, level: int) -> bytes:
@@ -117,7 +146,7 @@ def _gzip_compress(plain: bytes | memoryview, level: int) -> bytes:
     return compressor.compress(plain) + compressor.flush()
 
 
-def _gzip_decompress(payload: memoryview, expected_size: int) -> bytes:
+def _gzip_decompress(payload: bytes | memoryview, expected_size: int) -> bytes:
     decompressor = zlib.decompressobj(31)
     plain = decompressor.decompress(payload, expected_size + 1)
     if not decompressor.eof:

@@ -1,17 +1,20 @@
 """The ``peak-backup`` command line: create, list, show, restore, delete, verify.
 
 Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 3 not found,
-4 integrity failure, 5 repository busy, 6 configuration error, 7 cancelled (no confirmation).
+4 integrity failure, 5 repository busy, 6 configuration error, 7 cancelled (no confirmation),
+8 wrong or missing passphrase.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +24,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from src.infra.backup.config import load_backup_config
+from src.infra.backup.check import CheckReport
+from src.infra.backup.config import load_backup_config, parse_duration
+from src.infra.backup.crypto import AEAD_ALGORITHMS, DEFAULT_AEAD, read_passphrase
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -30,6 +35,8 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.manager import BackupInfo, BackupManager
 from src.infra.backup.recovery import RecoveryManager
+from src.infra.backup.repository import REPO_KEY
+from src.infra.backup.storage.local import LocalStore
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -39,6 +46,7 @@ EXIT_INTEGRITY = 4
 EXIT_BUSY = 5
 EXIT_CONFIG = 6
 EXIT_CANCELLED = 7
+EXIT_PASSPHRASE = 8
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 stdout = Console(soft_wrap=True)
@@ -48,15 +56,32 @@ stderr = Console(stderr=True, soft_wrap=True)
 class Context:
     """Shared state of one invocation: the config file and the output mode."""
 
-    def __init__(self, config_path: str | None, as_json: bool) -> None:
+    def __init__(
+        self, config_path: str | None, as_json: bool, password_file: str | None = None
+    ) -> None:
         self.config_path = config_path
+        self.password_file = password_file
         self.as_json = as_json
+        self.confirm_new_passphrase = False
         self._manager: BackupManager | None = None
+        self._passphrase: str | None = None
+
+    def passphrase(self) -> str:
+        """The repository passphrase, read once (environment, password file, or prompt)."""
+        if self._passphrase is None:
+            config = self.manager.config
+            self._passphrase = read_passphrase(
+                password_file=self.password_file or config.password_file,
+                confirm=self.confirm_new_passphrase,
+            )
+        return self._passphrase
 
     @property
     def manager(self) -> BackupManager:
         if self._manager is None:
-            self._manager = BackupManager(load_backup_config(self.config_path))
+            self._manager = BackupManager(
+                load_backup_config(self.config_path), passphrase=self.passphrase
+            )
         return self._manager
 
     @property
@@ -156,16 +181,28 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
     help="Config file (default: $PEAK_TRADE_CONFIG_PATH, ./config.toml, ./config/config.toml).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the passphrase of an encrypted repository from this file (first line).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also log what each step does.")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, as_json: bool, verbose: bool) -> None:
+def main(
+    ctx: click.Context,
+    config_path: str | None,
+    as_json: bool,
+    password_file: str | None,
+    verbose: bool,
+) -> None:
     """Peak-Trade backup and recovery."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Context(config_path, as_json)
+    ctx.obj = Context(config_path, as_json, password_file)
 
 
 def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
@@ -321,15 +358,21 @@ def show(ctx: Context, backup_id: str) -> None:
     default=None,
     help="Directory to restore into (default: ./restore/<backup_id>).",
 )
+@click.option(
+    "--verify",
+    "verify_after",
+    is_flag=True,
+    help="Read the restored files back and check them against the backup.",
+)
 @_json_option
 @click.pass_obj
-def restore(ctx: Context, backup_id: str | None, target: str | None) -> None:
+def restore(ctx: Context, backup_id: str | None, target: str | None, verify_after: bool) -> None:
     """Restore a backup (default: the newest that verifies) into a directory."""
     recovery = ctx.recovery
     if backup_id is None:
         backup_id = _latest_good(recovery)
     destination = Path(target) if target else Path("restore") / backup_id
-    result = recovery.restore_to_directory(backup_id, destination)
+    result = recovery.restore_to_directory(backup_id, destination, verify=verify_after)
     if ctx.as_json:
         emit_json(
             {
@@ -337,12 +380,14 @@ def restore(ctx: Context, backup_id: str | None, target: str | None) -> None:
                 "target": str(result.target),
                 "files": [str(p) for p in result.written],
                 "bytes": result.bytes_written,
+                "verified": result.verified,
             }
         )
     else:
+        checked = ", verified against the backup" if result.verified else ""
         stdout.print(
             f"Restored [bold]{backup_id}[/bold] to {result.target} "
-            f"({len(result.written)} files, {human_size(result.bytes_written)})"
+            f"({len(result.written)} files, {human_size(result.bytes_written)}{checked})"
         )
 
 
@@ -390,12 +435,27 @@ def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
 @click.argument("backup_id", required=False)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
 @click.option("--structure", is_flag=True, help="Only check that every chunk exists.")
+@click.option(
+    "--read-data-subset",
+    "subset",
+    metavar="n/m|P%|SIZE",
+    default=None,
+    help="Read a deterministic slice of all chunks (1/10, 10%, 50M); every chunk is read "
+    "within a cycle of daily runs.",
+)
 @_json_option
 @click.pass_obj
-def verify(ctx: Context, backup_id: str | None, verify_all: bool, structure: bool) -> None:
+def verify(
+    ctx: Context, backup_id: str | None, verify_all: bool, structure: bool, subset: str | None
+) -> None:
     """Verify a backup (default: the newest) by reading and checking every chunk."""
     if backup_id and verify_all:
         raise click.UsageError("give a backup id or --all, not both")
+    if subset is not None:
+        if backup_id or structure:
+            raise click.UsageError("--read-data-subset covers all backups: no id, no --structure")
+        _print_check(ctx, ctx.manager.check(read_data=True, subset=subset))
+        return
     recovery = ctx.recovery
     if verify_all:
         ids = [info.backup_id for info in ctx.manager.list_backups()]
@@ -438,6 +498,153 @@ def verify(ctx: Context, backup_id: str | None, verify_all: bool, structure: boo
                 stdout.print(f"[red]DAMAGED[/red]  {r.backup_id}: " + "; ".join(r.problems))
     if not all(r.ok for r in reports):
         raise SystemExit(EXIT_INTEGRITY)
+
+
+@main.command()
+@click.option("--no-read-data", is_flag=True, help="Only check that chunks exist (fast).")
+@_json_option
+@click.pass_obj
+def check(ctx: Context, no_read_data: bool) -> None:
+    """Check the whole repository: missing, corrupt and orphaned chunks, damaged manifests,
+    temp leftovers, and which backups each damage affects (exit 4 if damaged)."""
+    with delayed_progress(ctx, "checking"):
+        report = ctx.manager.check(read_data=not no_read_data)
+    _print_check(ctx, report)
+
+
+def _print_check(ctx: Context, report: CheckReport) -> None:
+    if ctx.as_json:
+        emit_json(report.to_json())
+    else:
+        state = "[green]clean[/green]" if report.clean else "[red]DAMAGED[/red]"
+        stdout.print(
+            f"Repository {state}: {report.backups} backups, {report.chunks_checked} chunks "
+            f"({human_size(report.bytes_checked)} read)"
+        )
+        for title, found in (
+            ("missing", report.missing_chunks),
+            ("corrupt", report.corrupt_chunks),
+        ):
+            for cid, users in sorted(found.items()):
+                stdout.print(f"  {title} chunk {cid[:16]}… used by {', '.join(users)}")
+        for bid, why in sorted(report.damaged_manifests.items()):
+            stdout.print(f"  damaged manifest {bid}: {why}")
+        if report.affected_backups:
+            stdout.print("  affected backups: " + ", ".join(report.affected_backups))
+        if report.orphaned_chunks:
+            stdout.print(
+                f"  {report.orphaned_chunks} unreferenced chunks "
+                f"({human_size(report.orphaned_bytes)}): `prune` reclaims them"
+            )
+        if report.temp_leftovers:
+            stdout.print(
+                f"  {len(report.temp_leftovers)} temp leftovers of interrupted writes: "
+                "`prune` removes them"
+            )
+    if not report.clean:
+        raise SystemExit(EXIT_INTEGRITY)
+
+
+@main.command(name="prune")
+@click.option("--dry-run", is_flag=True, help="Only say what would be collected and freed.")
+@click.option(
+    "--grace",
+    default=None,
+    metavar="DURATION",
+    help="Grace period (default: [backup] prune_grace, 1h).",
+)
+@click.option(
+    "--retry-lock",
+    default="0s",
+    metavar="DURATION",
+    help="Wait this long for another prune to finish instead of failing (exit 5).",
+)
+@_json_option
+@click.pass_obj
+def prune_command(ctx: Context, dry_run: bool, grace: str | None, retry_lock: str) -> None:
+    """Remove chunks no backup references (two phases with a grace period) and leftovers."""
+    try:
+        grace_period = parse_duration(grace) if grace is not None else None
+        wait = parse_duration(retry_lock).total_seconds()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with delayed_progress(ctx, "pruning"):
+        report = ctx.manager.prune(dry_run=dry_run, grace=grace_period, lock_wait=wait)
+    if ctx.as_json:
+        emit_json({**asdict(report), "freed_bytes": report.freed_bytes})
+        return
+    stdout.print(
+        f"{'Dry run: ' if dry_run else ''}{report.referenced_chunks} chunks in use; "
+        f"{report.fossilized} unreferenced chunks {'would be ' if dry_run else ''}collected "
+        f"({human_size(report.fossilized_bytes)}); {report.deleted} deleted"
+        f" ({human_size(report.deleted_bytes)}); {report.resurrected} brought back; "
+        f"{report.temp_removed} temp leftovers removed ({human_size(report.temp_bytes)})"
+    )
+    for reason in report.postponed:
+        stdout.print(f"  postponed: {reason}")
+
+
+@main.command()
+@click.option(
+    "--encryption",
+    "aead",
+    default=None,
+    is_flag=False,
+    flag_value=DEFAULT_AEAD,
+    type=click.Choice(["none", *AEAD_ALGORITHMS]),
+    help=f"Encrypt the repository (default AEAD: {DEFAULT_AEAD}); the passphrase comes from "
+    "$PEAK_BACKUP_PASSWORD, [backup] password_file, or a prompt.",
+)
+@_json_option
+@click.pass_obj
+def init(ctx: Context, aead: str | None) -> None:
+    """Create the repository (backups create it too; init lets you choose encryption)."""
+    config = ctx.manager.config
+    if aead is not None:
+        config = replace(config, encryption=aead)
+    store = LocalStore(config.repository_path)
+    if store.exists(REPO_KEY):
+        raise BackupError(f"a repository already exists at {store.location}")
+    ctx.confirm_new_passphrase = True
+    repository = BackupManager(config, passphrase=ctx.passphrase).repository
+    if ctx.as_json:
+        emit_json(
+            {
+                "repository": store.location,
+                "encrypted": repository.encrypted,
+                "repository_id": repository.config.repository_id,
+            }
+        )
+    else:
+        kind = "encrypted " if repository.encrypted else ""
+        stdout.print(f"Created {kind}repository at {store.location}")
+        if repository.encrypted:
+            stdout.print("Keep the passphrase safe: without it the backups cannot be read.")
+
+
+@main.group()
+def key() -> None:
+    """Manage the passphrase of an encrypted repository."""
+
+
+@key.command(name="passwd")
+@_json_option
+@click.pass_obj
+def key_passwd(ctx: Context) -> None:
+    """Change the passphrase (the data is not rewritten). The new one comes from
+    $PEAK_BACKUP_NEW_PASSWORD or a prompt."""
+    repository = ctx.manager.repository
+    if not repository.encrypted:
+        raise InvalidInputError("the repository is not encrypted: it has no passphrase")
+    old = ctx.passphrase()
+    new = os.environ.get("PEAK_BACKUP_NEW_PASSWORD") or read_passphrase(
+        env={}, password_file=None, confirm=True
+    )
+    repository.change_passphrase(old, new)
+    if ctx.as_json:
+        emit_json({"changed": True})
+    else:
+        stdout.print("Passphrase changed.")
 
 
 def run(argv: list[str] | None = None) -> int:

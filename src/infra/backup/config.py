@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from src.infra.backup.errors import ConfigError
 
 _LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
 _CHOICES = ("zstd", "gzip", "none")
+_ENCRYPTIONS = ("none", "chacha20-poly1305", "aes-256-gcm")
 
 
 class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,6 +40,10 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     sources: list[str] = []
     exclude: list[str] = []
     include_secrets: bool = False
+    prune_grace: str = "1h"
+    auto_prune: bool = True
+    encryption: Literal["none", "chacha20-poly1305", "aes-256-gcm"] = "none"
+    password_file: str | None = None
 
 
 @dataclass
@@ -52,8 +58,16 @@ class BackupConfig:
     directories and globs backed up with every backup, relative to ``base_dir`` (the config
     file's directory when loaded from a file, else the working directory).
     ``include_secrets``: also back up ``.env``, ``secrets.toml``, ``*.key``, ``*.pem`` and
-    ``*_secret*`` files, which are excluded by default; only allowed for an encrypted
-    repository (not yet available, so ``true`` is refused).
+    ``*_secret*`` files, which are excluded by default; only honoured for an encrypted
+    repository (a backup with it on an unencrypted one is a :class:`ConfigError`).
+    ``prune_grace``: how long an unreferenced chunk must stay unreferenced before garbage
+    collection deletes it (a duration: ``"90s"``, ``"30m"``, ``"1h"``, ``"2d"``).
+    ``auto_prune``: after retention deleted backups, collect garbage in the background (at
+    most once per grace period).
+    ``encryption``: ``"none"``, ``"chacha20-poly1305"`` or ``"aes-256-gcm"`` for a repository
+    created from this config (an existing repository keeps what it was created with).
+    ``password_file``: where the passphrase is read from (first line), if not from
+    ``$PEAK_BACKUP_PASSWORD``; relative to the config file.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -66,6 +80,10 @@ class BackupConfig:
     sources: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     include_secrets: bool = False
+    prune_grace: str = "1h"
+    auto_prune: bool = True
+    encryption: str = "none"
+    password_file: str | None = None
     base_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
@@ -84,9 +102,11 @@ class BackupConfig:
         against ``base_dir``."""
         values = dict(table)
         _validate(values, "[backup]")
-        if base_dir is not None and "backup_path" in values:
-            path = Path(values["backup_path"]).expanduser()
-            values["backup_path"] = str(path if path.is_absolute() else base_dir / path)
+        if base_dir is not None:
+            for key in ("backup_path", "password_file"):
+                if values.get(key) is not None:
+                    path = Path(values[key]).expanduser()
+                    values[key] = str(path if path.is_absolute() else base_dir / path)
         return cls(**values, base_dir=base_dir)
 
     @property
@@ -100,6 +120,11 @@ class BackupConfig:
         return Path(self.base_dir).absolute() if self.base_dir is not None else Path.cwd()
 
     @property
+    def grace(self) -> timedelta:
+        """``prune_grace`` as a duration."""
+        return parse_duration(self.prune_grace)
+
+    @property
     def compression_setting(self) -> Compression:
         """The effective codec and level."""
         codec = self.compression if self.compress else "none"
@@ -107,6 +132,20 @@ class BackupConfig:
         return Compression(
             codec, DEFAULT_LEVELS[codec] if level is None or codec == "none" else level
         )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"30m"``, ``"1.5h"``, ``"2d"``, ``"1w"`` (a bare number is seconds)."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a duration: expected a number with a unit, e.g. 30s, 10m, 1h, 2d"
+        )
+    return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"])
 
 
 def _validate(values: dict[str, Any], where: str) -> None:
@@ -134,13 +173,12 @@ def _validate(values: dict[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}: interval_hours = {table.interval_hours!r}: expected a positive number"
         )
-    if table.include_secrets:
-        # DESIGN.md: secrets only ever go into an encrypted repository. This version has no
-        # encryption yet, so opting in cannot be honoured safely.
+    try:
+        parse_duration(table.prune_grace)
+    except ValueError as exc:
         raise ConfigError(
-            f"{where}: include_secrets = true needs an encrypted repository, and encryption "
-            "is not available in this version; secrets files stay excluded (set it to false)"
-        )
+            f"{where}: prune_grace = {table.prune_grace!r} is invalid: {exc}"
+        ) from None
     if not table.backup_path.strip():
         raise ConfigError(f"{where}: backup_path is empty: expected a directory path")
     for key in ("sources", "exclude"):
@@ -155,7 +193,8 @@ def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -
     match = re.search(r"at `\$\.(\w+)((?:\[\d+\])*)`", message)
     expected = message.split(" - at ")[0]
     if expected.startswith("Invalid enum value"):
-        expected = "expected one of " + ", ".join(repr(c) for c in _CHOICES)
+        choices = _ENCRYPTIONS if "encryption" in message else _CHOICES
+        expected = "expected one of " + ", ".join(repr(c) for c in choices)
     if not match:
         return f"{where}: {expected}"
     key = match.group(1)

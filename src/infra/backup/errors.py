@@ -79,3 +79,15 @@ class StorageError(BackupError):
 
 class ObjectExistsError(StorageError):
     """An exclusive write found the object already present."""
+
+
+class WrongPassphraseError(BackupError):
+    """The passphrase does not unlock the repository's key."""
+
+    exit_code = 8
+
+
+class PassphraseRequiredError(BackupError):
+    """An encrypted repository needs a passphrase and none was given."""
+
+    exit_code = 8

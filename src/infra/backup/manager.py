@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from src.infra.backup.check import CheckReport, check_repository, parse_subset
 from src.infra.backup.config import BackupConfig, load_backup_config
+from src.infra.backup.crypto import read_passphrase
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
+    ConfigError,
     CorruptDataError,
     InvalidInputError,
+    RepositoryBusyError,
 )
+from src.infra.backup.gc import PruneReport, prune
 from src.infra.backup.manifest import Manifest
 from src.infra.backup.repository import (
     DataInput,
@@ -121,17 +128,47 @@ class BackupManager:
     agree on one repository.
     """
 
-    def __init__(self, config: BackupConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: BackupConfig | None = None,
+        *,
+        passphrase: str | Callable[[], str] | None = None,
+    ) -> None:
         self.config = config if config is not None else load_backup_config()
+        # For encrypted repositories: a passphrase, or a function returning it; by default
+        # $PEAK_BACKUP_PASSWORD, then [backup] password_file, then a terminal prompt.
+        self._passphrase_source = passphrase
         self._repository: Repository | None = None
+        self._auto_prune_thread: threading.Thread | None = None
+        self._last_auto_prune = float("-inf")
 
     @property
     def repository(self) -> Repository:
         """The repository (opened, and created if missing, on first use)."""
         if self._repository is None:
             store = LocalStore(self.config.repository_path)
-            self._repository = Repository.open(store, compression=self.config.compression_setting)
+            repository = Repository.open(
+                store,
+                compression=self.config.compression_setting,
+                passphrase=self._passphrase,
+                encryption=self.config.encryption,
+            )
+            if self.config.encryption != "none" and not repository.encrypted:
+                raise ConfigError(
+                    f"[backup] encryption = {self.config.encryption!r}, but the repository at "
+                    f"{store.location} is not encrypted (encryption is chosen when a "
+                    "repository is created: use a new backup_path)"
+                )
+            self._repository = repository
         return self._repository
+
+    def _passphrase(self) -> str:
+        source = self._passphrase_source
+        if isinstance(source, str):
+            return source
+        if source is not None:
+            return source()
+        return read_passphrase(password_file=self.config.password_file)
 
     # -- create ----------------------------------------------------------------------------
 
@@ -168,6 +205,11 @@ class BackupManager:
             entries.append(DataInput(key, payload, ENCODING_NAME))
         files = include_files if include_files is not None else bool(self.config.sources)
         if files:
+            if self.config.include_secrets and not self.repository.encrypted:
+                raise ConfigError(
+                    "include_secrets = true, but the repository is not encrypted: secrets "
+                    "files are only backed up into an encrypted repository"
+                )
             entries.extend(
                 collect_sources(
                     self.config.sources,
@@ -256,6 +298,65 @@ class BackupManager:
         repository.delete_snapshot(backup_id)
         log.info("backup %s deleted", backup_id, extra={"backup_id": backup_id})
 
+    def prune(
+        self,
+        *,
+        dry_run: bool = False,
+        grace: timedelta | None = None,
+        lock_wait: float = 0.0,
+    ) -> PruneReport:
+        """Garbage-collect chunks no backup references (two phases, see ``gc.py``):
+        returns what was collected, deleted and freed. ``RepositoryBusyError`` if another
+        prune runs (``lock_wait`` seconds to wait for it)."""
+        return prune(
+            self.repository,
+            grace=grace if grace is not None else self.config.grace,
+            dry_run=dry_run,
+            lock_wait=lock_wait,
+        )
+
+    def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
+        """Check the whole repository (see ``check.py``); ``subset`` as ``verify
+        --read-data-subset`` (``1/10``, ``10%``, ``50M``)."""
+        repository = self.repository
+        selector = None
+        if subset is not None:
+            total = sum(info.size for info in repository.store.list_info("chunks/"))
+            selector = parse_subset(subset, total)
+        return check_repository(repository, read_data=read_data, subset=selector)
+
+    def _prune_in_background(self) -> None:
+        """After retention deleted backups: collect garbage without delaying the caller, at
+        most once per grace period per process."""
+        now = time.monotonic()
+        if (
+            not self.config.auto_prune
+            or now - self._last_auto_prune < self.config.grace.total_seconds()
+        ):
+            return
+        if self._auto_prune_thread is not None and self._auto_prune_thread.is_alive():
+            return
+        self._last_auto_prune = now
+
+        def run() -> None:
+            try:
+                report = self.prune()
+                log.info(
+                    "automatic prune: %d chunks collected, %d deleted, %d bytes freed",
+                    report.fossilized,
+                    report.deleted,
+                    report.freed_bytes,
+                )
+            except RepositoryBusyError:
+                log.info("automatic prune skipped: another prune is running")
+            except BackupError as exc:
+                log.warning("automatic prune failed: %s", exc)
+
+        self._auto_prune_thread = threading.Thread(
+            target=run, name="peak-backup-prune", daemon=True
+        )
+        self._auto_prune_thread.start()
+
     def apply_retention(self, *, protect: list[str] | None = None) -> list[str]:
         """Delete backups older than ``retention_days``; returns the deleted ids."""
         snapshots = [
@@ -277,6 +378,8 @@ class BackupManager:
                     continue  # deleted concurrently
                 deleted.append(decision.backup_id)
                 log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+        if deleted:
+            self._prune_in_background()
         return deleted
 
 

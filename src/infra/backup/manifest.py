@@ -10,11 +10,12 @@ is a :class:`FormatVersionError`, never a misreading.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import blake3
 import msgspec
 
+from src.infra.backup.crypto import RepositoryKeys, object_aad
 from src.infra.backup.errors import CorruptDataError, FormatVersionError
 
 FORMAT_VERSION = 1
@@ -105,7 +106,7 @@ class RepoConfig(msgspec.Struct, frozen=True):
     created_utc: datetime
     hash: str
     chunker: dict[str, int | str]
-    encryption: None = None
+    encryption: dict[str, Any] | None = None
     checksum: str = _ZERO_SUM
 
 
@@ -160,3 +161,28 @@ def decode_chunk_list(raw: bytes, what: str) -> list[ChunkRef]:
         return msgspec.json.decode(raw, type=list[ChunkRef])
     except msgspec.MsgspecError as exc:
         raise CorruptDataError(f"{what}: damaged chunk list ({exc})") from exc
+
+
+ENVELOPE_MAGIC = b"PTEM\x01"
+
+
+def seal_manifest(raw: bytes, keys: RepositoryKeys, backup_id: str) -> bytes:
+    """The stored form of a manifest in an encrypted repository: ``PTEM\\x01`` followed by
+    the sealed checksummed JSON, bound to its backup id (a renamed file fails to open)."""
+    return ENVELOPE_MAGIC + keys.seal(raw, object_aad("manifest", backup_id))
+
+
+def open_manifest(stored: bytes, keys: RepositoryKeys | None, backup_id: str) -> bytes:
+    """The checksummed JSON of a stored manifest, authenticated when encrypted."""
+    sealed = stored.startswith(ENVELOPE_MAGIC)
+    if keys is None:
+        if sealed:
+            raise CorruptDataError(
+                f"manifest of backup {backup_id}: encrypted, but the repository is not"
+            )
+        return stored
+    if not sealed:
+        raise CorruptDataError(
+            f"manifest of backup {backup_id}: not encrypted in an encrypted repository"
+        )
+    return keys.open(stored[len(ENVELOPE_MAGIC) :], object_aad("manifest", backup_id))

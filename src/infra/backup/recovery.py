@@ -33,6 +33,7 @@ class RestoreResult:
     target: Path
     written: list[Path] = field(default_factory=list)
     bytes_written: int = 0
+    verified: bool = False
 
 
 class RecoveryManager:
@@ -108,11 +109,15 @@ class RecoveryManager:
             backup_id, read_data=read_data, check_data=_check_decodes
         )
 
-    def restore_to_directory(self, backup_id: str, target: str | Path) -> RestoreResult:
+    def restore_to_directory(
+        self, backup_id: str, target: str | Path, *, verify: bool = False
+    ) -> RestoreResult:
         """Write a backup out below ``target``: data entries as ``<key>.json`` (readable JSON),
         files under their relative paths with mode and mtime, each verified and atomic.
 
         Every path is checked before anything is written; nothing lands outside ``target``.
+        With ``verify``, every restored file is read back and checked against the backup
+        (:class:`IntegrityError` if one differs).
         """
         repository = self.manager.repository
         try:
@@ -130,11 +135,13 @@ class RecoveryManager:
         if len(set(planned)) != len(planned):
             raise RecoveryError(f"backup {backup_id}: two entries would restore to the same path")
         result = RestoreResult(backup_id, root)
+        expected: list[tuple[Path, Entry, bytes | None]] = []
         try:
             for entry, name in zip(manifest.entries, names, strict=True):
                 if entry.kind == "data":
                     text = _json_text(decode_value(repository.read_entry(entry)))
                     path = write_file(root, name, [text])
+                    expected.append((path, entry, text))
                 else:
                     path = write_file(
                         root,
@@ -143,8 +150,19 @@ class RecoveryManager:
                         mode=entry.mode,
                         mtime_ns=entry.mtime_ns,
                     )
+                    expected.append((path, entry, None))
                 result.written.append(path)
                 result.bytes_written += path.stat().st_size
+            if verify:
+                for path, entry, written_text in expected:
+                    same = (
+                        path.read_bytes() == written_text
+                        if written_text is not None
+                        else repository.file_matches_entry(path, entry)
+                    )
+                    if not same:
+                        raise IntegrityError(f"restored {path} differs from backup {backup_id}")
+                result.verified = True
         except RecoveryError:
             raise
         except BackupError as exc:

@@ -16,13 +16,21 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
 
-from src.infra.backup.blobs import BlobCodec, Compression, chunk_id, chunk_key
+from src.infra.backup.blobs import BlobCodec, Compression, chunk_key
 from src.infra.backup.chunking import Chunker, ChunkerParams
+from src.infra.backup.crypto import (
+    AEAD_ALGORITHMS,
+    EncryptionHeader,
+    RepositoryKeys,
+    create_encryption,
+    rewrap,
+    unlock,
+)
 from src.infra.backup.errors import (
     BackupNotFoundError,
     CorruptDataError,
@@ -30,8 +38,10 @@ from src.infra.backup.errors import (
     IntegrityError,
     InvalidInputError,
     ObjectExistsError,
+    PassphraseRequiredError,
     StorageError,
 )
+from src.infra.backup.locks import Lease
 from src.infra.backup.manifest import (
     FORMAT_VERSION,
     ChunkRef,
@@ -44,6 +54,8 @@ from src.infra.backup.manifest import (
     decode_chunk_list,
     encode_checked,
     encode_chunk_list,
+    open_manifest,
+    seal_manifest,
 )
 from src.infra.backup.storage.base import Store
 
@@ -51,12 +63,16 @@ log = logging.getLogger(__name__)
 
 REPO_KEY = "repo.json"
 SNAPSHOT_PREFIX = "snapshots/"
+FOSSIL_PREFIX = "fossils/"
+BACKUP_LEASE_KIND = "backup"
+BACKUP_LEASE_TTL = timedelta(minutes=10)
 BACKUP_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BACKUP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
 _ID_TIME = re.compile(r"_(\d{8}_\d{6})(?:_(\d+))?$")
 CHUNKS_PER_LIST = 32
 _FLUSH_BYTES = 64 * 1024 * 1024
 ProgressCallback = Callable[[int], None]
+PassphraseSource = Callable[[], str]
 
 
 def validate_backup_type(backup_type: object) -> str:
@@ -115,6 +131,7 @@ class _Pending:
     """Chunks written (or found) during one snapshot: id -> (size, stored size)."""
 
     known: dict[str, tuple[int, int]]
+    lease: Lease | None = None
     referenced: dict[str, int] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)
     pending_bytes: int = 0
@@ -125,10 +142,17 @@ class _Pending:
 class Repository:
     """A backup repository on a :class:`Store`. Safe to share between threads."""
 
-    def __init__(self, store: Store, config: RepoConfig, compression: Compression) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: RepoConfig,
+        compression: Compression,
+        keys: RepositoryKeys | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.compression = compression
+        self.keys = keys
         self.chunker = Chunker(_chunker_params(config))
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -138,46 +162,99 @@ class Repository:
         self._id_hint: dict[str, int] = {}
         self._last_committed: Manifest | None = None
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether chunks and manifests are encrypted."""
+        return self.keys is not None
+
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, store: Store, *, compression: Compression | None = None, create: bool = True
+        cls,
+        store: Store,
+        *,
+        compression: Compression | None = None,
+        create: bool = True,
+        passphrase: PassphraseSource | None = None,
+        encryption: str = "none",
     ) -> Repository:
-        """Open the repository in ``store``, creating it (``repo.json``) if allowed."""
+        """Open the repository in ``store``, creating it (``repo.json``) if allowed.
+
+        ``encryption`` (an AEAD name or ``"none"``) only matters when the repository is
+        created. ``passphrase`` is called when the repository is (or is to be) encrypted.
+        """
         compression = compression or Compression()
+        created: RepositoryKeys | None = None
         try:
             raw = store.get(REPO_KEY)
         except KeyError:
             if not create:
                 raise BackupNotFoundError(f"no backup repository at {store.location}") from None
-            raw = cls._initialize(store)
+            raw, created = cls._initialize(store, encryption, passphrase)
         config = decode_checked(raw, RepoConfig, f"{store.location}/{REPO_KEY}")
         if config.hash != "blake3-256":
             raise FormatVersionError(f"unsupported chunk hash {config.hash!r} in {REPO_KEY}")
-        return cls(store, config, compression)
+        keys = None
+        if config.encryption is not None:
+            header = EncryptionHeader.from_json(config.encryption)
+            if created is not None:
+                keys = created
+            else:
+                if passphrase is None:
+                    raise PassphraseRequiredError(
+                        f"the repository at {store.location} is encrypted: give its passphrase"
+                    )
+                keys = unlock(header, passphrase(), cache_key=config.repository_id)
+        return cls(store, config, compression, keys)
 
     @staticmethod
-    def _initialize(store: Store) -> bytes:
+    def _initialize(
+        store: Store, encryption: str, passphrase: PassphraseSource | None
+    ) -> tuple[bytes, RepositoryKeys | None]:
+        repository_id = uuid.uuid4().hex
+        header_json = None
+        keys = None
+        if encryption != "none":
+            if encryption not in AEAD_ALGORITHMS:
+                raise InvalidInputError(
+                    f"unknown encryption {encryption!r}: expected none or "
+                    + " or ".join(AEAD_ALGORITHMS)
+                )
+            if passphrase is None:
+                raise PassphraseRequiredError("a new encrypted repository needs a passphrase")
+            header, keys = create_encryption(passphrase(), aead=encryption, cache_key=repository_id)
+            header_json = header.to_json()
         config = RepoConfig(
             format=FORMAT_VERSION,
-            repository_id=uuid.uuid4().hex,
+            repository_id=repository_id,
             created_utc=datetime.now(timezone.utc),
             hash="blake3-256",
             chunker=dict(ChunkerParams().to_json()),  # type: ignore[arg-type]
+            encryption=header_json,
         )
         raw = encode_checked(config)
         try:
             store.put(REPO_KEY, raw, exclusive=True)
         except ObjectExistsError:
-            return store.get(REPO_KEY)  # another process initialized it first
-        return raw
+            return store.get(REPO_KEY), None  # another process initialized it first
+        return raw, keys
+
+    def change_passphrase(self, old: str, new: str) -> None:
+        """Re-wrap the master key under a new passphrase; no data is rewritten."""
+        if self.config.encryption is None:
+            raise InvalidInputError("the repository is not encrypted: it has no passphrase")
+        header = EncryptionHeader.from_json(self.config.encryption)
+        updated = rewrap(header, old, new, cache_key=self.config.repository_id)
+        config = msgspec.structs.replace(self.config, encryption=updated.to_json())
+        self.store.put(REPO_KEY, encode_checked(config))
+        self.config = config
 
     @property
     def _codec(self) -> BlobCodec:
         codec: BlobCodec | None = getattr(self._local, "codec", None)
         if codec is None:
-            codec = BlobCodec(self.compression)
+            codec = BlobCodec(self.compression, self.keys)
             self._local.codec = codec
         return codec
 
@@ -200,9 +277,10 @@ class Repository:
         if cached is not None:
             return cached
         try:
-            raw = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+            stored = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
         except KeyError:
             raise BackupNotFoundError(f"backup not found: {backup_id}") from None
+        raw = open_manifest(stored, self.keys, backup_id)
         manifest = decode_checked(raw, Manifest, f"manifest of backup {backup_id}")
         if manifest.backup_id != backup_id:
             raise CorruptDataError(
@@ -266,11 +344,17 @@ class Repository:
         key = chunk_key(ref.id) if _is_hex_id(ref.id) else None
         if key is None:
             raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
-        try:
-            blob = self.store.get(key)
-        except KeyError:
-            raise IntegrityError(f"chunk {ref.id} is missing from the repository") from None
-        return self._codec.decode(blob, ref.id, ref.size)
+        return self._codec.decode(self._get_chunk_blob(ref.id), ref.id, ref.size)
+
+    def _get_chunk_blob(self, cid: str) -> bytes:
+        """A chunk's blob from ``chunks/``, or from ``fossils/`` where garbage collection may
+        have moved it meanwhile (see gc.py); tried again in case it was just moved back."""
+        for key in (chunk_key(cid), f"{FOSSIL_PREFIX}{cid[:2]}/{cid}", chunk_key(cid)):
+            try:
+                return self.store.get(key)
+            except KeyError:
+                continue
+        raise IntegrityError(f"chunk {cid} is missing from the repository")
 
     def iter_entry(self, entry: Entry) -> Iterator[bytes]:
         """The verified chunks of an entry, in order."""
@@ -285,6 +369,21 @@ class Repository:
         return data
 
     # -- verifying -------------------------------------------------------------------------
+
+    def file_matches_entry(self, path: Path, entry: Entry) -> bool:
+        """Whether the file at ``path`` holds exactly the entry's content (re-chunked and
+        hashed, compared with the manifest's chunk ids)."""
+        expected = [ref.id for ref in self.entry_refs(entry)]
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size != entry.size:
+                    return False
+                codec = self._codec
+                actual = [codec.chunk_id(c) for c in self.chunker.split_stream(handle, size)]
+        except OSError:
+            return False
+        return actual == expected
 
     def verify_snapshot(
         self,
@@ -344,13 +443,43 @@ class Repository:
         base_dir: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> Manifest:
-        """Store the entries as a new backup and return its committed manifest."""
+        """Store the entries as a new backup and return its committed manifest.
+
+        The backup holds a lease while it runs (taken before it learns of any existing chunk),
+        which tells garbage collection it may still commit; see gc.py.
+        """
         validate_backup_type(backup_type)
+        lease = Lease(self.store, BACKUP_LEASE_KIND, BACKUP_LEASE_TTL).acquire()
+        try:
+            return self._create_snapshot(
+                backup_type,
+                entries,
+                lease,
+                tags=tags,
+                note=note,
+                base_dir=base_dir,
+                progress=progress,
+            )
+        finally:
+            lease.release()
+
+    def _create_snapshot(
+        self,
+        backup_type: str,
+        entries: Iterable[DataInput | FileInput],
+        lease: Lease,
+        *,
+        tags: dict[str, str] | None,
+        note: str | None,
+        base_dir: str | None,
+        progress: ProgressCallback | None,
+    ) -> Manifest:
         parent = self._parent_manifest()
-        pending = _Pending(known=self._known_chunks(parent))
+        pending = _Pending(known=self._known_chunks(parent), lease=lease)
         parent_files = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
         stored_entries: list[Entry] = []
         for item in entries:
+            lease.renew_if_due()
             if isinstance(item, DataInput):
                 refs = [
                     self._store_chunk(view, pending) for view in self.chunker.split(item.payload)
@@ -369,8 +498,24 @@ class Repository:
             if pending.pending_bytes >= _FLUSH_BYTES:
                 self._flush(pending)
         self._flush(pending)
+        if not lease.still_valid():
+            # Frozen past the lease: collection may have moved chunks we reuse. Check them.
+            self._revalidate(pending.referenced)
         stats = self._stats(stored_entries, pending)
         return self._commit(backup_type, stored_entries, stats, tags or {}, note, parent, base_dir)
+
+    def _revalidate(self, chunk_ids: Iterable[str]) -> None:
+        """Make sure every chunk a backup refers to is in ``chunks/`` before it commits."""
+        for cid in chunk_ids:
+            if self.store.exists(chunk_key(cid)):
+                continue
+            try:
+                self.store.move(f"{FOSSIL_PREFIX}{cid[:2]}/{cid}", chunk_key(cid))
+            except KeyError:
+                raise StorageError(
+                    f"chunk {cid} was reclaimed while this backup was suspended past its "
+                    "lease; nothing was committed, run the backup again"
+                ) from None
 
     def _parent_manifest(self) -> Manifest | None:
         """The backup whose chunks are known without asking the store: the last one this
@@ -402,7 +547,7 @@ class Repository:
         return known
 
     def _store_chunk(self, plain: bytes | memoryview, pending: _Pending) -> ChunkRef:
-        cid = chunk_id(plain)
+        cid = self._codec.chunk_id(plain)
         seen = pending.known.get(cid)
         if seen is not None:
             pending.referenced[cid] = seen[1]
@@ -411,7 +556,7 @@ class Repository:
         try:
             stored = self.store.size(key)
         except KeyError:
-            blob = self._codec.encode(plain)
+            blob = self._codec.encode(plain, cid)
             stored = len(blob)
             pending.blobs.append((key, blob))
             pending.pending_bytes += stored
@@ -475,6 +620,8 @@ class Repository:
         return self._entry(item.name, "file", size, refs, pending, **meta)
 
     def _flush(self, pending: _Pending) -> None:
+        if pending.lease is not None:
+            pending.lease.renew_if_due()
         if pending.blobs:
             self.store.put_many(pending.blobs)
             pending.blobs = []
@@ -522,8 +669,9 @@ class Repository:
                 stats=stats,
             )
             raw = encode_checked(manifest)
+            stored = seal_manifest(raw, self.keys, backup_id) if self.keys else raw
             try:
-                self.store.put(f"{SNAPSHOT_PREFIX}{backup_id}.json", raw, exclusive=True)
+                self.store.put(f"{SNAPSHOT_PREFIX}{backup_id}.json", stored, exclusive=True)
             except ObjectExistsError:
                 suffix += 1
                 continue

@@ -1,13 +1,24 @@
 """The store interface every backend implements.
 
-A store maps ``/``-separated keys (``chunks/ab/ab12...``, ``snapshots/<id>.json``) to immutable
-byte objects. It knows nothing of chunks or snapshots. Writes are durable when they return.
+A store maps ``/``-separated keys (``chunks/ab/ab12...``, ``snapshots/<id>.json``) to byte
+objects. It knows nothing of chunks or snapshots. Writes are durable when they return (unless
+``durable=False`` is asked for, for short-lived coordination objects such as leases).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its key, size in bytes and modification time (POSIX seconds)."""
+
+    key: str
+    size: int
+    mtime: float
 
 
 class Store(ABC):
@@ -18,19 +29,21 @@ class Store(ABC):
         """Return the object's bytes; raise ``KeyError`` if it does not exist."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Store ``data`` durably under ``key``.
+    def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
+        """Store ``data`` under ``key``.
 
         With ``exclusive=True`` the write fails with :class:`ObjectExistsError` when the key
         already exists (the commit point of a backup); otherwise an existing object is replaced
-        atomically.
+        atomically. ``durable=False`` skips the flushes that make a write survive a power loss
+        (for leases, which mean nothing after a crash anyway).
         """
 
     @abstractmethod
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         """Store many new objects durably; cheaper than one :meth:`put` each.
 
-        Objects are write-once and content-addressed, so an existing key is left as it is.
+        Objects are write-once and content-addressed, so an existing key may be replaced by
+        identical content.
         """
 
     @abstractmethod
@@ -38,19 +51,40 @@ class Store(ABC):
         """Return whether the object exists."""
 
     @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and modification time of an object; ``KeyError`` if it does not exist."""
+
     def size(self, key: str) -> int:
-        """Return the object's size in bytes; raise ``KeyError`` if it does not exist."""
+        """The object's size in bytes; ``KeyError`` if it does not exist."""
+        return self.stat(key).size
 
     @abstractmethod
-    def list(self, prefix: str) -> Iterator[str]:
-        """Yield the keys below ``prefix`` (a folder, ending in ``/``), in no particular order.
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        """The objects below ``prefix`` (a folder, ending in ``/``), in no particular order.
 
         Temporary objects of unfinished writes are never listed.
         """
 
+    def list(self, prefix: str) -> Iterator[str]:
+        """The keys below ``prefix``, in no particular order."""
+        return (info.key for info in self.list_info(prefix))
+
+    @abstractmethod
+    def move(self, source: str, destination: str) -> None:
+        """Move an object to another key (replacing it), atomically where the backend can;
+        ``KeyError`` if ``source`` does not exist."""
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object durably; a missing object is not an error."""
+
+    @abstractmethod
+    def list_temporary(self) -> Iterator[ObjectInfo]:
+        """Leftovers of unfinished writes (e.g. after a crash), anywhere in the store."""
+
+    @abstractmethod
+    def delete_temporary(self, key: str) -> None:
+        """Remove one leftover that :meth:`list_temporary` returned."""
 
     @property
     @abstractmethod

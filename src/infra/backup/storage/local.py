@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
-from src.infra.backup.storage.base import Store
+from src.infra.backup.storage.base import ObjectInfo, Store
 
 TEMP_PREFIX = ".tmp-"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -49,9 +49,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_temp_file(directory: Path, data: bytes | Iterable[bytes]) -> Path:
-    """Write ``data`` (bytes, or an iterable of pieces) to a new fsync'ed temporary file in
-    ``directory`` and return its path."""
+def write_temp_file(directory: Path, data: bytes | Iterable[bytes], *, sync: bool = True) -> Path:
+    """Write ``data`` (bytes, or an iterable of pieces) to a new temporary file in
+    ``directory`` (fsync'ed unless ``sync=False``) and return its path."""
     temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
@@ -61,7 +61,8 @@ def write_temp_file(directory: Path, data: bytes | Iterable[bytes]) -> Path:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temp)
@@ -124,11 +125,11 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error("read", path, exc) from exc
 
-    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+    def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         path = self._path(key)
         try:
             self._ensure_dir(path.parent)
-            temp = write_temp_file(path.parent, data)
+            temp = write_temp_file(path.parent, data, sync=durable)
             try:
                 if exclusive:
                     try:
@@ -139,7 +140,8 @@ class LocalStore(Store):
                     os.replace(temp, path)
             finally:
                 _unlink_quietly(temp)
-            fsync_dir(path.parent)
+            if durable:
+                fsync_dir(path.parent)
         except OSError as exc:
             raise storage_error("write", path, exc) from exc
 
@@ -167,21 +169,41 @@ class LocalStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def size(self, key: str) -> int:
+    def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:
-            return path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             raise KeyError(key) from None
         except OSError as exc:
             raise storage_error("stat", path, exc) from exc
+        return ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def list(self, prefix: str) -> Iterator[str]:
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         start = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-        yield from self._walk(base, start)
+        for entry, key in self._walk(base, start, temporary=False):
+            yield _info(entry, key)
 
-    def _walk(self, directory: Path, key_prefix: str) -> Iterator[str]:
+    def list_temporary(self) -> Iterator[ObjectInfo]:
+        for entry, key in self._walk(self.root, "", temporary=True):
+            yield _info(entry, key)
+
+    def delete_temporary(self, key: str) -> None:
+        *folders, name = key.split("/")
+        if not name.startswith(TEMP_PREFIX) or "/" in name:
+            raise StorageError(f"{key!r} is not a temporary object")
+        path = self._path("/".join(folders)) / name if folders else self.root / name
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error("delete", path, exc) from exc
+
+    def _walk(
+        self, directory: Path, key_prefix: str, *, temporary: bool
+    ) -> Iterator[tuple[os.DirEntry[str], str]]:
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
@@ -189,12 +211,30 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error("list", directory, exc) from exc
         for entry in entries:
-            if entry.name.startswith("."):
-                continue  # temp files of unfinished writes, or foreign hidden files
             if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(Path(entry.path), f"{key_prefix}{entry.name}/")
+                if not entry.name.startswith("."):
+                    yield from self._walk(
+                        Path(entry.path), f"{key_prefix}{entry.name}/", temporary=temporary
+                    )
             elif entry.is_file(follow_symlinks=False):
-                yield f"{key_prefix}{entry.name}"
+                is_temp = entry.name.startswith(TEMP_PREFIX)
+                if is_temp == temporary and (temporary or not entry.name.startswith(".")):
+                    yield entry, f"{key_prefix}{entry.name}"
+
+    def move(self, source: str, destination: str) -> None:
+        src, dst = self._path(source), self._path(destination)
+        try:
+            self._ensure_dir(dst.parent)
+            os.replace(src, dst)
+            fsync_dir(dst.parent)
+            if src.parent != dst.parent:
+                fsync_dir(src.parent)
+        except FileNotFoundError:
+            if not src.exists():
+                raise KeyError(source) from None
+            raise
+        except OSError as exc:
+            raise storage_error("move", src, exc) from exc
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -208,3 +248,8 @@ class LocalStore(Store):
             fsync_dir(path.parent)
         except OSError as exc:
             raise storage_error("sync", path.parent, exc) from exc
+
+
+def _info(entry: os.DirEntry[str], key: str) -> ObjectInfo:
+    st = entry.stat(follow_symlinks=False)
+    return ObjectInfo(key, st.st_size, st.st_mtime)
