@@ -70,20 +70,26 @@ class Impl:
     verify: Callable[[str], bool] | None
 
 
-def open_ours(path: Path) -> Impl:
+def open_ours(path: Path, *, encryption: str = "none") -> Impl:
     """``src.infra.backup`` on a fresh repository at ``path`` (retention disabled)."""
     from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 
-    manager = BackupManager(BackupConfig(backup_path=str(path), retention_days=0))
+    config = BackupConfig(backup_path=str(path), retention_days=0, encryption=encryption)
+    manager = BackupManager(config, passphrase="bench passphrase")
     recovery = RecoveryManager(manager)
     return Impl(
-        name="ours",
+        name="ours" if encryption == "none" else "ours+enc",
         create=lambda data, backup_type: manager.create_backup(data, backup_type=backup_type),
         list_ids=lambda: [info.backup_id for info in manager.list_backups()],
         restore_latest=recovery.restore_latest_backup,
         load=manager.load_backup,
         verify=recovery.verify_backup,
     )
+
+
+def open_ours_encrypted(path: Path) -> Impl:
+    """The same on an encrypted repository (ChaCha20-Poly1305, keyed chunk ids)."""
+    return open_ours(path, encryption="chacha20-poly1305")
 
 
 def open_naive(path: Path) -> Impl:
@@ -525,6 +531,10 @@ def print_report(report: dict[str, Any]) -> None:
     if ours and "error" not in ours:
         over = ours["latency_ms"]["p50"] / floors["encode_plus_hash_ms"]
         print(f"  ours backup p50 / (encode + hash) = {over:.2f}x")
+        encrypted = results.get("ours+enc")
+        if encrypted and "error" not in encrypted:
+            cost = encrypted["latency_ms"]["p50"] / ours["latency_ms"]["p50"]
+            print(f"  encrypted / plain backup p50 = {cost:.2f}x")
     print()
     for name, res in results.items():
         if "error" in res:
@@ -589,6 +599,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     parser.add_argument("--skip-naive", action="store_true", help="do not run the naive baseline")
     parser.add_argument(
+        "--skip-encrypted", action="store_true", help="do not run the encrypted repository"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke test: 10,000 trades, 30 backups"
     )
     parser.add_argument("--seed", type=int, default=SEED, help="workload seed")
@@ -633,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     first_state = first.state()
 
     plan: list[tuple[str, Callable[[Path], Impl], int]] = [("ours", open_ours, args.backups)]
+    if not args.skip_encrypted:
+        plan.append(("ours+enc", open_ours_encrypted, args.backups))
     if not args.skip_naive:
         plan.append(("naive", open_naive, args.naive_backups))
     failed = False

@@ -5,6 +5,7 @@ The seed's API::
     from src.infra.backup import BackupManager, BackupConfig, RecoveryManager, RecoveryError
 """
 
+from src.infra.backup.check import CheckReport
 from src.infra.backup.config import BackupConfig, load_backup_config
 from src.infra.backup.errors import (
     BackupError,
@@ -14,11 +15,14 @@ from src.infra.backup.errors import (
     FormatVersionError,
     IntegrityError,
     InvalidInputError,
+    PassphraseRequiredError,
     RecoveryError,
     RepositoryBusyError,
     StorageError,
     UnsupportedValueError,
+    WrongPassphraseError,
 )
+from src.infra.backup.gc import PruneReport
 from src.infra.backup.manager import BackupInfo, BackupManager, get_backup_manager
 from src.infra.backup.recovery import RecoveryManager, RestoreResult, get_recovery_manager
 
@@ -28,17 +32,21 @@ __all__ = [
     "BackupInfo",
     "BackupManager",
     "BackupNotFoundError",
+    "CheckReport",
     "ConfigError",
     "CorruptDataError",
     "FormatVersionError",
     "IntegrityError",
     "InvalidInputError",
+    "PassphraseRequiredError",
+    "PruneReport",
     "RecoveryError",
     "RecoveryManager",
     "RepositoryBusyError",
     "RestoreResult",
     "StorageError",
     "UnsupportedValueError",
+    "WrongPassphraseError",
     "get_backup_manager",
     "get_recovery_manager",
     "load_backup_config",

@@ -1,0 +1,400 @@
+"""Storage faults at every write step of create, delete and prune.
+
+Each operation is first run unarmed on a copy of a prepared repository to count its write
+steps; then, for every step k and every fault kind (disk full, I/O error, timeout, torn write),
+it runs again on a fresh copy with the fault at step k. After each fault:
+
+* the operation raised a ``BackupError`` subclass whose message names the problem (or, for a
+  fault the design swallows after the commit point, such as releasing the lease, it succeeded);
+  no other exception type, no leaked file descriptor;
+* a fresh, fault-free manager finds the repository clean (``check_repository``; temp leftovers
+  and orphans allowed), every backup committed before restores equal and verifies, and a new
+  backup is either not listed or complete;
+* retrying the operation fault-free succeeds and leaves a clean repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
+from src.infra.backup.blobs import chunk_key
+from src.infra.backup.check import check_repository
+from src.infra.backup.errors import RepositoryBusyError
+from src.infra.backup.gc import Collection, fossil_key
+from src.infra.backup.locks import LeaseRecord
+from src.infra.backup.repository import Repository
+from src.infra.backup.storage.local import LocalStore
+from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
+
+SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD")
+MESSAGES: dict[FaultKind, tuple[str, ...]] = {
+    "ENOSPC": ("disk full", "no space left"),
+    "EIO": ("input/output error",),
+    "timeout": ("timed out",),
+    "short_write": ("short write",),
+}
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def trades(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` small trade dicts; ``seed`` makes them distinct between histories."""
+    rng = random.Random(seed)
+    return [
+        {
+            "id": j,
+            "symbol": SYMBOLS[j % 4],
+            "side": "buy" if j % 3 else "sell",
+            "size": round(0.001 * (j % 100 + 1), 6),
+            "price": 50000.0 + (j % 1000) * 0.5 + (rng.random() if seed else 0.0),
+        }
+        for j in range(count)
+    ]
+
+
+def bot_state(count: int, seed: int = 0, equity: float = 10000.0) -> dict[str, Any]:
+    return {
+        "portfolio": {
+            "equity": equity,
+            "as_of": datetime(2025, 12, 17, 10, 0, tzinfo=timezone.utc),
+            "positions": [{"symbol": s, "size": 0.1 * (k + 1)} for k, s in enumerate(SYMBOLS)],
+        },
+        "history": trades(count, seed),
+    }
+
+
+def jsonl(lines: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return b"".join(
+        json.dumps({"t": i, "px": rng.random(), "note": f"fill {i}"}).encode() + b"\n"
+        for i in range(lines)
+    )
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """A prepared repository (``template``), an operation on it, and what must survive."""
+
+    name: str
+    template: Path
+    sources_root: Path
+    op: Callable[[BackupManager], object]
+    committed: dict[str, dict[str, Any]]  # backups that exist before the operation
+    new_data: dict[str, Any] | None = None  # create: what the new backup holds
+    target: str | None = None  # delete: the backup being deleted
+
+
+def config_for(repo: Path, sources_root: Path) -> BackupConfig:
+    return BackupConfig(
+        backup_path=repo,
+        retention_days=0,
+        sources=["files/"],
+        base_dir=sources_root,
+        auto_prune=False,
+    )
+
+
+def make_sources(root: Path, seed: int) -> None:
+    files = root / "files"
+    (files / "live_runs").mkdir(parents=True)
+    (files / "config.toml").write_text("[strategy]\nname = 'ma_crossover'\nfast = 10\n")
+    (files / "live_runs" / "fills.jsonl").write_bytes(jsonl(6000, seed))
+
+
+def create_scenario(base: Path, *, dedup: bool) -> Scenario:
+    name = "create_dedup" if dedup else "create_first"
+    template, sources = base / name / "repo", base / name / "src"
+    make_sources(sources, seed=1)
+    committed: dict[str, dict[str, Any]] = {}
+    new_data = bot_state(40_000)
+    if dedup:
+        manager = BackupManager(config_for(template, sources))
+        first = bot_state(40_000)
+        committed[manager.create_backup(first)] = first
+        # The next backup appends trades, changes the portfolio and one file.
+        new_data = bot_state(40_500, equity=10250.5)
+        with open(sources / "files" / "live_runs" / "fills.jsonl", "ab") as handle:
+            handle.write(jsonl(200, seed=2))
+    else:
+        template.mkdir(parents=True)
+    data = new_data
+    return Scenario(
+        name, template, sources, lambda m: m.create_backup(data, "pre_trade"), committed, data
+    )
+
+
+def delete_scenario(base: Path) -> Scenario:
+    template, sources = base / "delete" / "repo", base / "delete" / "src"
+    make_sources(sources, seed=3)
+    manager = BackupManager(config_for(template, sources))
+    committed = {}
+    for n in range(3):
+        data = bot_state(20_000 + 1000 * n, seed=n)
+        committed[manager.create_backup(data)] = data
+    target = sorted(committed)[1]
+    return Scenario(
+        "delete", template, sources, lambda m: m.delete_backup(target), committed, target=target
+    )
+
+
+def prune_scenario(base: Path) -> Scenario:
+    """Collected fossils to delete, unreferenced chunks to collect, a referenced fossil to bring
+    back, an old temp leftover and a stale lease to remove."""
+    template, sources = base / "prune" / "repo", base / "prune" / "src"
+    make_sources(sources, seed=4)
+    manager = BackupManager(config_for(template, sources))
+    ids = []
+    states = [bot_state(2_500, seed=10 + n, equity=float(n)) for n in range(4)]
+    for n, data in enumerate(states):
+        (sources / "files" / "config.toml").write_text(f"[strategy]\nversion = {n}\n")
+        ids.append(manager.create_backup(data))
+    manager.delete_backup(ids[0])
+    manager.prune(grace=timedelta(0))  # collects the chunks of ids[0]
+    manager.delete_backup(ids[1])  # its chunks: to collect
+    store = LocalStore(template)
+    # A referenced chunk that a (simulated) earlier collection moved to fossils/.
+    repository = manager.repository
+    manifest = repository.read_manifest(ids[3])
+    cid = repository.entry_refs(manifest.entries[0])[0].id
+    store.move(chunk_key(cid), fossil_key(cid))
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    store.put("gc/collection-20200101T000000000000Z.json", msgspec.json.encode(Collection(old, [cid])))
+    # Leftover of a crashed write, two hours old; a lease of a backup long gone.
+    leftover = template / "chunks" / cid[:2] / ".tmp-0123456789abcdef"
+    leftover.write_bytes(b"partial")
+    two_hours_ago = datetime.now().timestamp() - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))
+    lease = LeaseRecord("backup", "elsewhere", 4242, old, old + timedelta(minutes=10))
+    store.put("locks/backup-0000000000000000.json", msgspec.json.encode(lease))
+    committed = {ids[2]: states[2], ids[3]: states[3]}
+    return Scenario(
+        "prune", template, sources, lambda m: m.prune(grace=timedelta(0)), committed
+    )
+
+
+# -- running one case --------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    store: FaultyStore
+    error: BackupError | None = None
+    result: object = None
+
+
+@dataclass
+class Tally:
+    steps: int = 0
+    injected: Counter[str] = field(default_factory=Counter)
+    unclean: int = 0
+    absorbed: int = 0  # faults the operation survived by design (after its commit point)
+    new_after_error: int = 0  # create raised, but its backup was committed (e.g. a timeout)
+    lock_leaks: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_op(scenario: Scenario, repo: Path, arm: tuple[FaultKind, int] | None) -> Outcome:
+    """Run the scenario's operation on ``repo`` through a FaultyStore (opened inside the run,
+    so a first backup's ``repo.json`` write is one of its steps)."""
+    manager = BackupManager(config_for(repo, scenario.sources_root))
+    store = FaultyStore(LocalStore(repo))
+    if arm is not None:
+        store.arm(*arm)
+    outcome = Outcome(store)
+    try:
+        manager._repository = Repository.open(
+            store, compression=manager.config.compression_setting
+        )
+        outcome.result = scenario.op(manager)
+    except BackupError as exc:
+        outcome.error = exc
+    return outcome
+
+
+def file_contents(root: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in (root / "files").rglob("*")
+        if path.is_file()
+    }
+
+
+def audit(scenario: Scenario, repo: Path, known: set[str], label: str) -> tuple[list[str], bool]:
+    """Fault-free checks on ``repo``: (problems, clean). ``known`` = ids that may be listed
+    without being checked as new."""
+    problems: list[str] = []
+    manager = BackupManager(config_for(repo, scenario.sources_root))
+    recovery = RecoveryManager(manager)
+    try:
+        report = check_repository(manager.repository)
+        listed = {info.backup_id for info in manager.list_backups()}
+    except BackupError as exc:
+        return [f"{label}: the repository cannot be checked: {exc!r}"], False
+    if not report.clean:
+        problems.append(f"{label}: check not clean: {report.to_json()}")
+    for backup_id, data in scenario.committed.items():
+        if backup_id == scenario.target and backup_id not in listed:
+            continue
+        try:
+            if manager.load_backup(backup_id) != data:
+                problems.append(f"{label}: {backup_id} restores different data")
+        except BackupError as exc:
+            problems.append(f"{label}: {backup_id} does not restore: {exc!r}")
+        if not recovery.verify_backup(backup_id):
+            problems.append(f"{label}: {backup_id} does not verify")
+    for backup_id in sorted(listed - known):
+        problems.extend(check_new_backup(scenario, manager, backup_id, label))
+    return problems, report.clean
+
+
+def check_new_backup(
+    scenario: Scenario, manager: BackupManager, backup_id: str, label: str
+) -> list[str]:
+    if scenario.new_data is None:
+        return [f"{label}: unexpected new backup {backup_id}"]
+    problems = []
+    try:
+        if manager.load_backup(backup_id) != scenario.new_data:
+            problems.append(f"{label}: new backup {backup_id} holds different data")
+        repository = manager.repository
+        manifest = repository.read_manifest(backup_id)
+        files = {e.name: repository.read_entry(e) for e in manifest.entries if e.kind == "file"}
+        if files != file_contents(scenario.sources_root):
+            problems.append(f"{label}: new backup {backup_id} holds different files")
+    except BackupError as exc:
+        problems.append(f"{label}: new backup {backup_id} is incomplete: {exc!r}")
+    if not RecoveryManager(manager).verify_backup(backup_id):
+        problems.append(f"{label}: new backup {backup_id} does not verify")
+    return problems
+
+
+def run_scenario(scenario: Scenario, work: Path) -> Tally:
+    tally = Tally()
+    # Count the write steps (and find the commit point) on an unarmed copy.
+    probe = work / "probe"
+    shutil.copytree(scenario.template, probe)
+    dry = run_op(scenario, probe, None)
+    assert dry.error is None, dry.error
+    write_log = list(dry.store.write_log)
+    tally.steps = len(write_log)
+    commit = next(
+        (i + 1 for i, (op, key) in enumerate(write_log) if op == "put" and key.startswith("snapshots/")),
+        None,
+    )
+    before = set(scenario.committed)
+    case = 0
+    for step in range(1, tally.steps + 1):
+        for kind in FAULT_KINDS:
+            case += 1
+            repo = work / f"case{case}"
+            shutil.copytree(scenario.template, repo)
+            label = f"{scenario.name} step {step}/{tally.steps} {write_log[step - 1]} {kind}"
+            fds = open_fds()
+            try:
+                outcome = run_op(scenario, repo, (kind, step))
+            except Exception as exc:  # anything but a BackupError is a finding
+                tally.problems.append(f"{label}: leaked {type(exc).__name__}: {exc}")
+                continue
+            if open_fds() != fds:
+                tally.problems.append(f"{label}: {open_fds() - fds} file descriptors leaked")
+            fired = outcome.store.injected
+            if len(fired) != 1:
+                tally.problems.append(f"{label}: fault fired {len(fired)} times")
+                continue
+            tally.injected[kind] += 1
+            if outcome.error is None:
+                tally.absorbed += 1
+                if commit is None or step <= commit:
+                    if scenario.new_data is not None or scenario.name == "delete":
+                        tally.problems.append(f"{label}: fault before the commit point swallowed")
+            else:
+                message = str(outcome.error).lower()
+                if not any(marker in message for marker in MESSAGES[kind]):
+                    tally.problems.append(f"{label}: unclear message {outcome.error!s}")
+            problems, clean = audit(scenario, repo, before, label)
+            tally.unclean += not clean
+            listed_new = set(LocalStore(repo).list("snapshots/")) - {
+                f"snapshots/{i}.json" for i in before
+            }
+            if listed_new and outcome.error is not None:
+                tally.new_after_error += 1
+                if commit is None or step < commit:
+                    problems.append(f"{label}: a backup was committed before the commit step")
+            # Retry fault-free: it must succeed and leave everything intact.
+            retry_problems = retry(scenario, repo, label, tally)
+            tally.problems.extend(problems + retry_problems)
+            shutil.rmtree(repo)
+    return tally
+
+
+def retry(scenario: Scenario, repo: Path, label: str, tally: Tally) -> list[str]:
+    manager = BackupManager(config_for(repo, scenario.sources_root))
+    try:
+        known = set(manager.repository.snapshot_ids())
+        if scenario.target is not None and scenario.target not in known:
+            pass  # the faulted delete went through (a timeout): nothing to retry
+        else:
+            scenario.op(manager)
+    except RepositoryBusyError as exc:
+        tally.lock_leaks += 1
+        return [f"{label}: retry blocked by a lock the faulted run left: {exc}"]
+    except BackupError as exc:
+        return [f"{label}: fault-free retry failed: {exc!r}"]
+    problems, _ = audit(scenario, repo, known, f"{label} (after retry)")
+    return problems
+
+
+def report(scenario: Scenario, tally: Tally) -> None:
+    total = sum(tally.injected.values())
+    print(
+        f"\n[faults] {scenario.name}: {tally.steps} write steps, {total} faults injected "
+        f"({dict(tally.injected)}), unclean repositories: {tally.unclean}, "
+        f"absorbed after commit: {tally.absorbed}, committed despite error: "
+        f"{tally.new_after_error}, lock leaks: {tally.lock_leaks}, problems: {len(tally.problems)}"
+    )
+    for problem in tally.problems:
+        print(f"  PROBLEM {problem}")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.mark.parametrize("name", ["create_first", "create_dedup", "delete", "prune"])
+def test_fault_at_every_write_step(name: str, base: Path, tmp_path: Path) -> None:
+    if name == "create_first":
+        scenario = create_scenario(base, dedup=False)
+    elif name == "create_dedup":
+        scenario = create_scenario(base, dedup=True)
+    elif name == "delete":
+        scenario = delete_scenario(base)
+    else:
+        scenario = prune_scenario(base)
+    tally = run_scenario(scenario, tmp_path)
+    report(scenario, tally)
+    assert tally.steps > 0
+    assert sum(tally.injected.values()) == tally.steps * len(FAULT_KINDS)
+    assert tally.unclean == 0
+    assert tally.problems == []
