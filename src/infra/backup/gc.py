@@ -201,13 +201,18 @@ def _collect(repo: Repository, report: PruneReport, now: datetime, grace: timede
         report.deleted_bytes += sum(size for _, size in candidates)
         return
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
-    record = Collection(time=now, fossils=[cid for cid, _ in candidates])
-    repo.store.put(f"{COLLECTION_PREFIX}collection-{stamp}.json", msgspec.json.encode(record))
-    for cid, _ in candidates:
+    key = f"{COLLECTION_PREFIX}collection-{stamp}.json"
+    fossils = [cid for cid, _ in candidates]
+    # Recorded before the moves, so a crash leaves no fossil unaccounted for...
+    repo.store.put(key, msgspec.json.encode(Collection(time=now, fossils=fossils)))
+    for cid in fossils:
         try:
             repo.store.move(chunk_key(cid), fossil_key(cid))
         except KeyError:
             continue
+    # ...and re-dated after them: every backup that started before the last move could have
+    # found one of these chunks in chunks/, so all of them must finish before deletion.
+    repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
 
 
 def _remove_leftovers(

@@ -121,7 +121,7 @@ class Lease:
     def release(self) -> None:
         """Withdraw the lease (best effort: an unreleased lease just expires)."""
         try:
-            self.store.delete(self.key)
+            self.store.delete(self.key, durable=False)
         except BackupError as exc:  # never mask the outcome of the work itself
             log.warning("could not release lease %s: %s", self.key, exc)
 

@@ -75,8 +75,9 @@ class Store(ABC):
         ``KeyError`` if ``source`` does not exist."""
 
     @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object durably; a missing object is not an error."""
+    def delete(self, key: str, *, durable: bool = True) -> None:
+        """Remove the object (durably unless ``durable=False``); a missing object is not an
+        error."""
 
     @abstractmethod
     def list_temporary(self) -> Iterator[ObjectInfo]:

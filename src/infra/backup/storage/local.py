@@ -236,7 +236,7 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error("move", src, exc) from exc
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, durable: bool = True) -> None:
         path = self._path(key)
         try:
             os.unlink(path)
@@ -244,6 +244,8 @@ class LocalStore(Store):
             return
         except OSError as exc:
             raise storage_error("delete", path, exc) from exc
+        if not durable:
+            return
         try:
             fsync_dir(path.parent)
         except OSError as exc:
