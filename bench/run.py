@@ -75,7 +75,8 @@ def open_ours(path: Path, *, encryption: str = "none") -> Impl:
     from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 
     config = BackupConfig(backup_path=str(path), retention_days=0, encryption=encryption)
-    manager = BackupManager(config, passphrase="bench passphrase")
+    passphrase = None if encryption == "none" else "bench passphrase"
+    manager = BackupManager(config, passphrase=passphrase)
     recovery = RecoveryManager(manager)
     return Impl(
         name="ours" if encryption == "none" else "ours+enc",

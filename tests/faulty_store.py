@@ -13,10 +13,11 @@ Fault kinds:
     The call reaches the inner store and takes effect, but its answer is lost: a
     ``StorageError`` saying the operation timed out (the ambiguous outcome of a network store).
 ``short_write``
-    A torn write. ``put``: the first half of the bytes is really written under the key, then
-    ``StorageError``. ``put_many``: the first half of the batch is written fully, the next item
-    truncated, the rest not at all, then ``StorageError``. Other operations write no bytes, so
-    for them it fails like ``EIO``.
+    The write stops halfway. Stores never expose a partial object under its key (local: temp
+    file + rename; S3: a PUT is atomic), so what a short write really leaves is a truncated
+    temporary file: ``put`` leaves one in the key's directory, then ``StorageError``;
+    ``put_many`` writes the first half of the batch fully, leaves the next item as a truncated
+    temporary file, then fails. Other operations write no bytes: they fail like ``EIO``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Literal
 
 from src.infra.backup.errors import StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
-from src.infra.backup.storage.local import storage_error
+from src.infra.backup.storage.local import LocalStore, storage_error, write_temp_file
 
 FaultKind = Literal["ENOSPC", "EIO", "timeout", "short_write"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("ENOSPC", "EIO", "timeout", "short_write")
@@ -168,7 +169,7 @@ class FaultyStore(Store):
         if fault.kind == "timeout":
             self.inner.put(key, data, exclusive=exclusive, durable=durable)
         elif fault.kind == "short_write":
-            self.inner.put(key, bytes(data[: len(data) // 2]), exclusive=exclusive, durable=durable)
+            self._leave_truncated_temp(key, data)
             raise self._error(fault, "put", key, (key,))
         raise self._error(fault, "put", key)
 
@@ -184,9 +185,16 @@ class FaultyStore(Store):
         elif fault.kind == "short_write" and batch:
             whole, (key, data) = batch[: len(batch) // 2], batch[len(batch) // 2]
             self.inner.put_many(whole)
-            self.inner.put(key, bytes(data[: len(data) // 2]))
+            self._leave_truncated_temp(key, data)
             raise self._error(fault, "put_many", key, (key,))
         raise self._error(fault, "put_many", first)
+
+    def _leave_truncated_temp(self, key: str, data: bytes) -> None:
+        """What an interrupted write leaves behind: half the bytes in a temp file."""
+        if isinstance(self.inner, LocalStore):
+            directory = self.inner.root.joinpath(*key.split("/")[:-1])
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_temp_file(directory, bytes(data[: len(data) // 2]))
 
     def move(self, source: str, destination: str) -> None:
         fault = self._due("move", source)
@@ -195,10 +203,10 @@ class FaultyStore(Store):
         if fault is not None:
             raise self._error(fault, "move", source)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, durable: bool = True) -> None:
         fault = self._due("delete", key)
         if fault is None or fault.kind == "timeout":
-            self.inner.delete(key)
+            self.inner.delete(key, durable=durable)
         if fault is not None:
             raise self._error(fault, "delete", key)
 

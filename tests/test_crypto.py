@@ -226,10 +226,20 @@ def test_tampered_header_never_unlocks() -> None:
 
 def test_tampered_params_out_of_range_are_corrupt() -> None:
     header, _ = create_encryption("pw", kdf=cheap_kdf())
-    for field, value in [("n", 2**30), ("n", 2**16), ("n", 3000), ("n", 2**9), ("r", 0), ("r", 64),
-                         ("p", 0), ("p", 17), ("n", True), ("name", "argon2id"),
-                         ("salt", crypto._b64encode(b"short")),
-                         ("salt", crypto._b64encode(os.urandom(65)))]:
+    for field, value in [
+        ("n", 2**30),
+        ("n", 2**16),
+        ("n", 3000),
+        ("n", 2**9),
+        ("r", 0),
+        ("r", 64),
+        ("p", 0),
+        ("p", 17),
+        ("n", True),
+        ("name", "argon2id"),
+        ("salt", crypto._b64encode(b"short")),
+        ("salt", crypto._b64encode(os.urandom(65))),
+    ]:
         data = header.to_json()
         kdf = dict(data["kdf"])  # type: ignore[call-overload]
         kdf[field] = value
@@ -426,8 +436,9 @@ def test_read_passphrase_empty_env() -> None:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 _HEADER = create_encryption("fuzz", kdf=KdfParams(n=2**10))[0]
@@ -442,8 +453,20 @@ def test_from_json_rejects_arbitrary_values(value: object) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from(["aead", "kdf", "wrapped_key", "kdf.name", "kdf.n", "kdf.r", "kdf.p",
-                     "kdf.salt", "extra", "kdf.extra"]),
+    st.sampled_from(
+        [
+            "aead",
+            "kdf",
+            "wrapped_key",
+            "kdf.name",
+            "kdf.n",
+            "kdf.r",
+            "kdf.p",
+            "kdf.salt",
+            "extra",
+            "kdf.extra",
+        ]
+    ),
     _json_values | st.binary(max_size=100).map(crypto._b64encode),
     st.booleans(),
 )
@@ -466,10 +489,16 @@ def test_from_json_rejects_mutated_headers(field: str, value: object, delete: bo
 def test_from_json_specific_malformations() -> None:
     good = _HEADER.to_json()
     bad_values: list[tuple[str, object]] = [
-        ("aead", "aes-128-gcm"), ("aead", None), ("aead", 1),
-        ("wrapped_key", "not base64!"), ("wrapped_key", crypto._b64encode(b"x" * 91)),
-        ("wrapped_key", crypto._b64encode(b"x" * 93)), ("wrapped_key", b"raw"),
-        ("wrapped_key", "\u00e9\u00e9\u00e9\u00e9"), ("kdf", None), ("kdf", []),
+        ("aead", "aes-128-gcm"),
+        ("aead", None),
+        ("aead", 1),
+        ("wrapped_key", "not base64!"),
+        ("wrapped_key", crypto._b64encode(b"x" * 91)),
+        ("wrapped_key", crypto._b64encode(b"x" * 93)),
+        ("wrapped_key", b"raw"),
+        ("wrapped_key", "\u00e9\u00e9\u00e9\u00e9"),
+        ("kdf", None),
+        ("kdf", []),
     ]
     for key, value in bad_values:
         with pytest.raises(CorruptDataError):

@@ -11,6 +11,11 @@ it runs again on a fresh copy with the fault at step k. After each fault:
   and orphans allowed), every backup committed before restores equal and verifies, and a new
   backup is either not listed or complete;
 * retrying the operation fault-free succeeds and leaves a clean repository.
+
+``short_write`` leaves a torn object under its final key, which LocalStore and S3 never do
+(both write atomically): its failures show what a store that tears writes would cost. A prune
+lock left behind by a faulted prune (it blocks the next prune in the same process until its
+TTL) is reported, not failed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
 
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
 from src.infra.backup.blobs import chunk_key
@@ -37,8 +43,8 @@ from src.infra.backup.gc import Collection, fossil_key
 from src.infra.backup.locks import LeaseRecord
 from src.infra.backup.repository import Repository
 from src.infra.backup.storage.local import LocalStore
-from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
 
+pytestmark = pytest.mark.timeout(240)
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD")
 MESSAGES: dict[FaultKind, tuple[str, ...]] = {
     "ENOSPC": ("disk full", "no space left"),
@@ -175,7 +181,9 @@ def prune_scenario(base: Path) -> Scenario:
     cid = repository.entry_refs(manifest.entries[0])[0].id
     store.move(chunk_key(cid), fossil_key(cid))
     old = datetime(2020, 1, 1, tzinfo=timezone.utc)
-    store.put("gc/collection-20200101T000000000000Z.json", msgspec.json.encode(Collection(old, [cid])))
+    store.put(
+        "gc/collection-20200101T000000000000Z.json", msgspec.json.encode(Collection(old, [cid]))
+    )
     # Leftover of a crashed write, two hours old; a lease of a backup long gone.
     leftover = template / "chunks" / cid[:2] / ".tmp-0123456789abcdef"
     leftover.write_bytes(b"partial")
@@ -184,9 +192,7 @@ def prune_scenario(base: Path) -> Scenario:
     lease = LeaseRecord("backup", "elsewhere", 4242, old, old + timedelta(minutes=10))
     store.put("locks/backup-0000000000000000.json", msgspec.json.encode(lease))
     committed = {ids[2]: states[2], ids[3]: states[3]}
-    return Scenario(
-        "prune", template, sources, lambda m: m.prune(grace=timedelta(0)), committed
-    )
+    return Scenario("prune", template, sources, lambda m: m.prune(grace=timedelta(0)), committed)
 
 
 # -- running one case --------------------------------------------------------------------------
@@ -206,7 +212,7 @@ class Tally:
     unclean: int = 0
     absorbed: int = 0  # faults the operation survived by design (after its commit point)
     new_after_error: int = 0  # create raised, but its backup was committed (e.g. a timeout)
-    lock_leaks: int = 0
+    lock_leaks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -223,9 +229,7 @@ def run_op(scenario: Scenario, repo: Path, arm: tuple[FaultKind, int] | None) ->
         store.arm(*arm)
     outcome = Outcome(store)
     try:
-        manager._repository = Repository.open(
-            store, compression=manager.config.compression_setting
-        )
+        manager._repository = Repository.open(store, compression=manager.config.compression_setting)
         outcome.result = scenario.op(manager)
     except BackupError as exc:
         outcome.error = exc
@@ -289,62 +293,62 @@ def check_new_backup(
     return problems
 
 
-def run_scenario(scenario: Scenario, work: Path) -> Tally:
+def run_scenario(scenario: Scenario, work: Path, kind: FaultKind) -> Tally:
+    """Fault ``kind`` at every write step of the scenario's operation, one fresh copy each."""
     tally = Tally()
     # Count the write steps (and find the commit point) on an unarmed copy.
     probe = work / "probe"
     shutil.copytree(scenario.template, probe)
     dry = run_op(scenario, probe, None)
     assert dry.error is None, dry.error
+    if scenario.new_data is not None:  # the large entry must go through chunk lists
+        manifest = Repository.open(LocalStore(probe), create=False).read_manifest(str(dry.result))
+        assert any(entry.lists for entry in manifest.entries), "no chunk lists in the backup"
     write_log = list(dry.store.write_log)
     tally.steps = len(write_log)
     commit = next(
-        (i + 1 for i, (op, key) in enumerate(write_log) if op == "put" and key.startswith("snapshots/")),
+        (i + 1 for i, (op, key) in enumerate(write_log) if op == "put" and "snapshots/" in key),
         None,
     )
     before = set(scenario.committed)
-    case = 0
     for step in range(1, tally.steps + 1):
-        for kind in FAULT_KINDS:
-            case += 1
-            repo = work / f"case{case}"
-            shutil.copytree(scenario.template, repo)
-            label = f"{scenario.name} step {step}/{tally.steps} {write_log[step - 1]} {kind}"
-            fds = open_fds()
-            try:
-                outcome = run_op(scenario, repo, (kind, step))
-            except Exception as exc:  # anything but a BackupError is a finding
-                tally.problems.append(f"{label}: leaked {type(exc).__name__}: {exc}")
-                continue
-            if open_fds() != fds:
-                tally.problems.append(f"{label}: {open_fds() - fds} file descriptors leaked")
-            fired = outcome.store.injected
-            if len(fired) != 1:
-                tally.problems.append(f"{label}: fault fired {len(fired)} times")
-                continue
-            tally.injected[kind] += 1
-            if outcome.error is None:
-                tally.absorbed += 1
-                if commit is None or step <= commit:
-                    if scenario.new_data is not None or scenario.name == "delete":
-                        tally.problems.append(f"{label}: fault before the commit point swallowed")
-            else:
-                message = str(outcome.error).lower()
-                if not any(marker in message for marker in MESSAGES[kind]):
-                    tally.problems.append(f"{label}: unclear message {outcome.error!s}")
-            problems, clean = audit(scenario, repo, before, label)
-            tally.unclean += not clean
-            listed_new = set(LocalStore(repo).list("snapshots/")) - {
-                f"snapshots/{i}.json" for i in before
-            }
-            if listed_new and outcome.error is not None:
-                tally.new_after_error += 1
-                if commit is None or step < commit:
-                    problems.append(f"{label}: a backup was committed before the commit step")
-            # Retry fault-free: it must succeed and leave everything intact.
-            retry_problems = retry(scenario, repo, label, tally)
-            tally.problems.extend(problems + retry_problems)
-            shutil.rmtree(repo)
+        repo = work / f"step{step}"
+        shutil.copytree(scenario.template, repo)
+        label = f"{scenario.name} {kind} at step {step}/{tally.steps} {write_log[step - 1]}"
+        fds = open_fds()
+        try:
+            outcome = run_op(scenario, repo, (kind, step))
+        except Exception as exc:  # anything but a BackupError is a finding
+            tally.problems.append(f"{label}: leaked {type(exc).__name__}: {exc}")
+            continue
+        if open_fds() != fds:
+            tally.problems.append(f"{label}: {open_fds() - fds} file descriptors leaked")
+        if len(outcome.store.injected) != 1:
+            tally.problems.append(f"{label}: fault fired {len(outcome.store.injected)} times")
+            continue
+        tally.injected[kind] += 1
+        if outcome.error is None:
+            # Allowed only where the design swallows it: after the commit point (releasing a
+            # backup's lease) or when prune releases its lock.
+            tally.absorbed += 1
+            if scenario.name != "prune" and (commit is None or step <= commit):
+                tally.problems.append(f"{label}: fault before the commit point swallowed")
+        else:
+            message = str(outcome.error).lower()
+            if not any(marker in message for marker in MESSAGES[kind]):
+                tally.problems.append(f"{label}: unclear message {outcome.error!s}")
+        problems, clean = audit(scenario, repo, before, label)
+        tally.unclean += not clean
+        new_keys = set(LocalStore(repo).list("snapshots/")) - {
+            f"snapshots/{i}.json" for i in before
+        }
+        if new_keys and outcome.error is not None:
+            tally.new_after_error += 1
+            if commit is None or step < commit:
+                problems.append(f"{label}: a backup was committed before the commit step")
+        # Retry fault-free: it must succeed and leave everything intact.
+        tally.problems.extend(problems + retry(scenario, repo, label, tally))
+        shutil.rmtree(repo)
     return tally
 
 
@@ -352,49 +356,83 @@ def retry(scenario: Scenario, repo: Path, label: str, tally: Tally) -> list[str]
     manager = BackupManager(config_for(repo, scenario.sources_root))
     try:
         known = set(manager.repository.snapshot_ids())
-        if scenario.target is not None and scenario.target not in known:
-            pass  # the faulted delete went through (a timeout): nothing to retry
-        else:
-            scenario.op(manager)
+        if scenario.target is None or scenario.target in known:
+            scenario.op(manager)  # (else the faulted delete went through: a timeout)
     except RepositoryBusyError as exc:
-        tally.lock_leaks += 1
-        return [f"{label}: retry blocked by a lock the faulted run left: {exc}"]
+        # A prune lock left behind blocks the next prune until it expires (PRUNE_LOCK_TTL) or
+        # its process dies: reported, not counted as damage.
+        tally.lock_leaks.append(f"{label}: {exc}")
+        return []
     except BackupError as exc:
         return [f"{label}: fault-free retry failed: {exc!r}"]
     problems, _ = audit(scenario, repo, known, f"{label} (after retry)")
     return problems
 
 
-def report(scenario: Scenario, tally: Tally) -> None:
-    total = sum(tally.injected.values())
-    print(
-        f"\n[faults] {scenario.name}: {tally.steps} write steps, {total} faults injected "
-        f"({dict(tally.injected)}), unclean repositories: {tally.unclean}, "
-        f"absorbed after commit: {tally.absorbed}, committed despite error: "
-        f"{tally.new_after_error}, lock leaks: {tally.lock_leaks}, problems: {len(tally.problems)}"
-    )
-    for problem in tally.problems:
-        print(f"  PROBLEM {problem}")
+SCENARIOS: dict[str, Callable[[Path], Scenario]] = {
+    "create_first": lambda base: create_scenario(base, dedup=False),
+    "create_dedup": lambda base: create_scenario(base, dedup=True),
+    "delete": delete_scenario,
+    "prune": prune_scenario,
+}
+TOTALS: dict[str, Tally] = {}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("faults")
+def scenarios() -> dict[str, Scenario]:
+    """Each scenario's template, built on first use and shared by its fault kinds."""
+    return {}
 
 
-@pytest.mark.parametrize("name", ["create_first", "create_dedup", "delete", "prune"])
-def test_fault_at_every_write_step(name: str, base: Path, tmp_path: Path) -> None:
-    if name == "create_first":
-        scenario = create_scenario(base, dedup=False)
-    elif name == "create_dedup":
-        scenario = create_scenario(base, dedup=True)
-    elif name == "delete":
-        scenario = delete_scenario(base)
-    else:
-        scenario = prune_scenario(base)
-    tally = run_scenario(scenario, tmp_path)
-    report(scenario, tally)
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_fault_at_every_write_step(
+    name: str,
+    kind: FaultKind,
+    scenarios: dict[str, Scenario],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    if name not in scenarios:
+        scenarios[name] = SCENARIOS[name](tmp_path_factory.mktemp(name))
+    scenario = scenarios[name]
+    tally = run_scenario(scenario, tmp_path, kind)
+    total = TOTALS.setdefault(name, Tally())
+    total.steps = tally.steps
+    total.injected.update(tally.injected)
+    total.unclean += tally.unclean
+    total.absorbed += tally.absorbed
+    total.new_after_error += tally.new_after_error
+    total.lock_leaks.extend(tally.lock_leaks)
+    total.problems.extend(tally.problems)
+    print(
+        f"\n[faults] {name} {kind}: {tally.steps} write steps, "
+        f"{sum(tally.injected.values())} faults injected, "
+        f"unclean repositories: {tally.unclean}, absorbed after commit: {tally.absorbed}, "
+        f"committed despite an error: {tally.new_after_error}, "
+        f"prune locks left behind: {len(tally.lock_leaks)}, problems: {len(tally.problems)}"
+    )
+    for line in tally.lock_leaks:
+        print(f"  lock left behind: {line}")
+    for problem in tally.problems:
+        print(f"  PROBLEM {problem}")
     assert tally.steps > 0
-    assert sum(tally.injected.values()) == tally.steps * len(FAULT_KINDS)
+    assert sum(tally.injected.values()) == tally.steps
     assert tally.unclean == 0
     assert tally.problems == []
+
+
+def test_fault_totals() -> None:
+    """Print the figures of all fault runs above (for the team note)."""
+    if not TOTALS:
+        pytest.skip("no fault runs in this session")
+    print("\n[faults] totals per operation:")
+    for name, total in TOTALS.items():
+        print(
+            f"  {name}: {total.steps} write steps, {sum(total.injected.values())} faults "
+            f"injected {dict(total.injected)}, unclean repositories: {total.unclean}, "
+            f"problems: {len(total.problems)}, prune locks left behind: {len(total.lock_leaks)}"
+        )
+    injected = sum(sum(t.injected.values()) for t in TOTALS.values())
+    unclean = sum(t.unclean for t in TOTALS.values())
+    print(f"  all: {injected} faults injected, {unclean} unclean repositories")

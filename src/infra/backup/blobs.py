@@ -35,6 +35,9 @@ HEADER_SIZE = 8
 CODECS = {"none": 0, "zstd": 1, "gzip": 2}
 _CODEC_NAMES = {number: name for name, number in CODECS.items()}
 DEFAULT_LEVELS = {"none": 0, "zstd": 3, "gzip": 6}
+# No chunk is larger (CDC caps chunks at 128 KiB; a single-chunk entry is below 64 KiB): a
+# size beyond it comes from a damaged or hostile manifest and is refused before allocating.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
 
 
 def chunk_id(data: bytes | memoryview) -> str:
@@ -106,6 +109,8 @@ class BlobCodec:
 
     def decode(self, blob: bytes, expected_id: str, expected_size: int) -> bytes:
         """Return the plaintext of ``blob``, verified against its id and size."""
+        if not 0 <= expected_size <= MAX_CHUNK_SIZE:
+            raise CorruptDataError(f"chunk {expected_id}: impossible size {expected_size}")
         if len(blob) < HEADER_SIZE or blob[:4] != MAGIC:
             raise CorruptDataError(f"chunk {expected_id}: not a chunk (bad header)")
         if blob[4] != BLOB_VERSION:
@@ -125,6 +130,12 @@ class BlobCodec:
             if codec == "none":
                 plain = bytes(payload)
             elif codec == "zstd":
+                # zstandard trusts the frame's own size field over max_output_size: check it.
+                declared = zstandard.frame_content_size(payload)
+                if declared not in (expected_size, zstandard.CONTENTSIZE_UNKNOWN):
+                    raise CorruptDataError(
+                        f"chunk {expected_id}: frame declares {declared} bytes, not {expected_size}"
+                    )
                 plain = self._unzstd.decompress(payload, max_output_size=expected_size)
             elif codec == "gzip":
                 plain = _gzip_decompress(payload, expected_size)

@@ -130,7 +130,7 @@ def check_repository(
                 ref = ChunkRef(lref.id, lref.size, lref.stored)
                 users.setdefault(lref.id, (ref, []))[1].append(manifest.backup_id)
             try:
-                refs = repo.entry_refs(entry)
+                refs = repo.entry_refs(entry, fresh=True)
             except CorruptDataError as exc:
                 _record(report.corrupt_chunks, _list_id(exc), manifest.backup_id)
                 continue

@@ -122,12 +122,25 @@ def emit_json(payload: Any) -> None:
 
 
 def _json_option(func: _F) -> _F:
-    """``--json`` on every command (also accepted before the command name)."""
+    """``--json`` and ``--password-file`` on every command (also accepted before the
+    command name)."""
 
     def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value:
             ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
 
+    def set_password_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.find_object(Context).password_file = value  # type: ignore[union-attr]
+
+    func = click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=set_password_file,
+        is_eager=True,
+        help="Read the passphrase of an encrypted repository from this file.",
+    )(func)
     return click.option(
         "--json",
         "as_json",

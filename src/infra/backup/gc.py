@@ -4,25 +4,28 @@ Backups take no lock, so a backup may be deduplicating against a chunk at the ve
 chunk becomes unreferenced. Collection therefore has two phases ("fossil collection"):
 
 1. **Collect**: chunks that no manifest references and that are older than the grace period
-   are moved from ``chunks/`` to ``fossils/``, and the move is recorded in
-   ``gc/collection-<time>.json`` (written *before* the moves). Readers look in ``fossils/``
-   when a chunk is missing from ``chunks/``, so nothing becomes unreadable.
-2. **Delete**, in a later run (or the same one), once the collection is older than the grace
-   period **and** every backup that was in progress when it was made has finished (their
-   leases are gone, expired, or held by a dead PID): fossils that a manifest now references
-   are moved back; the rest are deleted.
+   are moved from ``chunks/`` to ``fossils/``. The move is recorded in
+   ``gc/collection-<time>.json`` before it starts, and the record is re-dated when it ends.
+   Readers look in ``fossils/`` when a chunk is missing from ``chunks/``, so nothing becomes
+   unreadable.
+2. **Delete**, in the same or a later run, once the collection is older than the grace period
+   **and** every backup that started before the collection's (end) time, give or take a clock
+   skew, has finished (its lease is gone, expired, or held by a dead PID on this host):
+   fossils that a manifest now references are moved back; the rest are deleted.
 
-A backup that started after a collection cannot refer to its fossils: it learns chunks only
-from a parent manifest that still exists or by finding them in ``chunks/``. A backup that
-outlives its lease re-checks its chunks before it commits. Only one prune runs at a time
-(an exclusive lock); a second one gets :class:`RepositoryBusyError`.
+Why that is safe: a backup reads the pending collection records after taking its lease and
+never reuses their chunks unseen (it writes them again if they are not in ``chunks/``). So a
+backup that started after a collection was recorded cannot come to depend on its fossils, and
+one that started before holds a lease that keeps them. A backup that outlives its lease
+re-checks its chunks before it commits. Only one prune runs at a time (an exclusive lock); a
+second one gets :class:`RepositoryBusyError`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,22 +34,16 @@ import msgspec
 from src.infra.backup.blobs import chunk_key
 from src.infra.backup.errors import CorruptDataError, IntegrityError
 from src.infra.backup.locks import ExclusiveLock, LeaseInfo, list_leases, utcnow
+from src.infra.backup.manifest import COLLECTION_PREFIX, JSON_ERRORS, Collection
 from src.infra.backup.repository import BACKUP_LEASE_KIND, FOSSIL_PREFIX, Repository
 
 log = logging.getLogger(__name__)
 
-COLLECTION_PREFIX = "gc/"
 DEFAULT_GRACE = timedelta(hours=1)
+COLLECTION_BATCH = 64  # chunk ids per collection record (about 4.3 KB)
 PRUNE_LOCK_TTL = timedelta(minutes=30)
 # Leases are compared with times from other hosts: tolerate this much clock skew.
 CLOCK_SKEW = timedelta(minutes=5)
-
-
-class Collection(msgspec.Struct, frozen=True):
-    """``gc/collection-<time>.json``: chunks moved to ``fossils/`` at ``time``."""
-
-    time: datetime
-    fossils: list[str]
 
 
 @dataclass
@@ -109,19 +106,36 @@ def prune(
 ) -> PruneReport:
     """Collect unreferenced chunks and delete those collected long enough ago."""
     report = PruneReport(dry_run=dry_run)
-    lock = (
-        None if dry_run else ExclusiveLock(repo.store, "prune", PRUNE_LOCK_TTL).acquire(lock_wait)
-    )
+    lock = None
+    if not dry_run:
+        lock = ExclusiveLock(repo.store, "prune", PRUNE_LOCK_TTL).acquire(lock_wait)
+    renew = lock.renew_if_due if lock is not None else _nothing
     try:
-        now = utcnow()
+        # Temp leftovers first: on a full disk they may be what makes room for the rest.
+        _remove_temporary(repo, report, grace)
+
+        def delete_at_once(key: str) -> None:
+            # With no grace period a batch can go right away, which frees space batch by
+            # batch: prune must work on a full disk, since it is how space is freed.
+            leases = list_leases(repo.store, BACKUP_LEASE_KIND)
+            _delete_collected(repo, report, leases, utcnow(), grace, renew, only=[key])
+
+        immediate = grace <= timedelta(0) and not dry_run
+        _collect(repo, report, utcnow(), grace, renew, delete_at_once if immediate else None)
+        # Leases are read after the collection was recorded: a backup that started since
+        # sees the record (and avoids its fossils); one that started before holds a lease
+        # that keeps the fossils until it has finished.
         leases = list_leases(repo.store, BACKUP_LEASE_KIND)
-        _delete_collected(repo, report, leases, now, grace)
-        _collect(repo, report, now, grace)
-        _remove_leftovers(repo, report, leases, now, grace)
+        _delete_collected(repo, report, leases, utcnow(), grace, renew)
+        _remove_stale_leases(repo, report, leases)
     finally:
         if lock is not None:
             lock.release()
     return report
+
+
+def _nothing() -> None:
+    return None
 
 
 def _delete_collected(
@@ -130,13 +144,17 @@ def _delete_collected(
     leases: list[LeaseInfo],
     now: datetime,
     grace: timedelta,
+    renew: Callable[[], None],
+    only: list[str] | None = None,
 ) -> None:
-    """Phase 2: delete (or bring back) the fossils of collections old enough."""
+    """Phase 2: delete (or bring back) the fossils of collections old enough (of the
+    records ``only`` names, if given)."""
     users: dict[str, list[str]] | None = None
-    for key in sorted(repo.store.list(COLLECTION_PREFIX)):
+    keys = only if only is not None else sorted(repo.store.list(COLLECTION_PREFIX))
+    for key in keys:
         try:
             collection = msgspec.json.decode(repo.store.get(key), type=Collection)
-        except (KeyError, msgspec.MsgspecError) as exc:
+        except (KeyError, *JSON_ERRORS) as exc:
             raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
         if collection.time > now - grace:
             report.postponed.append(f"{key}: younger than the grace period ({grace})")
@@ -156,6 +174,7 @@ def _delete_collected(
         if users is None:
             users = referenced_chunks(repo)
         for cid in collection.fossils:
+            renew()
             fossil = fossil_key(cid)
             try:
                 size = repo.store.size(fossil)
@@ -181,8 +200,16 @@ def _resurrect(repo: Repository, cid: str) -> None:
         repo.store.move(fossil_key(cid), chunk_key(cid))
 
 
-def _collect(repo: Repository, report: PruneReport, now: datetime, grace: timedelta) -> None:
-    """Phase 1: move unreferenced chunks older than the grace period to ``fossils/``."""
+def _collect(
+    repo: Repository,
+    report: PruneReport,
+    now: datetime,
+    grace: timedelta,
+    renew: Callable[[], None],
+    after_batch: Callable[[str], None] | None,
+) -> None:
+    """Phase 1: move unreferenced chunks older than the grace period to ``fossils/``, in
+    batches with a record each (small records fit even on a nearly full disk)."""
     users = referenced_chunks(repo)
     report.referenced_chunks = len(users)
     cutoff = now.timestamp() - grace.total_seconds()
@@ -201,28 +228,25 @@ def _collect(repo: Repository, report: PruneReport, now: datetime, grace: timede
         report.deleted_bytes += sum(size for _, size in candidates)
         return
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
-    key = f"{COLLECTION_PREFIX}collection-{stamp}.json"
-    fossils = [cid for cid, _ in candidates]
-    # Recorded before the moves, so a crash leaves no fossil unaccounted for...
-    repo.store.put(key, msgspec.json.encode(Collection(time=now, fossils=fossils)))
-    for cid in fossils:
-        try:
-            repo.store.move(chunk_key(cid), fossil_key(cid))
-        except KeyError:
-            continue
-    # ...and re-dated after them: every backup that started before the last move could have
-    # found one of these chunks in chunks/, so all of them must finish before deletion.
-    repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
+    for number, start in enumerate(range(0, len(candidates), COLLECTION_BATCH)):
+        key = f"{COLLECTION_PREFIX}collection-{stamp}-{number:05d}.json"
+        fossils = [cid for cid, _ in candidates[start : start + COLLECTION_BATCH]]
+        # Recorded (durably) before the moves: no fossil is ever unaccounted for, and every
+        # backup that starts from now on sees the record and avoids these chunks.
+        repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
+        for cid in fossils:
+            renew()
+            try:
+                repo.store.move(chunk_key(cid), fossil_key(cid))
+            except KeyError:
+                continue
+        if after_batch is not None:
+            after_batch(key)
 
 
-def _remove_leftovers(
-    repo: Repository,
-    report: PruneReport,
-    leases: Iterable[LeaseInfo],
-    now: datetime,
-    grace: timedelta,
-) -> None:
-    """Temp files older than the grace period, and leases that are dead or expired."""
+def _remove_temporary(repo: Repository, report: PruneReport, grace: timedelta) -> None:
+    """Temp files of interrupted writes, older than the grace period (at least a minute, so
+    a write in progress is never touched)."""
     cutoff = time.time() - max(grace.total_seconds(), 60.0)
     for info in repo.store.list_temporary():
         if info.mtime <= cutoff:
@@ -230,8 +254,15 @@ def _remove_leftovers(
             report.temp_bytes += info.size
             if not report.dry_run:
                 repo.store.delete_temporary(info.key)
+
+
+def _remove_stale_leases(
+    repo: Repository, report: PruneReport, leases: Iterable[LeaseInfo]
+) -> None:
+    """Leases whose backup died (dead PID on this host) or expired."""
+    now = utcnow()
     for lease in leases:
         if not lease.is_live(now):
             report.stale_leases_removed += 1
             if not report.dry_run:
-                repo.store.delete(lease.key)
+                repo.store.delete(lease.key, durable=False)

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "locks/"
 HOSTNAME = socket.gethostname()
+JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
+# Breaking a stale lock is itself guarded by an exclusive token; a token older than this is
+# left by a breaker that died and is ignored.
+BREAK_TOKEN_TTL = 30.0
+# Exclusive locks this process holds (key -> holder), so a lock our own PID left behind
+# (its release failed) is recognised as stale, while one another thread holds is not.
+_held_here: dict[str, ExclusiveLock] = {}
 
 
 class LeaseRecord(msgspec.Struct, frozen=True):
@@ -76,7 +83,7 @@ def list_leases(store: Store, kind: str | None = None) -> list[LeaseInfo]:
     for key in store.list(LOCK_PREFIX):
         try:
             record = msgspec.json.decode(store.get(key), type=LeaseRecord)
-        except (KeyError, msgspec.MsgspecError):
+        except (KeyError, *JSON_ERRORS):
             continue  # released meanwhile, or half-written by a killed process
         if kind is None or record.kind == kind:
             leases.append(LeaseInfo(key, record))
@@ -142,18 +149,12 @@ class ExclusiveLock(Lease):
             self.started = utcnow()
             try:
                 self._write(exclusive=True)
+                _held_here[self.key] = self
                 return self
             except ObjectExistsError:
                 holder = self._holder()
-                if holder is not None and not holder.is_live(utcnow()):
-                    log.warning(
-                        "breaking stale %s lock of %s pid %d (started %s)",
-                        self.kind,
-                        holder.record.host,
-                        holder.record.pid,
-                        holder.record.started,
-                    )
-                    self.store.delete(self.key)
+                if holder is not None and self._is_stale(holder):
+                    self._break(holder)
                     continue
             if time.monotonic() >= deadline:
                 holder = self._holder()
@@ -170,6 +171,51 @@ class ExclusiveLock(Lease):
             time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
             delay = min(delay * 2, 1.0)
 
+    def _is_stale(self, holder: LeaseInfo) -> bool:
+        record = holder.record
+        if record.host == HOSTNAME and record.pid == os.getpid():
+            return self.key not in _held_here  # our own leftover, not another thread's lock
+        return not holder.is_live(utcnow())
+
+    def _break(self, holder: LeaseInfo) -> None:
+        """Remove a stale lock. Only one process may break at a time (an exclusive token),
+        and the lock is re-read under the token, so nobody deletes a lock just taken."""
+        token = f"{self.key}.break"
+        try:
+            self.store.put(token, b"", exclusive=True, durable=False)
+        except ObjectExistsError:
+            try:
+                if time.time() - self.store.stat(token).mtime > BREAK_TOKEN_TTL:
+                    self.store.delete(token, durable=False)  # its breaker died
+            except KeyError:
+                pass
+            return
+        try:
+            current = self._holder()
+            if current is not None and current.record == holder.record:
+                log.warning(
+                    "breaking stale %s lock of %s pid %d (started %s)",
+                    self.kind,
+                    holder.record.host,
+                    holder.record.pid,
+                    holder.record.started,
+                )
+                self.store.delete(self.key)
+        finally:
+            self.store.delete(token, durable=False)
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        _held_here.pop(self.key, None)
+        current = self._holder()
+        mine = current is not None and (
+            current.record.host == HOSTNAME
+            and current.record.pid == os.getpid()
+            and current.record.started == self.started
+        )
+        if mine:
+            super().release()
+
     def _holder(self) -> LeaseInfo | None:
         try:
             raw = self.store.get(self.key)
@@ -177,13 +223,13 @@ class ExclusiveLock(Lease):
             return None
         try:
             return LeaseInfo(self.key, msgspec.json.decode(raw, type=LeaseRecord))
-        except msgspec.MsgspecError:
-            # Half-written by a process killed mid-write: stale once it is old enough.
+        except JSON_ERRORS:
+            # Unreadable (damaged): stale once it is older than a break token could be.
             try:
                 age = time.time() - self.store.stat(self.key).mtime
             except KeyError:
                 return None
-            if age > self.ttl.total_seconds():
+            if age > BREAK_TOKEN_TTL:
                 epoch = datetime.fromtimestamp(0, timezone.utc)
                 return LeaseInfo(self.key, LeaseRecord(self.kind, "?", 0, epoch, epoch))
             return LeaseInfo(

@@ -135,8 +135,9 @@ class BackupManager:
         passphrase: str | Callable[[], str] | None = None,
     ) -> None:
         self.config = config if config is not None else load_backup_config()
-        # For encrypted repositories: a passphrase, or a function returning it; by default
-        # $PEAK_BACKUP_PASSWORD, then [backup] password_file, then a terminal prompt.
+        # For encrypted repositories: a passphrase (then the repository must be encrypted),
+        # or a function returning it; by default $PEAK_BACKUP_PASSWORD, then [backup]
+        # password_file, then a terminal prompt.
         self._passphrase_source = passphrase
         self._repository: Repository | None = None
         self._auto_prune_thread: threading.Thread | None = None
@@ -158,6 +159,13 @@ class BackupManager:
                     f"[backup] encryption = {self.config.encryption!r}, but the repository at "
                     f"{store.location} is not encrypted (encryption is chosen when a "
                     "repository is created: use a new backup_path)"
+                )
+            if isinstance(self._passphrase_source, str) and not repository.encrypted:
+                # A passphrase given outright means the caller expects encryption: refuse to
+                # write in the clear (e.g. to a repo.json whose encryption was stripped).
+                raise ConfigError(
+                    f"a passphrase was given, but the repository at {store.location} is not "
+                    "encrypted; refusing to store backups unencrypted"
                 )
             self._repository = repository
         return self._repository

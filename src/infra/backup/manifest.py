@@ -19,6 +19,8 @@ from src.infra.backup.crypto import RepositoryKeys, object_aad
 from src.infra.backup.errors import CorruptDataError, FormatVersionError
 
 FORMAT_VERSION = 1
+# msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
+JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
 CHECKSUM_FIELD = b'"checksum":"'
 _ZERO_SUM = "0" * 64
 _SUFFIX_LEN = len(CHECKSUM_FIELD) + 64 + 2  # "checksum":"<64 hex>"}
@@ -137,7 +139,7 @@ def decode_checked(raw: bytes, kind: type[_T], what: str) -> _T:
         raise CorruptDataError(f"{what}: damaged (checksum mismatch)")
     try:
         version = msgspec.json.decode(raw, type=_FormatOnly).format
-    except msgspec.MsgspecError as exc:
+    except JSON_ERRORS as exc:
         raise CorruptDataError(f"{what}: damaged ({exc})") from exc
     if version > FORMAT_VERSION:
         raise FormatVersionError(
@@ -145,9 +147,66 @@ def decode_checked(raw: bytes, kind: type[_T], what: str) -> _T:
             "older. Upgrade peak-trade-backup to read it."
         )
     try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.MsgspecError as exc:
+        document = msgspec.json.decode(raw, type=kind)
+    except JSON_ERRORS as exc:
         raise CorruptDataError(f"{what}: damaged ({exc})") from exc
+    problem = _manifest_problem(document) if isinstance(document, Manifest) else None
+    if isinstance(document, RepoConfig):
+        problem = _time_problem(document.created_utc)
+    if problem:
+        raise CorruptDataError(f"{what}: damaged ({problem})")
+    return document
+
+
+_HEX = frozenset("0123456789abcdef")
+_MAX_SIZE = 64 * 1024 * 1024  # the largest chunk any writer produces, with room to spare
+
+
+def _time_problem(moment: datetime) -> str | None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return "a time without a time zone"
+    if not 1970 <= moment.year <= 9000:
+        return f"an implausible time {moment.isoformat()}"
+    return None
+
+
+def _ref_problem(cid: str, size: int, stored: int) -> str | None:
+    if len(cid) != 64 or not _HEX.issuperset(cid):
+        return f"invalid chunk id {cid[:80]!r}"
+    if not 0 <= size <= _MAX_SIZE or not 0 <= stored <= 2 * _MAX_SIZE:
+        return f"impossible chunk size {size}/{stored}"
+    return None
+
+
+def _manifest_problem(manifest: Manifest) -> str | None:
+    """Checks beyond the schema, so no reader trips over absurd values later."""
+    problem = _time_problem(manifest.time_utc)
+    if problem:
+        return problem
+    for entry in manifest.entries:
+        if not entry.name or entry.size < 0:
+            return f"entry {entry.name!r} has no name or a negative size"
+        for ref in entry.chunks:
+            problem = _ref_problem(ref.id, ref.size, ref.stored)
+            if problem:
+                return f"entry {entry.name!r}: {problem}"
+        for lref in entry.lists:
+            problem = _ref_problem(lref.id, lref.size, lref.stored)
+            if problem or lref.count < 1:
+                return f"entry {entry.name!r}: {problem or 'an empty chunk list'}"
+    stats = manifest.stats
+    if (
+        min(
+            stats.logical_bytes,
+            stats.stored_bytes,
+            stats.added_bytes,
+            stats.new_chunks,
+            stats.total_chunks,
+        )
+        < 0
+    ):
+        return "negative sizes in stats"
+    return None
 
 
 def encode_chunk_list(refs: list[ChunkRef]) -> bytes:
@@ -159,7 +218,7 @@ def decode_chunk_list(raw: bytes, what: str) -> list[ChunkRef]:
     """Parse a chunk-list blob's plaintext."""
     try:
         return msgspec.json.decode(raw, type=list[ChunkRef])
-    except msgspec.MsgspecError as exc:
+    except JSON_ERRORS as exc:
         raise CorruptDataError(f"{what}: damaged chunk list ({exc})") from exc
 
 
@@ -186,3 +245,14 @@ def open_manifest(stored: bytes, keys: RepositoryKeys | None, backup_id: str) ->
             f"manifest of backup {backup_id}: not encrypted in an encrypted repository"
         )
     return keys.open(stored[len(ENVELOPE_MAGIC) :], object_aad("manifest", backup_id))
+
+
+COLLECTION_PREFIX = "gc/"
+
+
+class Collection(msgspec.Struct, frozen=True):
+    """``gc/collection-<time>.json``: chunks garbage collection moved to ``fossils/`` at
+    ``time`` and will delete unless a backup refers to them again (see gc.py)."""
+
+    time: datetime
+    fossils: list[str]

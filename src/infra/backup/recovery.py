@@ -94,6 +94,9 @@ class RecoveryManager:
         """Whether the backup is intact (every chunk read and checked). Never raises."""
         try:
             ok = self.verify_backup_report(backup_id).ok
+        except BackupError as exc:
+            log.warning("verify of %r failed: %s", backup_id, exc)
+            return False
         except Exception:  # the contract is a bool, whatever went wrong
             log.exception("verify of %r failed unexpectedly", backup_id)
             return False

@@ -43,8 +43,11 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.locks import Lease
 from src.infra.backup.manifest import (
+    COLLECTION_PREFIX,
     FORMAT_VERSION,
+    JSON_ERRORS,
     ChunkRef,
+    Collection,
     Entry,
     ListRef,
     Manifest,
@@ -156,11 +159,13 @@ class Repository:
         self.chunker = Chunker(_chunker_params(config))
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._manifests: dict[str, Manifest] = {}
-        self._damaged: dict[str, str] = {}
+        # backup id -> (version of the stored object, parsed manifest / why it is damaged)
+        self._manifests: dict[str, tuple[str, Manifest]] = {}
+        self._damaged: dict[str, tuple[str, str]] = {}
         self._chunk_lists: dict[str, list[ChunkRef]] = {}
         self._id_hint: dict[str, int] = {}
-        self._last_committed: Manifest | None = None
+        self._last_committed: tuple[str, Manifest] | None = None
+        self._collections: dict[str, tuple[str, frozenset[str]]] = {}
 
     @property
     def encrypted(self) -> bool:
@@ -269,15 +274,25 @@ class Repository:
                 ids.append(name[: -len(".json")])
         return ids
 
-    def read_manifest(self, backup_id: str) -> Manifest:
-        """The verified manifest of ``backup_id``; cached, since manifests never change."""
+    def read_manifest(self, backup_id: str, *, version: str | None = None) -> Manifest:
+        """The verified manifest of ``backup_id``.
+
+        Parsed manifests are cached by the stored object's version (``version`` as listed, else
+        one stat), so a deleted and re-created id or a damaged file is never served stale.
+        """
         if not is_valid_backup_id(backup_id):
             raise BackupNotFoundError(f"backup not found: {backup_id!r} is not a valid backup id")
+        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
+        if version is None:
+            try:
+                version = self.store.stat(key).version
+            except KeyError:
+                raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         cached = self._manifests.get(backup_id)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == version:
+            return cached[1]
         try:
-            stored = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+            stored = self.store.get(key)
         except KeyError:
             raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         raw = open_manifest(stored, self.keys, backup_id)
@@ -287,47 +302,59 @@ class Repository:
                 f"manifest of backup {backup_id}: it names itself {manifest.backup_id!r}"
             )
         with self._lock:
-            self._manifests[backup_id] = manifest
+            self._manifests[backup_id] = (version, manifest)
         return manifest
 
     def list_snapshots(self) -> list[Manifest]:
         """Manifests of all readable backups, newest first. Damaged ones are skipped (logged)."""
-        ids = self.snapshot_ids()
-        present = set(ids)
+        listed: dict[str, str] = {}
+        for info in self.store.list_info(SNAPSHOT_PREFIX):
+            name = info.key[len(SNAPSHOT_PREFIX) :]
+            if name.endswith(".json") and "/" not in name:
+                listed[name[: -len(".json")]] = info.version
         with self._lock:
-            for gone in [i for i in self._manifests if i not in present]:
+            for gone in [i for i in self._manifests if i not in listed]:
                 del self._manifests[gone]
-            self._damaged = {i: why for i, why in self._damaged.items() if i in present}
+            self._damaged = {
+                i: entry for i, entry in self._damaged.items() if listed.get(i) == entry[0]
+            }
         manifests = []
-        for backup_id in ids:
+        for backup_id, version in listed.items():
             if backup_id in self._damaged:
                 continue
             try:
-                manifests.append(self.read_manifest(backup_id))
+                manifests.append(self.read_manifest(backup_id, version=version))
             except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
                 if isinstance(exc, BackupNotFoundError):
                     continue  # deleted while we listed
                 log.warning("skipping backup %s: %s", backup_id, exc)
                 with self._lock:
-                    self._damaged[backup_id] = str(exc)
+                    self._damaged[backup_id] = (version, str(exc))
         manifests.sort(key=lambda m: (m.time_utc, id_sort_key(m.backup_id)), reverse=True)
         return manifests
 
     def damaged_snapshots(self) -> dict[str, str]:
         """Backups whose manifest could not be read at the last listing, with the reason."""
-        return dict(self._damaged)
+        return {backup_id: why for backup_id, (_, why) in self._damaged.items()}
 
-    def entry_refs(self, entry: Entry) -> list[ChunkRef]:
-        """All chunk references of an entry, resolving chunk-list blobs."""
+    def entry_refs(self, entry: Entry, *, fresh: bool = False) -> list[ChunkRef]:
+        """All chunk references of an entry, resolving chunk-list blobs (read again from the
+        store with ``fresh``, as verification must, else possibly from the cache)."""
         if not entry.lists:
             return list(entry.chunks)
         refs: list[ChunkRef] = []
         for ref in entry.lists:
-            refs.extend(self._read_chunk_list(ref))
+            refs.extend(self._read_chunk_list(ref, fresh=fresh))
         return refs
 
-    def _read_chunk_list(self, ref: ListRef) -> list[ChunkRef]:
-        cached = self._chunk_lists.get(ref.id)
+    def chunk_present(self, cid: str) -> bool:
+        """Whether a chunk is stored (in ``chunks/``, or collected into ``fossils/``)."""
+        return self.store.exists(chunk_key(cid)) or self.store.exists(
+            f"{FOSSIL_PREFIX}{cid[:2]}/{cid}"
+        )
+
+    def _read_chunk_list(self, ref: ListRef, *, fresh: bool = False) -> list[ChunkRef]:
+        cached = None if fresh else self._chunk_lists.get(ref.id)
         if cached is None:
             plain = self.read_chunk(ChunkRef(ref.id, ref.size, ref.stored))
             cached = decode_chunk_list(plain, f"chunk list {ref.id}")
@@ -406,7 +433,7 @@ class Repository:
             return report
         for entry in manifest.entries:
             try:
-                refs = self.entry_refs(entry)
+                refs = self.entry_refs(entry, fresh=True)
                 total = 0
                 keep = read_data and check_data is not None and entry.kind == "data"
                 pieces: list[bytes] = []
@@ -416,7 +443,7 @@ class Repository:
                         total += len(plain)
                         if keep:
                             pieces.append(plain)
-                    elif not self.store.exists(chunk_key(ref.id)):
+                    elif not self.chunk_present(ref.id):
                         raise IntegrityError(f"chunk {ref.id} is missing from the repository")
                     else:
                         total += ref.size
@@ -475,7 +502,11 @@ class Repository:
         progress: ProgressCallback | None,
     ) -> Manifest:
         parent = self._parent_manifest()
-        pending = _Pending(known=self._known_chunks(parent), lease=lease)
+        known = self._known_chunks(parent)
+        # Chunks of a pending collection may be deleted soon: never reuse them unseen.
+        for cid in self._collected_chunks():
+            known.pop(cid, None)
+        pending = _Pending(known=known, lease=lease)
         parent_files = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
         stored_entries: list[Entry] = []
         for item in entries:
@@ -504,6 +535,30 @@ class Repository:
         stats = self._stats(stored_entries, pending)
         return self._commit(backup_type, stored_entries, stats, tags or {}, note, parent, base_dir)
 
+    def _collected_chunks(self) -> set[str]:
+        """Chunks that garbage collection has moved (or is moving) to ``fossils/``.
+
+        Read after the backup's lease is taken. Collection records are cached by version.
+        """
+        collected: set[str] = set()
+        listed = {info.key: info.version for info in self.store.list_info(COLLECTION_PREFIX)}
+        with self._lock:
+            self._collections = {k: v for k, v in self._collections.items() if k in listed}
+        for key, version in listed.items():
+            cached = self._collections.get(key)
+            if cached is None or cached[0] != version:
+                try:
+                    record = msgspec.json.decode(self.store.get(key), type=Collection)
+                except KeyError:
+                    continue  # finished meanwhile
+                except JSON_ERRORS as exc:
+                    raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
+                cached = (version, frozenset(record.fossils))
+                with self._lock:
+                    self._collections[key] = cached
+            collected.update(cached[1])
+        return collected
+
     def _revalidate(self, chunk_ids: Iterable[str]) -> None:
         """Make sure every chunk a backup refers to is in ``chunks/`` before it commits."""
         for cid in chunk_ids:
@@ -522,8 +577,12 @@ class Repository:
         process committed while it still exists, else the newest by its id's time. (Any parent
         is correct; a recent one just deduplicates best.)"""
         last = self._last_committed
-        if last is not None and self.store.exists(f"{SNAPSHOT_PREFIX}{last.backup_id}.json"):
-            return last
+        if last is not None:
+            try:
+                if self.store.stat(f"{SNAPSHOT_PREFIX}{last[1].backup_id}.json").version == last[0]:
+                    return last[1]
+            except KeyError:
+                pass  # deleted meanwhile
         for backup_id in sorted(self.snapshot_ids(), key=id_sort_key, reverse=True)[:3]:
             try:
                 return self.read_manifest(backup_id)
@@ -677,9 +736,13 @@ class Repository:
                 continue
             self._id_hint = {base: suffix + 1}
             manifest = msgspec.json.decode(raw, type=Manifest)
+            try:
+                version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
+            except KeyError:
+                return manifest  # deleted at once by another process
             with self._lock:
-                self._manifests[backup_id] = manifest
-                self._last_committed = manifest
+                self._manifests[backup_id] = (version, manifest)
+                self._last_committed = (version, manifest)
             return manifest
 
     # -- deleting --------------------------------------------------------------------------
@@ -710,12 +773,22 @@ def _is_hex_id(cid: str) -> bool:
 def _chunker_params(config: RepoConfig) -> ChunkerParams:
     chunker = config.chunker
     try:
-        return ChunkerParams(
+        params = ChunkerParams(
             avg_size=int(chunker["avg_size"]),
             min_size=int(chunker["min_size"]),
             max_size=int(chunker["max_size"]),
             single_chunk_below=int(chunker["single_chunk_below"]),
             algorithm=str(chunker["algorithm"]),
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise CorruptDataError(f"{REPO_KEY}: invalid chunker parameters ({exc})") from exc
+    # pyfastcdc's own limits; anything else would make it raise, or misbehave.
+    if (
+        params.algorithm != "fastcdc2020"
+        or not 256 <= params.avg_size <= 4 * 1024 * 1024
+        or not 64 <= params.min_size <= min(params.avg_size, 1024 * 1024)
+        or not max(params.avg_size, 1024) <= params.max_size <= 16 * 1024 * 1024
+        or not 0 <= params.single_chunk_below <= 16 * 1024 * 1024
+    ):
+        raise CorruptDataError(f"{REPO_KEY}: invalid chunker parameters {chunker}")
+    return params

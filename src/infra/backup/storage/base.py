@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """A listed object: its key, size in bytes and modification time (POSIX seconds)."""
+    """A listed object: its key, size in bytes, modification time (POSIX seconds) and a
+    version that changes whenever the object is replaced (to validate caches)."""
 
     key: str
     size: int
     mtime: float
+    version: str = ""
 
 
 class Store(ABC):

@@ -177,17 +177,21 @@ class LocalStore(Store):
             raise KeyError(key) from None
         except OSError as exc:
             raise storage_error("stat", path, exc) from exc
-        return ObjectInfo(key, st.st_size, st.st_mtime)
+        return _object_info(key, st)
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         start = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         for entry, key in self._walk(base, start, temporary=False):
-            yield _info(entry, key)
+            info = _info(entry, key)
+            if info is not None:
+                yield info
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
         for entry, key in self._walk(self.root, "", temporary=True):
-            yield _info(entry, key)
+            info = _info(entry, key)
+            if info is not None:
+                yield info
 
     def delete_temporary(self, key: str) -> None:
         *folders, name = key.split("/")
@@ -252,6 +256,16 @@ class LocalStore(Store):
             raise storage_error("sync", path.parent, exc) from exc
 
 
-def _info(entry: os.DirEntry[str], key: str) -> ObjectInfo:
-    st = entry.stat(follow_symlinks=False)
-    return ObjectInfo(key, st.st_size, st.st_mtime)
+def _info(entry: os.DirEntry[str], key: str) -> ObjectInfo | None:
+    """The listed object, or ``None`` if it vanished since the directory was read."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return _object_info(key, st)
+
+
+def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
+    # Objects are replaced by rename, so a new version has a new inode (and mtime).
+    version = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+    return ObjectInfo(key, st.st_size, st.st_mtime, version)

@@ -1,0 +1,1 @@
+"""Developer tools for the backup subsystem (not part of the installed package)."""
