@@ -5,10 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CLI    := $(PY) src/infra/backup/__main__.py
 
-.PHONY: help backup backup-list restore restore-backup test lint typecheck bench venv clean
+.PHONY: help backup backup-list restore restore-backup test lint typecheck bench soak venv clean
 
 help:
-	@echo "make backup | backup-list | restore | restore-backup BACKUP_ID=... | test | lint | bench"
+	@echo "make backup | backup-list | restore | restore-backup BACKUP_ID=... | test | lint | bench | soak MINUTES=N"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench tools
 	$(PY) -m mypy
 
 typecheck: $(STAMP)
@@ -44,6 +44,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+MINUTES ?= 1
+soak: $(STAMP)  ## Concurrent create/restore/delete/prune with SIGKILLs for MINUTES, then check
+	$(PY) -m tools.soak --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

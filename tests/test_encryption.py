@@ -6,8 +6,8 @@ The KDF is the real default (about 85 ms per derivation); unlocked keys are cach
 and repository, so the repositories are built once per module and copied for tests that change
 them (a copy keeps the repository id and header, so it unlocks from the cache).
 
-Tests marked ``xfail(strict=True)`` reproduce bugs found while writing this file; each names
-the suspected place in ``src/``.
+Some tests reproduced bugs found while writing this file that have since been fixed; they
+stay as regression tests, and each docstring says what it guards.
 """
 
 from __future__ import annotations
@@ -227,6 +227,8 @@ def test_second_backup_deduplicates_and_both_restore(
 
 
 def test_prune_on_an_encrypted_repository(built: dict[str, Built], tmp_path: Path) -> None:
+    """Prune works on keyed chunk ids and sealed manifests: with grace 0 one run collects and
+    deletes the deleted backup's chunks; the rest still decrypts and checks clean."""
     repo = built["chacha20-poly1305"].copy(tmp_path / "repo")
     manager = repo.manager()
     doomed = manager.create_backup({"unique": [f"row {i} {MARKER_DATA}" for i in range(5000)]})
@@ -234,8 +236,12 @@ def test_prune_on_an_encrypted_repository(built: dict[str, Built], tmp_path: Pat
     kept = manager.create_backup(kept_state)
     manager.delete_backup(doomed)
     first = manager.prune(grace=timedelta(0))
+    assert first.fossilized > 0 and first.deleted == first.fossilized, first
+    assert first.resurrected == 0 and first.postponed == [], first
+    assert [p for p in (repo.repo / "fossils").rglob("*") if p.is_file()] == []
+    assert [p for p in (repo.repo / "gc").rglob("*") if p.is_file()] == []
     second = manager.prune(grace=timedelta(0))
-    assert first.fossilized > 0 and second.deleted == first.fossilized, (first, second)
+    assert (second.fossilized, second.deleted, second.resurrected) == (0, 0, 0), second
     fresh = repo.manager()
     assert fresh.load_backup(repo.backup_id) == rich_state()
     assert fresh.load_backup(kept) == kept_state
@@ -644,14 +650,11 @@ def test_tamper_repo_json(tamper_repo: Built) -> None:
     assert outcome(repo, repo.backup_id, big_state(1)) == "undetected (verify True)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG repository.py verify_snapshot: it reads the manifest through read_manifest's "
-    "per-process cache and chunk lists through _chunk_lists, so verify_backup in a long-lived "
-    "process (the bot, a scheduler) says True for a backup whose manifest or chunk-list blob "
-    "was damaged on disk after it was first read (check() misses the manifest case too)",
-)
 def test_verify_in_a_long_lived_process_sees_damage_done_later(tamper_repo: Built) -> None:
+    """Regression: verify_backup and check in a long-lived process (the bot, a scheduler) used
+    to answer from the per-process manifest and chunk-list caches, so damage done on disk after
+    the first read went unnoticed. Manifests are now cached by object version and verification
+    reads chunk lists fresh."""
     repo = tamper_repo
     manager = repo.manager()
     recovery = RecoveryManager(manager)
@@ -673,24 +676,20 @@ def test_verify_in_a_long_lived_process_sees_damage_done_later(tamper_repo: Buil
     assert problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY repository.py Repository.open / manifest.py: repo.json's checksum is an "
-    "unkeyed hash, so whoever can write the repository can drop the encryption header; a "
-    "manager then given a passphrase silently stores new backups in plaintext (nothing notices "
-    "the sealed manifests and chunks already there). Mitigated only when the config names the "
-    "encryption (ConfigError)",
-)
 def test_downgraded_repo_json_does_not_make_new_backups_plaintext(tamper_repo: Built) -> None:
+    """Regression (security): repo.json's checksum is unkeyed, so whoever can write the
+    repository can drop the encryption header; a manager given a passphrase used to store new
+    backups in plaintext then. A passphrase given as a str now requires an encrypted
+    repository: the backup is refused with ConfigError and nothing is written in plaintext."""
     repo = tamper_repo
     rewrite_header(repo.repo / "repo.json", lambda h: "remove")
+    before = set(all_bytes(repo.repo))
     manager = BackupManager(config_for(repo.repo, repo.project), passphrase=PW)
-    try:
-        backup_id = manager.create_backup({"notes": f"new {MARKER_DATA}"}, include_files=False)
-    except BackupError:
-        return  # refused: fine
+    with pytest.raises(ConfigError, match="not encrypted"):
+        manager.create_backup({"notes": f"new {MARKER_DATA}"}, include_files=False)
     leaked = [p for p, content in all_bytes(repo.repo).items() if MARKER_DATA.encode() in content]
-    assert leaked == [], f"{backup_id} written in plaintext: {leaked}"
+    assert leaked == [], f"written in plaintext: {leaked}"
+    assert set(all_bytes(repo.repo)) == before, "a refused backup wrote objects"
 
 
 # -- secrets ------------------------------------------------------------------------------------

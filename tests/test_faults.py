@@ -38,7 +38,7 @@ from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
 from src.infra.backup.blobs import chunk_key
 from src.infra.backup.check import check_repository
-from src.infra.backup.errors import RepositoryBusyError
+from src.infra.backup.errors import RepositoryBusyError, RepositoryNotFoundError
 from src.infra.backup.gc import Collection, fossil_key
 from src.infra.backup.locks import LeaseRecord
 from src.infra.backup.repository import Repository
@@ -251,7 +251,13 @@ def audit(scenario: Scenario, repo: Path, known: set[str], label: str) -> tuple[
     manager = BackupManager(config_for(repo, scenario.sources_root))
     recovery = RecoveryManager(manager)
     try:
-        report = check_repository(manager.repository)
+        try:
+            report = check_repository(manager.repository)
+        except RepositoryNotFoundError:
+            # The fault hit the very first write (repo.json): nothing exists, nothing to check.
+            if scenario.committed:
+                return [f"{label}: the repository vanished"], False
+            return problems, True
         listed = {info.backup_id for info in manager.list_backups()}
     except BackupError as exc:
         return [f"{label}: the repository cannot be checked: {exc!r}"], False
@@ -355,7 +361,7 @@ def run_scenario(scenario: Scenario, work: Path, kind: FaultKind) -> Tally:
 def retry(scenario: Scenario, repo: Path, label: str, tally: Tally) -> list[str]:
     manager = BackupManager(config_for(repo, scenario.sources_root))
     try:
-        known = set(manager.repository.snapshot_ids())
+        known = {info.backup_id for info in manager.list_backups()}
         if scenario.target is None or scenario.target in known:
             scenario.op(manager)  # (else the faulted delete went through: a timeout)
     except RepositoryBusyError as exc:

@@ -619,7 +619,7 @@ def init(ctx: Context, aead: str | None) -> None:
     if store.exists(REPO_KEY):
         raise BackupError(f"a repository already exists at {store.location}")
     ctx.confirm_new_passphrase = True
-    repository = BackupManager(config, passphrase=ctx.passphrase).repository
+    repository = BackupManager(config, passphrase=ctx.passphrase).open_repository(create=True)
     if ctx.as_json:
         emit_json(
             {

@@ -51,6 +51,10 @@ class BackupNotFoundError(RecoveryError, KeyError):
         return str(self.args[0]) if self.args else "backup not found"
 
 
+class RepositoryNotFoundError(BackupNotFoundError):
+    """There is no repository at the configured path (the first backup creates it)."""
+
+
 class IntegrityError(RecoveryError):
     """Stored data failed verification: a missing or corrupt chunk or manifest."""
 

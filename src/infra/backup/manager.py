@@ -22,6 +22,7 @@ from src.infra.backup.errors import (
     CorruptDataError,
     InvalidInputError,
     RepositoryBusyError,
+    RepositoryNotFoundError,
 )
 from src.infra.backup.gc import PruneReport, prune
 from src.infra.backup.manifest import Manifest
@@ -145,7 +146,12 @@ class BackupManager:
 
     @property
     def repository(self) -> Repository:
-        """The repository (opened, and created if missing, on first use)."""
+        """The repository, opened on first use; :class:`RepositoryNotFoundError` if there is
+        none yet (reading never creates one; :meth:`create_backup` does)."""
+        return self.open_repository(create=False)
+
+    def open_repository(self, *, create: bool) -> Repository:
+        """Open the repository (once per manager), creating it if ``create`` and missing."""
         if self._repository is None:
             store = LocalStore(self.config.repository_path)
             repository = Repository.open(
@@ -153,6 +159,7 @@ class BackupManager:
                 compression=self.config.compression_setting,
                 passphrase=self._passphrase,
                 encryption=self.config.encryption,
+                create=create,
             )
             if self.config.encryption != "none" and not repository.encrypted:
                 raise ConfigError(
@@ -213,7 +220,7 @@ class BackupManager:
             entries.append(DataInput(key, payload, ENCODING_NAME))
         files = include_files if include_files is not None else bool(self.config.sources)
         if files:
-            if self.config.include_secrets and not self.repository.encrypted:
+            if self.config.include_secrets and not self.open_repository(create=True).encrypted:
                 raise ConfigError(
                     "include_secrets = true, but the repository is not encrypted: secrets "
                     "files are only backed up into an encrypted repository"
@@ -226,7 +233,7 @@ class BackupManager:
                     include_secrets=self.config.include_secrets,
                 )
             )
-        manifest = self.repository.create_snapshot(
+        manifest = self.open_repository(create=True).create_snapshot(
             backup_type,
             entries,
             tags=checked_tags,
@@ -255,9 +262,13 @@ class BackupManager:
         """All readable backups, newest first, optionally of one type."""
         if backup_type is not None:
             validate_backup_type(backup_type)
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return []  # nothing backed up yet
         return [
             BackupInfo.from_manifest(m)
-            for m in self.repository.list_snapshots()
+            for m in repository.list_snapshots()
             if backup_type is None or m.backup_type == backup_type
         ]
 

@@ -39,6 +39,7 @@ from src.infra.backup.errors import (
     InvalidInputError,
     ObjectExistsError,
     PassphraseRequiredError,
+    RepositoryNotFoundError,
     StorageError,
 )
 from src.infra.backup.locks import Lease
@@ -195,7 +196,9 @@ class Repository:
             raw = store.get(REPO_KEY)
         except KeyError:
             if not create:
-                raise BackupNotFoundError(f"no backup repository at {store.location}") from None
+                raise RepositoryNotFoundError(
+                    f"no backup repository at {store.location} (the first backup creates it)"
+                ) from None
             raw, created = cls._initialize(store, encryption, passphrase)
         config = decode_checked(raw, RepoConfig, f"{store.location}/{REPO_KEY}")
         if config.hash != "blake3-256":
