@@ -197,13 +197,7 @@ class LocalStore(Store):
         *folders, name = key.split("/")
         if not name.startswith(TEMP_PREFIX) or "/" in name:
             raise StorageError(f"{key!r} is not a temporary object")
-        path = self._path("/".join(folders)) / name if folders else self.root / name
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise storage_error("delete", path, exc) from exc
+        _unlink(self._path("/".join(folders)) / name if folders else self.root / name)
 
     def _walk(
         self, directory: Path, key_prefix: str, *, temporary: bool
@@ -242,13 +236,7 @@ class LocalStore(Store):
 
     def delete(self, key: str, *, durable: bool = True) -> None:
         path = self._path(key)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise storage_error("delete", path, exc) from exc
-        if not durable:
+        if not _unlink(path) or not durable:
             return
         try:
             fsync_dir(path.parent)
@@ -269,3 +257,14 @@ def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
     # Objects are replaced by rename, so a new version has a new inode (and mtime).
     version = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
     return ObjectInfo(key, st.st_size, st.st_mtime, version)
+
+
+def _unlink(path: Path) -> bool:
+    """Remove a file; ``False`` if it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise storage_error("delete", path, exc) from exc
+    return True
