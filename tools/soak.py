@@ -30,8 +30,8 @@ it again (same worker id; its sequence continues from the journal). At the deadl
 the workers (they stop by themselves; stragglers get SIGTERM, then SIGKILL), then, with a fresh
 manager: ``check`` must be clean; every backup recorded as created and not deleted must exist,
 load, match its recorded digest and verify; every listed backup must load and equal the state
-it names. A final prune with grace 0 (run twice: collect, then delete) follows, then ``check``
-again (clean, no orphaned chunks) and every backup is loaded again.
+it names. A final prune with grace 0 (collect and delete; a second run must find nothing)
+follows, then ``check`` again (clean, no orphaned chunks) and every backup is loaded again.
 
 The exit status is 0 only if nothing was lost, nothing was corrupt, both checks were clean and
 no worker met an unexpected error. The work directory (journals, worker files and, without
@@ -981,7 +981,7 @@ def final_verification(repo: Path, workdir: Path, journals: JournalSummary) -> F
                     report.unrecorded_valid += 1
 
     verify_all("before prune")
-    for _ in range(2):  # the first pass collects, the second deletes what it collected
+    for _ in range(2):  # the first pass collects and deletes; the second must find nothing left
         pruned = manager.prune(grace=timedelta(0))
         report.prune_passes.append(
             {

@@ -327,8 +327,12 @@ class BackupManager:
         """Garbage-collect chunks no backup references (two phases, see ``gc.py``):
         returns what was collected, deleted and freed. ``RepositoryBusyError`` if another
         prune runs (``lock_wait`` seconds to wait for it)."""
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return PruneReport(dry_run=dry_run)  # nothing backed up yet: nothing to collect
         return prune(
-            self.repository,
+            repository,
             grace=grace if grace is not None else self.config.grace,
             dry_run=dry_run,
             lock_wait=lock_wait,
