@@ -89,8 +89,10 @@ def open_ours(path: Path, *, encryption: str = "none") -> Impl:
 
 
 def open_ours_encrypted(path: Path) -> Impl:
-    """The same on an encrypted repository (ChaCha20-Poly1305, keyed chunk ids)."""
-    return open_ours(path, encryption="chacha20-poly1305")
+    """The same on an encrypted repository (the default AEAD, keyed chunk ids)."""
+    from src.infra.backup.crypto import DEFAULT_AEAD
+
+    return open_ours(path, encryption=DEFAULT_AEAD)
 
 
 def open_naive(path: Path) -> Impl:

@@ -781,7 +781,7 @@ def test_cli_init_create_list_restore_with_env_and_password_file(
     assert init.returncode == 0, (init.stdout, init.stderr)
     assert json.loads(init.stdout)["encrypted"] is True
     header = json.loads((project / "bk" / "repo.json").read_text())["encryption"]
-    assert header["aead"] == "chacha20-poly1305"
+    assert header["aead"] == "aes-256-gcm"  # the default AEAD
     again = run_cli("init", "--encryption", cwd=project, env=env)
     assert again.returncode == 1 and "already exists" in again.stderr
 

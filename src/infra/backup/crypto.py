@@ -58,7 +58,12 @@ from src.infra.backup.errors import (
 log = logging.getLogger(__name__)
 
 AEAD_ALGORITHMS = ("chacha20-poly1305", "aes-256-gcm")
-DEFAULT_AEAD = "chacha20-poly1305"
+# AES-256-GCM by measurement on this project's machines (AES-NI): 6.6 GB/s sealing, and no
+# effect on backup latency, whereas ChaCha20-Poly1305 (2.7 GB/s) made the whole pre-trade
+# backup ~15 ms slower on the trading-day bench (55-58 ms against 39-41 ms; the time shows up in
+# the value encoder, most likely the CPU clocking down after OpenSSL's wide-vector ChaCha code).
+# ChaCha20-Poly1305 stays available for CPUs without AES instructions.
+DEFAULT_AEAD = "aes-256-gcm"
 KDF_NAME = "scrypt"
 
 KEY_SIZE = 32
