@@ -256,6 +256,36 @@ class BackupManager:
                 log.warning("retention after backup %s failed: %s", manifest.backup_id, exc)
         return manifest.backup_id
 
+    async def acreate_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """:meth:`create_backup` for asyncio code: the whole backup (encoding, chunking,
+        writing, retention) runs in a worker thread (``asyncio.to_thread``), so the event
+        loop keeps running meanwhile.
+
+        The values are encoded **in the worker thread**: the caller must not mutate ``data``
+        (or anything inside it) until this returns; pass a copy if other tasks may change it.
+        ``progress`` is called from the worker thread.
+        """
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.create_backup,
+            data,
+            backup_type,
+            tags=tags,
+            note=note,
+            include_files=include_files,
+            progress=progress,
+        )
+
     # -- read ------------------------------------------------------------------------------
 
     def list_backups(self, backup_type: str | None = None) -> list[BackupInfo]:

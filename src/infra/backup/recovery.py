@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from src.infra.backup.errors import (
     InvalidInputError,
     RecoveryError,
 )
+from src.infra.backup.in_place import InPlaceResult, Overwrite, execute_in_place, plan_in_place
 from src.infra.backup.manager import BackupManager, get_backup_manager
 from src.infra.backup.manifest import Entry
+from src.infra.backup.pointintime import parse_moment
 from src.infra.backup.repository import VerifyReport, is_valid_backup_id, validate_backup_type
 from src.infra.backup.sources import restore_path, write_file
 from src.infra.backup.values import ENCODING_NAME, decode_value, to_jsonable
@@ -89,6 +93,19 @@ class RecoveryManager:
         manager, or ``None`` if there is none."""
         backups = [b for b in self._list(backup_type) if b.backup_id not in self._damaged]
         return backups[0].backup_id if backups else None
+
+    async def arestore_backup(self, backup_id: str) -> dict[str, Any]:
+        """:meth:`restore_backup` for asyncio code: reading, verifying and decoding run in a
+        worker thread (``asyncio.to_thread``), so the event loop keeps running meanwhile."""
+        import asyncio
+
+        return await asyncio.to_thread(self.restore_backup, backup_id)
+
+    async def arestore_latest_backup(self, backup_type: str | None = None) -> dict[str, Any]:
+        """:meth:`restore_latest_backup` for asyncio code, in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.restore_latest_backup, backup_type)
 
     def verify_backup(self, backup_id: str) -> bool:
         """Whether the backup is intact (every chunk read and checked). Never raises."""
@@ -172,6 +189,117 @@ class RecoveryManager:
             raise RecoveryError(f"restore of {backup_id} failed: {exc}") from exc
         return result
 
+    def restore_in_place(
+        self,
+        backup_id: str,
+        *,
+        dry_run: bool = False,
+        overwrite: Overwrite = "if-changed",
+        delete: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        verify: bool = False,
+    ) -> InPlaceResult:
+        """Write the backup's files back where they came from (its base directory + entry
+        path; absolute entry paths as they are), each atomically with its mode and mtime.
+
+        ``overwrite``: ``"if-changed"`` (default: replace a file whose size or content hash
+        differs; fix only mode/mtime when the content is the same), ``"always"`` or
+        ``"never"`` (only create missing files). ``delete``: also remove files the
+        configured sources select, in directories the backup has files in, that the backup
+        does not have. ``include`` / ``exclude``: ``fnmatch`` patterns on the entry path
+        (a pattern matching a directory selects what is below it). ``dry_run``: plan only,
+        write nothing. ``verify``: read every written file back and compare.
+
+        Every path is checked first (no ``..``, NUL, symbolic link on the way, or path
+        outside the source roots: else :class:`RecoveryError` and nothing is written). Before
+        the first write, the files to be overwritten, changed or deleted are backed up as a
+        ``pre_restore`` backup (``result.pre_restore_id``); restoring it in place undoes this
+        restore, including removing files it created. Data entries are values and are
+        skipped (``result.skipped_data``).
+        """
+        for what, patterns in (("include", include), ("exclude", exclude)):
+            if isinstance(patterns, str):
+                raise InvalidInputError(f"{what} must be a sequence of patterns, not a string")
+        repository = self.manager.repository
+        try:
+            manifest = repository.read_manifest(backup_id)
+            plan = plan_in_place(
+                self.manager,
+                manifest,
+                overwrite=overwrite,
+                delete=delete,
+                include=include,
+                exclude=exclude,
+            )
+        except InvalidInputError as exc:
+            if overwrite not in ("always", "if-changed", "never"):
+                raise
+            raise RecoveryError(
+                f"backup {backup_id} cannot be restored in place safely: {exc}"
+            ) from exc
+        except RecoveryError:
+            raise
+        except BackupError as exc:
+            raise RecoveryError(f"cannot restore backup {backup_id}: {exc}") from exc
+        if dry_run:
+            return plan.result
+        try:
+            return execute_in_place(self.manager, plan, verify=verify)
+        except RecoveryError:
+            raise
+        except BackupError as exc:
+            raise RecoveryError(f"in-place restore of {backup_id} failed: {exc}") from exc
+
+    def get_backup_at(self, when: str | datetime | date, backup_type: str | None = None) -> str:
+        """The id of the newest backup (of ``backup_type``) taken at or before ``when``: a
+        datetime (naive = local time) or ISO text (``"2025-12-17 10:00"``, with or without a
+        zone; a time given to the second covers that second, a date alone its whole day).
+        :class:`BackupNotFoundError` if there is none. Backups this manager found damaged
+        are passed over."""
+        moment = parse_moment(when, upper=True)
+        backups = self._list(backup_type)
+        for info in backups:
+            if info.timestamp_utc <= moment and info.backup_id not in self._damaged:
+                return str(info.backup_id)
+        kind = f" of type {backup_type!r}" if backup_type else ""
+        oldest = (
+            f" (the oldest{kind} is {backups[-1].backup_id}, "
+            f"{backups[-1].timestamp:%Y-%m-%d %H:%M:%S} local)"
+            if backups
+            else ""
+        )
+        raise BackupNotFoundError(
+            f"no backup{kind} at or before {moment.astimezone():%Y-%m-%d %H:%M:%S %Z}{oldest}"
+        )
+
+    def restore_backup_at(
+        self, when: str | datetime | date, backup_type: str | None = None
+    ) -> dict[str, Any]:
+        """The data of the newest backup (of ``backup_type``) at or before ``when`` (see
+        :meth:`get_backup_at`); a damaged one is skipped with a warning, as by
+        :meth:`restore_latest_backup`. :class:`BackupNotFoundError` if there is none."""
+        skipped: list[str] = []
+        while True:
+            try:
+                backup_id = self.get_backup_at(when, backup_type)
+            except BackupNotFoundError:
+                if skipped:
+                    raise RecoveryError(
+                        "no backup at that time could be restored; damaged: " + "; ".join(skipped)
+                    ) from None
+                raise
+            try:
+                data = self.restore_backup(backup_id)
+            except RecoveryError as exc:
+                log.warning("skipping damaged backup %s: %s", backup_id, exc)
+                self._damaged.add(backup_id)
+                skipped.append(f"{backup_id} ({exc})")
+                continue
+            if skipped:
+                log.warning("restored %s instead of damaged: %s", backup_id, "; ".join(skipped))
+            return data
+
     def _list(self, backup_type: str | None) -> list[Any]:
         if backup_type is not None:
             validate_backup_type(backup_type)
@@ -199,4 +327,4 @@ def get_recovery_manager() -> RecoveryManager:
     return _default_recovery
 
 
-__all__ = ["RecoveryManager", "RestoreResult", "get_recovery_manager"]
+__all__ = ["InPlaceResult", "RecoveryManager", "RestoreResult", "get_recovery_manager"]

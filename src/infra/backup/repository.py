@@ -472,8 +472,12 @@ class Repository:
         note: str | None = None,
         base_dir: str | None = None,
         progress: ProgressCallback | None = None,
+        commit_as: tuple[str, datetime] | None = None,
     ) -> Manifest:
         """Store the entries as a new backup and return its committed manifest.
+
+        ``commit_as`` (an import) fixes the backup id and time: the manifest is then written
+        exclusively once, never with a suffix (:class:`ObjectExistsError` if the id exists).
 
         The backup holds a lease while it runs (taken before it learns of any existing chunk),
         which tells garbage collection it may still commit; see gc.py.
@@ -489,6 +493,7 @@ class Repository:
                 note=note,
                 base_dir=base_dir,
                 progress=progress,
+                commit_as=commit_as,
             )
         finally:
             lease.release()
@@ -503,6 +508,7 @@ class Repository:
         note: str | None,
         base_dir: str | None,
         progress: ProgressCallback | None,
+        commit_as: tuple[str, datetime] | None = None,
     ) -> Manifest:
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
@@ -536,7 +542,9 @@ class Repository:
             # Frozen past the lease: collection may have moved chunks we reuse. Check them.
             self._revalidate(pending.referenced)
         stats = self._stats(stored_entries, pending)
-        return self._commit(backup_type, stored_entries, stats, tags or {}, note, parent, base_dir)
+        return self._commit(
+            backup_type, stored_entries, stats, tags or {}, note, parent, base_dir, commit_as
+        )
 
     def _collected_chunks(self) -> set[str]:
         """Chunks that garbage collection has moved (or is moving) to ``fossils/``.
@@ -699,6 +707,36 @@ class Repository:
             total_chunks=sum(len(e.chunks) + sum(lr.count for lr in e.lists) for e in entries),
         )
 
+    def create_snapshot_as(
+        self,
+        backup_id: str,
+        time_utc: datetime,
+        backup_type: str,
+        entries: Iterable[DataInput | FileInput],
+        *,
+        tags: dict[str, str] | None = None,
+        note: str | None = None,
+        base_dir: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Manifest:
+        """Like :meth:`create_snapshot`, but commit under exactly ``backup_id`` and
+        ``time_utc`` (an import keeps both). The manifest is written exclusively once, never
+        with a suffix: if the id is taken, :class:`ObjectExistsError` ("backup <id> already
+        exists") and nothing is committed."""
+        if not is_valid_backup_id(backup_id):
+            raise InvalidInputError(f"invalid backup id {backup_id!r}")
+        if time_utc.tzinfo is None or time_utc.utcoffset() is None:
+            raise InvalidInputError("time_utc must be timezone-aware")
+        return self.create_snapshot(
+            backup_type,
+            entries,
+            tags=tags,
+            note=note,
+            base_dir=base_dir,
+            progress=progress,
+            commit_as=(backup_id, time_utc.astimezone(timezone.utc)),
+        )
+
     def _commit(
         self,
         backup_type: str,
@@ -708,13 +746,17 @@ class Repository:
         note: str | None,
         parent: Manifest | None,
         base_dir: str | None,
+        fixed: tuple[str, datetime] | None = None,
     ) -> Manifest:
-        """Write the manifest exclusively under a fresh id: the backup's commit point."""
-        now = datetime.now(timezone.utc)
+        """Write the manifest exclusively under a fresh id (or the fixed id and time of an
+        import): the backup's commit point."""
+        now = fixed[1] if fixed else datetime.now(timezone.utc)
         base = f"{backup_type}_{now.astimezone():%Y%m%d_%H%M%S}"
         suffix = self._id_hint.get(base, 1)
         while True:
             backup_id = base if suffix == 1 else f"{base}_{suffix}"
+            if fixed:
+                backup_id = fixed[0]
             manifest = Manifest(
                 format=FORMAT_VERSION,
                 backup_id=backup_id,
@@ -735,9 +777,12 @@ class Repository:
             try:
                 self.store.put(f"{SNAPSHOT_PREFIX}{backup_id}.json", stored, exclusive=True)
             except ObjectExistsError:
+                if fixed:
+                    raise ObjectExistsError(f"backup {backup_id} already exists") from None
                 suffix += 1
                 continue
-            self._id_hint = {base: suffix + 1}
+            if not fixed:
+                self._id_hint = {base: suffix + 1}
             manifest = msgspec.json.decode(raw, type=Manifest)
             try:
                 version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version

@@ -166,3 +166,182 @@ def write_file(
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
     return destination
+
+
+# -- in-place restore: where a backup's files came from, checked ---------------------------
+
+
+def collect_paths(
+    paths: Iterable[Path], root: Path, *, include_secrets: bool = False
+) -> list[FileInput]:
+    """Exactly the given regular files, named as :func:`collect_sources` names them (relative
+    to ``root`` when inside it, else absolute), sorted and without duplicates.
+
+    This is the source list of a ``pre_restore`` backup: the files an in-place restore is
+    about to overwrite or delete. A secret among them raises :class:`InvalidInputError` unless
+    ``include_secrets`` (the caller checks the repository is encrypted), and so does anything
+    that is not a regular file: such a backup must hold every file it was asked for.
+    """
+    found: dict[str, FileInput] = {}
+    for path in paths:
+        name = entry_name(path, root)
+        if not include_secrets and is_secret(name):
+            raise InvalidInputError(
+                f"{path} looks like a secret and cannot be backed up here (it needs "
+                "include_secrets = true and an encrypted repository)"
+            )
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot back up {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInputError(f"cannot back up {path}: not a regular file")
+        found.setdefault(name, FileInput(name=name, path=path))
+    return [found[name] for name in sorted(found)]
+
+
+def source_roots(sources: Sequence[str], root: Path) -> list[Path]:
+    """The directories (or single files) the configured ``sources`` may touch: ``root``
+    itself, and for each source outside it the part before its first glob character."""
+    roots = [Path(os.path.normpath(root))]
+    for source in sources:
+        parts = PurePosixPath(os.path.expanduser(source)).parts
+        plain: list[str] = []
+        for part in parts:
+            if glob.has_magic(part):
+                break
+            plain.append(part)
+        if not plain:
+            continue
+        prefix = Path(*plain)
+        absolute = Path(os.path.normpath(prefix if prefix.is_absolute() else root / prefix))
+        if not any(absolute == r or r in absolute.parents for r in roots):
+            roots.append(absolute)
+    return roots
+
+
+def _check_name_parts(name: str) -> tuple[str, ...]:
+    """The components of a manifest path, refusing anything that could climb or hide."""
+    if not name or "\0" in name or "\\" in name:
+        raise InvalidInputError(f"refusing unsafe path {name!r} from a backup")
+    pure = PurePosixPath(name)
+    raw = name.split("/")
+    body = raw[1:] if name.startswith("/") else raw
+    if not body or any(part in ("", ".", "..") for part in body):
+        raise InvalidInputError(f"refusing unsafe path {name!r} from a backup")
+    return pure.parts
+
+
+def in_place_path(name: str, base_dir: Path | None, roots: Sequence[Path]) -> tuple[Path, Path]:
+    """Where entry ``name`` of a backup taken in ``base_dir`` lives on disk, and the source
+    root it lies in: ``base_dir / name`` for relative names, ``name`` itself for absolute
+    ones. Refuses ``..``, NUL, a path outside every root in ``roots`` (whatever the manifest
+    says), and a symbolic link on the way from that root (see :func:`check_no_links`)."""
+    _check_name_parts(name)
+    if PurePosixPath(name).is_absolute():
+        destination = Path(name)
+    else:
+        if base_dir is None:
+            raise InvalidInputError(f"backup entry {name!r} is relative but has no base directory")
+        destination = base_dir / name
+    containing = [r for r in roots if destination == r or r in destination.parents]
+    if not containing:
+        raise InvalidInputError(
+            f"refusing to write {destination}: outside the source roots "
+            f"({', '.join(str(r) for r in roots)})"
+        )
+    root = min(containing, key=lambda r: len(r.parts))  # the widest root: most checks
+    if root == destination:  # a source that is a single file: write in its directory
+        root = destination.parent
+    check_no_links(root, destination)
+    return root, destination
+
+
+def check_no_links(root: Path, destination: Path) -> None:
+    """Refuse a symbolic link (or a non-directory) on the way from ``root`` to
+    ``destination``, and a link or directory at ``destination`` itself."""
+    current = root
+    for part in destination.relative_to(root).parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise InvalidInputError(f"refusing to follow symbolic link {current}")
+        if current.exists() and not current.is_dir():
+            raise InvalidInputError(f"cannot write below {current}: it is not a directory")
+    if destination.is_symlink():
+        raise InvalidInputError(f"refusing to replace symbolic link {destination}")
+    if destination.is_dir():
+        raise InvalidInputError(f"cannot write {destination}: a directory is there")
+
+
+def write_in_place(
+    root: Path,
+    destination: Path,
+    chunks: Iterable[bytes],
+    *,
+    size: int,
+    mode: int | None,
+    mtime_ns: int | None,
+) -> None:
+    """Replace (or create) ``destination`` atomically: temp file in its directory, fsync,
+    mode and mtime, rename, fsync of the directory. Missing directories below ``root`` are
+    created (0700); links on the way are refused again right before writing. A content of
+    another size than ``size`` is an :class:`InvalidInputError` and replaces nothing."""
+    try:
+        check_no_links(root, destination)
+        if root.exists() and not root.is_dir():
+            raise InvalidInputError(f"cannot restore into {root}: it is not a directory")
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # a configured root: trusted
+        _ensure_safe_dir(root, destination.parent)
+        written = 0
+
+        def counted() -> Iterable[bytes]:
+            nonlocal written
+            for chunk in chunks:
+                written += len(chunk)
+                yield chunk
+
+        temp = write_temp_file(destination.parent, counted())
+        try:
+            if written != size:
+                raise InvalidInputError(
+                    f"restored content for {destination} has {written} bytes, not {size}"
+                )
+            if mode is not None:
+                os.chmod(temp, mode & 0o7777)
+            if mtime_ns is not None:
+                os.utime(temp, ns=(mtime_ns, mtime_ns))
+            check_no_links(root, destination)
+            os.replace(temp, destination)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(destination.parent)
+    except OSError as exc:
+        raise storage_error("restore", destination, exc) from exc
+
+
+def set_metadata(destination: Path, *, mode: int | None, mtime_ns: int | None) -> None:
+    """Give an existing regular file (never a link) its backed-up mode and mtime."""
+    try:
+        if destination.is_symlink():
+            raise InvalidInputError(f"refusing to change symbolic link {destination}")
+        if mode is not None:
+            os.chmod(destination, mode & 0o7777)
+        if mtime_ns is not None:
+            os.utime(destination, ns=(mtime_ns, mtime_ns))
+    except OSError as exc:
+        raise storage_error("restore", destination, exc) from exc
+
+
+def delete_in_place(root: Path, destination: Path) -> None:
+    """Remove one regular file (links on the way refused), then fsync its directory."""
+    try:
+        check_no_links(root, destination)
+        if not stat.S_ISREG(destination.lstat().st_mode):
+            raise InvalidInputError(f"refusing to delete {destination}: not a regular file")
+        destination.unlink()
+        fsync_dir(destination.parent)
+    except FileNotFoundError:
+        return  # gone already: the goal is reached
+    except OSError as exc:
+        raise storage_error("delete", destination, exc) from exc

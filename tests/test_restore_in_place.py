@@ -1,0 +1,488 @@
+"""``restore --in-place``: files written back where they came from, undoable, and safe
+against hostile manifests (nothing written outside the source roots)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from src.infra.backup import BackupConfig, BackupManager, RecoveryError, RecoveryManager
+from src.infra.backup.in_place import ABSENT_KEY, PRE_RESTORE_TYPE, matches_filters
+from src.infra.backup.manifest import encode_checked
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (content, mode, mtime_ns)
+FILES = {
+    "config.toml": (b"[bot]\nstrategy = 'ma'\n", 0o644, 1_690_000_000_555_555_555),
+    "live_runs/run_001.json": (b'{"run": 1, "equity": 10000.5}\n', 0o640, 1_700_000_000_1),
+    "live_runs/run_002.json": (b'{"run": 2}\n', 0o600, 1_700_000_100_987_654_321),
+    "live_runs/sub/trades.jsonl": (
+        b"".join(b'{"i": %d}\n' % i for i in range(20000)),
+        0o644,
+        1_650_000_000_000_000_001,
+    ),
+    "live_runs/empty.json": (b"", 0o444, 1_600_000_000_000_000_000),
+    "live_runs/model.bin": (bytes(range(256)) * 3000, 0o600, 1_640_000_000_000_000_007),
+}
+
+Tree = dict[str, tuple[int, int, bytes]]
+
+
+def fingerprint(root: Path) -> Tree:
+    """Every regular file below ``root`` (repository excluded): (mode, mtime_ns, content)."""
+    found: Tree = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("repo") or not path.is_file() or path.is_symlink():
+            continue
+        st = path.lstat()
+        found[relative] = (st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
+    return found
+
+
+def make_project(root: Path) -> Path:
+    for name, (content, mode, mtime_ns) in FILES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        os.chmod(path, mode)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    (root / "live_runs" / ".env").write_bytes(b"API_KEY=secret\n")  # never backed up
+    (root / "README.md").write_text("not a source\n")
+    return root
+
+
+def project_manager(root: Path) -> BackupManager:
+    config = BackupConfig(
+        backup_path=str(root / "repo"),
+        sources=["config.toml", "live_runs/"],
+        base_dir=str(root),
+        retention_days=0,
+    )
+    return BackupManager(config)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project")
+
+
+@pytest.fixture
+def manager(project: Path) -> BackupManager:
+    return project_manager(project)
+
+
+def change_tree(root: Path) -> None:
+    """Edits after the backup: changed, deleted, touched (same content), added files."""
+    (root / "live_runs" / "run_001.json").write_bytes(b'{"run": 1, "equity": 0}\n')
+    (root / "live_runs" / "sub" / "trades.jsonl").unlink()
+    os.chmod(root / "live_runs" / "run_002.json", 0o666)
+    os.utime(root / "live_runs" / "run_002.json", ns=(5, 5))
+    (root / "live_runs" / "extra.json").write_bytes(b"{}\n")
+    (root / "live_runs" / "newdir").mkdir()
+    (root / "live_runs" / "newdir" / "x.json").write_bytes(b"[]\n")
+    with open(root / "config.toml", "ab") as handle:  # same size would not be enough
+        handle.write(b"# edited\n")
+
+
+def test_restore_in_place_restores_changed_files_byte_identical(
+    project: Path, manager: BackupManager
+) -> None:
+    before = fingerprint(project)
+    backup_id = manager.create_backup({"state": {"equity": 1}}, include_files=True)
+    change_tree(project)
+    result = RecoveryManager(manager).restore_in_place(backup_id)
+    after = fingerprint(project)
+    for name in FILES:
+        assert after[name] == before[name], name
+    assert "live_runs/extra.json" in after  # no --delete: extra files stay
+    counts = result.counts
+    assert counts["create"] == 1 and counts["overwrite"] == 2 and counts["metadata"] == 1
+    assert counts["unchanged"] == 2 and counts["delete"] == 0
+    assert result.skipped_data == ["state"]
+    assert result.bytes_written == (
+        len(FILES["live_runs/sub/trades.jsonl"][0])
+        + len(FILES["config.toml"][0])
+        + len(FILES["live_runs/run_001.json"][0])
+    )
+    assert result.pre_restore_id is not None
+    info = manager.get_backup_info(result.pre_restore_id)
+    assert info.backup_type == PRE_RESTORE_TYPE
+    assert info.tags == {"restore_of": backup_id}
+    assert sorted(info.file_paths) == [
+        "config.toml",
+        "live_runs/run_001.json",
+        "live_runs/run_002.json",
+    ]
+    assert info.data_keys == [ABSENT_KEY]
+    assert manager.load_backup(result.pre_restore_id)[ABSENT_KEY] == ["live_runs/sub/trades.jsonl"]
+
+
+@pytest.mark.parametrize("delete", [False, True])
+def test_undo_through_pre_restore_backup_is_byte_identical(
+    project: Path, manager: BackupManager, delete: bool
+) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    edited = fingerprint(project)
+    recovery = RecoveryManager(manager)
+    result = recovery.restore_in_place(backup_id, delete=delete)
+    assert fingerprint(project) != edited
+    assert result.pre_restore_id is not None
+    undo = recovery.restore_in_place(result.pre_restore_id)
+    assert fingerprint(project) == edited  # content, mode and mtime of every file
+    assert undo.pre_restore_id is not None  # the undo can itself be undone
+
+
+def test_redo_after_undo_equals_the_restore(project: Path, manager: BackupManager) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    recovery = RecoveryManager(manager)
+    first = recovery.restore_in_place(backup_id, delete=True)
+    restored = fingerprint(project)
+    assert first.pre_restore_id is not None
+    undo = recovery.restore_in_place(first.pre_restore_id)
+    assert undo.pre_restore_id is not None
+    recovery.restore_in_place(undo.pre_restore_id)
+    assert fingerprint(project) == restored
+
+
+def test_delete_removes_only_sourced_files_in_backed_up_directories(
+    project: Path, manager: BackupManager
+) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    (project / "notes.txt").write_text("root files are not sources\n")
+    result = RecoveryManager(manager).restore_in_place(backup_id, delete=True)
+    assert result.paths("delete") == [project / "live_runs" / "extra.json"]
+    assert not (project / "live_runs" / "extra.json").exists()
+    assert (project / "live_runs" / ".env").exists()  # a secret: never a source
+    assert (project / "live_runs" / "newdir" / "x.json").exists()  # no backed-up file there
+    assert (project / "notes.txt").exists() and (project / "README.md").exists()
+    assert result.pre_restore_id is not None
+    saved = manager.get_backup_info(result.pre_restore_id).file_paths
+    assert "live_runs/extra.json" in saved
+
+
+def test_dry_run_writes_nothing(project: Path, manager: BackupManager) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    edited = fingerprint(project)
+    backups = len(manager.list_backups())
+    result = RecoveryManager(manager).restore_in_place(backup_id, dry_run=True, delete=True)
+    assert fingerprint(project) == edited
+    assert len(manager.list_backups()) == backups
+    assert result.dry_run and result.pre_restore_id is None and result.bytes_written == 0
+    actions = {a.name: a.action for a in result.actions}
+    assert actions == {
+        "config.toml": "overwrite",
+        "live_runs/empty.json": "unchanged",
+        "live_runs/model.bin": "unchanged",
+        "live_runs/run_001.json": "overwrite",
+        "live_runs/run_002.json": "metadata",
+        "live_runs/sub/trades.jsonl": "create",
+        "live_runs/extra.json": "delete",
+    }
+
+
+def test_overwrite_never_and_always(project: Path, manager: BackupManager) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    edited = (project / "live_runs" / "run_001.json").read_bytes()
+    recovery = RecoveryManager(manager)
+    never = recovery.restore_in_place(backup_id, overwrite="never")
+    assert (project / "live_runs" / "run_001.json").read_bytes() == edited
+    assert (project / "live_runs" / "sub" / "trades.jsonl").exists()  # missing: created
+    assert never.counts["kept"] == 5 and never.counts["create"] == 1
+    assert never.counts["overwrite"] == 0
+    always = recovery.restore_in_place(backup_id, overwrite="always")
+    assert always.counts["overwrite"] == len(FILES)  # identical files rewritten too
+    assert fingerprint(project)["live_runs/run_001.json"] == (
+        FILES["live_runs/run_001.json"][1],
+        FILES["live_runs/run_001.json"][2],
+        FILES["live_runs/run_001.json"][0],
+    )
+    with pytest.raises(ValueError, match="overwrite must be one of"):
+        recovery.restore_in_place(backup_id, overwrite="sometimes")  # type: ignore[arg-type]
+
+
+def test_if_changed_compares_content_not_mtime(project: Path, manager: BackupManager) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    path = project / "live_runs" / "run_002.json"
+    mode, mtime_ns = path.stat().st_mode, path.stat().st_mtime_ns
+    path.write_bytes(b'{"run": 9}\n')  # same size, other content
+    os.utime(path, ns=(mtime_ns, mtime_ns))  # and the same mtime
+    os.chmod(path, mode)
+    result = RecoveryManager(manager).restore_in_place(backup_id)
+    assert [a.name for a in result.actions if a.action == "overwrite"] == ["live_runs/run_002.json"]
+    assert path.read_bytes() == FILES["live_runs/run_002.json"][0]
+
+
+def test_include_and_exclude_select_a_partial_restore(
+    project: Path, manager: BackupManager
+) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    recovery = RecoveryManager(manager)
+    result = recovery.restore_in_place(backup_id, include=["live_runs/sub"], delete=True)
+    assert [a.name for a in result.actions] == ["live_runs/sub/trades.jsonl"]
+    assert result.filtered == len(FILES) - 1
+    assert (project / "live_runs" / "extra.json").exists()  # outside the selection
+    assert (project / "config.toml").read_bytes() != FILES["config.toml"][0]
+    result = recovery.restore_in_place(
+        backup_id, include=["live_runs/*.json"], exclude=["*run_001*"], delete=True
+    )
+    names = {a.name: a.action for a in result.actions}
+    assert names["live_runs/extra.json"] == "delete"
+    assert "live_runs/run_001.json" not in names and "config.toml" not in names
+    assert (project / "live_runs" / "run_001.json").read_bytes() != FILES["live_runs/run_001.json"][
+        0
+    ]
+    with pytest.raises(ValueError, match="sequence of patterns"):
+        recovery.restore_in_place(backup_id, include="live_runs")  # type: ignore[arg-type]
+
+
+def test_matches_filters() -> None:
+    assert matches_filters("live_runs/a.json", (), ())
+    assert matches_filters("live_runs/sub/a.json", ["live_runs"], ())
+    assert matches_filters("live_runs/sub/a.json", ["live_runs/"], ())
+    assert not matches_filters("config.toml", ["live_runs"], ())
+    assert matches_filters("live_runs/sub/a.json", (), ["sub"])  # whole paths, not names
+    assert not matches_filters("live_runs/sub/a.json", (), ["live_runs/sub"])
+    assert matches_filters("/srv/x.json", ["/srv/*"], ())
+
+
+def test_data_only_backup_writes_nothing(project: Path, manager: BackupManager) -> None:
+    backup_id = manager.create_backup({"portfolio": {"equity": 1}}, include_files=False)
+    before = fingerprint(project)
+    result = RecoveryManager(manager).restore_in_place(backup_id)
+    assert result.actions == [] and result.skipped_data == ["portfolio"]
+    assert result.pre_restore_id is None
+    assert fingerprint(project) == before
+
+
+def test_absolute_entries_outside_the_base_directory(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "params.json").write_bytes(b'{"fast": 5}\n')
+    config = BackupConfig(
+        backup_path=str(project / "repo"),
+        sources=["live_runs/", str(shared / "params.json")],
+        base_dir=str(project),
+        retention_days=0,
+    )
+    manager = BackupManager(config)
+    backup_id = manager.create_backup(None, include_files=True)
+    assert str(shared / "params.json") in manager.get_backup_info(backup_id).file_paths
+    (shared / "params.json").write_bytes(b'{"fast": 7}\n')
+    result = RecoveryManager(manager).restore_in_place(backup_id)
+    assert (shared / "params.json").read_bytes() == b'{"fast": 5}\n'
+    assert result.counts["overwrite"] == 1
+    assert result.pre_restore_id is not None
+    assert manager.get_backup_info(result.pre_restore_id).file_paths == [
+        str(shared / "params.json")
+    ]
+
+
+# -- hostile and damaged manifests ---------------------------------------------------------
+
+
+def forge(manager: BackupManager, backup_id: str, new_id: str, **changes: object) -> str:
+    """A manifest with a valid checksum, derived from ``backup_id`` with ``changes``:
+    ``name`` renames the first file entry (and its path), ``base_dir`` replaces it."""
+    repository = manager.repository
+    manifest = repository.read_manifest(backup_id)
+    entries = list(manifest.entries)
+    if "name" in changes:
+        index = next(i for i, e in enumerate(entries) if e.kind == "file")
+        name = str(changes["name"])
+        entries[index] = msgspec.structs.replace(entries[index], name=name, path=name)
+    forged = msgspec.structs.replace(manifest, backup_id=new_id, entries=entries)
+    if "base_dir" in changes:
+        forged = msgspec.structs.replace(forged, base_dir=changes["base_dir"])
+    path = manager.config.repository_path / "snapshots" / f"{new_id}.json"
+    path.write_bytes(encode_checked(forged))
+    return new_id
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "../../x"},
+        {"name": "live_runs/../../x"},
+        {"name": "/etc/x"},
+        {"name": "live_runs/a\0b"},
+        {"name": "live_runs//x"},
+        {"name": "./x"},
+        {"base_dir": "/etc"},
+        {"base_dir": "relative/dir"},
+    ],
+    ids=[
+        "dotdot",
+        "inner-dotdot",
+        "absolute-etc",
+        "nul",
+        "empty-part",
+        "dot",
+        "base-etc",
+        "base-rel",
+    ],
+)
+def test_hostile_manifest_writes_nothing(
+    project: Path, manager: BackupManager, tmp_path: Path, changes: dict[str, object]
+) -> None:
+    backup_id = manager.create_backup(None, include_files=True)
+    change_tree(project)
+    before = fingerprint(project)
+    outside_before = sorted(p.name for p in tmp_path.iterdir())
+    forged = forge(manager, backup_id, "manual_20200101_000000", **changes)
+    backups = len(manager.list_backups())
+    with pytest.raises(RecoveryError, match="cannot be restored in place safely"):
+        RecoveryManager(manager).restore_in_place(forged, delete=True)
+    assert fingerprint(project) == before  # not even the safe entries were written
+    assert len(manager.list_backups()) == backups  # no pre_restore backup either
+    assert sorted(p.name for p in tmp_path.iterdir()) == outside_before
+    assert not Path("/etc/x").exists()
+
+
+def test_symlinked_directory_on_the_way_is_refused(
+    project: Path, manager: BackupManager, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (project / "live_runs" / "sub" / "trades.jsonl").unlink()
+    (project / "live_runs" / "sub").rmdir()
+    backup_id = manager.create_backup(None, include_files=True)
+    forged = forge(manager, backup_id, "manual_20200101_000000", name="live_runs/sub/evil.json")
+    (project / "live_runs" / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RecoveryError, match="symbolic link"):
+        RecoveryManager(manager).restore_in_place(forged)
+    assert list(outside.iterdir()) == []
+    # The same for a link in place of the file itself.
+    (project / "live_runs" / "sub").unlink()
+    (project / "live_runs" / "run_001.json").unlink()
+    (project / "live_runs" / "run_001.json").symlink_to(outside / "target.json")
+    with pytest.raises(RecoveryError, match="symbolic link"):
+        RecoveryManager(manager).restore_in_place(backup_id)
+    assert list(outside.iterdir()) == []
+
+
+def test_absolute_entry_inside_a_source_root_only(project: Path, manager: BackupManager) -> None:
+    """An absolute entry is taken as-is only within the configured source roots."""
+    backup_id = manager.create_backup(None, include_files=True)
+    inside = str(project / "live_runs" / "abs.json")
+    forged = forge(manager, backup_id, "manual_20200101_000000", name=inside)
+    result = RecoveryManager(manager).restore_in_place(forged, dry_run=True)
+    assert Path(inside) in result.paths("create")
+    outside = str(project.parent / "elsewhere.json")
+    forged = forge(manager, backup_id, "manual_20200101_000001", name=outside)
+    with pytest.raises(RecoveryError, match="outside the source roots"):
+        RecoveryManager(manager).restore_in_place(forged)
+    assert not Path(outside).exists()
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PEAK_TRADE_CONFIG_PATH"}
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "src/infra/backup/__main__.py"), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_cli_in_place_dry_run_restore_and_undo(project: Path) -> None:
+    (project / "config.toml").write_text(
+        (project / "config.toml").read_text()
+        + '\n[backup]\nbackup_path = "repo"\nretention_days = 0\n'
+        'sources = ["live_runs/"]\n'
+    )
+    created = cli(project, "create")
+    assert created.returncode == 0, created.stderr
+    change_tree(project)
+    edited = fingerprint(project)
+    dry = cli(project, "restore", "--in-place", "--dry-run", "--delete", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] and plan["pre_restore_id"] is None
+    assert plan["counts"]["create"] == 1 and plan["counts"]["delete"] == 1
+    assert fingerprint(project) == edited
+    text = cli(project, "restore", "--in-place", "--dry-run")
+    assert "create" in text.stdout and "trades.jsonl" in text.stdout
+    done = cli(project, "restore", "--in-place", "--delete")
+    assert done.returncode == 0, done.stderr
+    assert "pre_restore_" in done.stdout and "undo with" in done.stdout
+    pre_id = next(w for w in done.stdout.split() if w.startswith("pre_restore_")).rstrip(";")
+    assert not (project / "live_runs" / "extra.json").exists()
+    undo = cli(project, "restore", pre_id, "--in-place")
+    assert undo.returncode == 0, undo.stderr
+    assert fingerprint(project) == edited
+
+
+def test_cli_in_place_options_need_in_place(project: Path) -> None:
+    for args in (
+        ["--dry-run"],
+        ["--delete"],
+        ["--overwrite", "never"],
+        ["--include", "x"],
+        ["--in-place", "--target", "t"],
+    ):
+        result = cli(project, "restore", "manual_20200101_000000", *args)
+        assert result.returncode == 2, (args, result.stderr)
+    bad = cli(project, "restore", "x", "--in-place", "--overwrite", "sometimes")
+    assert bad.returncode == 2
+
+
+def test_bench_restore_tree_small(tmp_path: Path) -> None:
+    """The benchmark generates a mixed tree, backs it up, restores it byte-identical."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.restore_tree", "--size-mb", "5", "--json"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout[result.stdout.index("{") :])
+    assert figures["identical"] is True
+    assert figures["files"] > 20 and 4.5 < figures["size_mb"] < 5.5
+    for key in ("backup_mb_s", "restore_mb_s", "cp_a_mb_s"):
+        assert figures[key] > 0
+
+
+def test_mixed_tree_restored_in_place_byte_identical(tmp_path: Path) -> None:
+    from bench.restore_tree import generate_tree
+
+    project = tmp_path / "mixed"
+    generate_tree(project / "data", 3 * 1_000_000, seed=7)
+    config = BackupConfig(
+        backup_path=str(tmp_path / "repo"),
+        sources=["data/"],
+        base_dir=str(project),
+        retention_days=0,
+    )
+    manager = BackupManager(config)
+    before = fingerprint(project)
+    backup_id = manager.create_backup(None, include_files=True)
+    for path in sorted((project / "data").rglob("*.json"))[::3]:
+        path.unlink()
+    result = RecoveryManager(manager).restore_in_place(backup_id, verify=True)
+    assert result.verified and result.counts["create"] > 0
+    assert fingerprint(project) == before
