@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CLI    := $(PY) src/infra/backup/__main__.py
 
-.PHONY: help backup backup-list restore restore-backup test lint typecheck bench soak venv clean
+.PHONY: help backup backup-list restore restore-backup test lint typecheck bench bench-restore soak venv clean
 
 help:
 	@echo "make backup | backup-list | restore | restore-backup BACKUP_ID=... | test | lint | bench | soak MINUTES=N"
@@ -42,8 +42,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+SIZE_MB ?= 1024
 bench: $(STAMP)
 	$(PY) -m bench.run
+	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
+
+bench-restore: $(STAMP)  ## Back up and restore a mixed tree of SIZE_MB, against cp -a
+	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
 
 MINUTES ?= 1
 soak: $(STAMP)  ## Concurrent create/restore/delete/prune with SIGKILLs for MINUTES, then check
