@@ -51,7 +51,8 @@ EXIT_CANCELLED = 7
 EXIT_PASSPHRASE = 8
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-stdout = Console(soft_wrap=True)
+# Output to a pipe or file need not fit 80 columns: keep table rows on one line there.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True, soft_wrap=True)
 
 

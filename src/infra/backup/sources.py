@@ -12,7 +12,7 @@ import glob
 import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from src.infra.backup.errors import InvalidInputError
@@ -153,19 +153,33 @@ def write_file(
         if destination.is_symlink() or destination.is_dir():
             raise InvalidInputError(f"cannot restore {destination}: a link or directory is there")
         temp = write_temp_file(destination.parent, chunks)
-        try:
-            if mode is not None:
-                os.chmod(temp, mode & 0o7777)
-            if mtime_ns is not None:
-                os.utime(temp, ns=(mtime_ns, mtime_ns))
-            os.replace(temp, destination)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(destination.parent)
+        _install(temp, destination, mode, mtime_ns)
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
     return destination
+
+
+def _install(
+    temp: Path,
+    destination: Path,
+    mode: int | None,
+    mtime_ns: int | None,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Give a written temp file its mode and mtime, run ``check``, rename it over
+    ``destination`` and make the rename durable; the temp file never outlives a failure."""
+    try:
+        if check is not None:
+            check()
+        if mode is not None:
+            os.chmod(temp, mode & 0o7777)
+        if mtime_ns is not None:
+            os.utime(temp, ns=(mtime_ns, mtime_ns))
+        os.replace(temp, destination)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(destination.parent)
 
 
 # -- in-place restore: where a backup's files came from, checked ---------------------------
@@ -301,21 +315,15 @@ def write_in_place(
                 yield chunk
 
         temp = write_temp_file(destination.parent, counted())
-        try:
+
+        def check() -> None:
             if written != size:
                 raise InvalidInputError(
                     f"restored content for {destination} has {written} bytes, not {size}"
                 )
-            if mode is not None:
-                os.chmod(temp, mode & 0o7777)
-            if mtime_ns is not None:
-                os.utime(temp, ns=(mtime_ns, mtime_ns))
             check_no_links(root, destination)
-            os.replace(temp, destination)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(destination.parent)
+
+        _install(temp, destination, mode, mtime_ns, check)
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
 
