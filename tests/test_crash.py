@@ -112,6 +112,8 @@ def check_repository(repo: Path, workdir: Path, verified: dict[str, int]) -> int
     re-check the structure of all. Returns the number of listed backups."""
     manager = BackupManager(BackupConfig(backup_path=repo, retention_days=0))
     infos = manager.list_backups()  # must never fail
+    if not infos and not (repo / "repo.json").exists():
+        return 0  # killed before it created the repository: nothing to check
     recovery = RecoveryManager(manager)
     repository = manager.repository
     seen_indexes = set(verified.values())

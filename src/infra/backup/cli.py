@@ -2,7 +2,7 @@
 
 Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 3 not found,
 4 integrity failure, 5 repository busy, 6 configuration error, 7 cancelled (no confirmation),
-8 wrong or missing passphrase.
+8 wrong or missing passphrase, 9 stale or failing (``status``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ from src.infra.backup.errors import (
     InvalidInputError,
 )
 from src.infra.backup.in_place import OVERWRITE_CHOICES
+from src.infra.backup.logging_setup import configure_logging
 from src.infra.backup.manager import BackupInfo, BackupManager
 from src.infra.backup.pointintime import select_between
 from src.infra.backup.recovery import RecoveryManager
 from src.infra.backup.repository import REPO_KEY
+from src.infra.backup.retention import Decision
 from src.infra.backup.storage.local import LocalStore
 
 EXIT_OK = 0
@@ -204,6 +206,7 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
     help="Read the passphrase of an encrypted repository from this file (first line).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Also log what each step does.")
+@click.option("--log-json", is_flag=True, help="Write log lines as JSON objects (on stderr).")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -211,13 +214,10 @@ def main(
     as_json: bool,
     password_file: str | None,
     verbose: bool,
+    log_json: bool,
 ) -> None:
     """Peak-Trade backup and recovery."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.INFO if verbose else logging.WARNING, json_format=log_json)
     ctx.obj = Context(config_path, as_json, password_file)
 
 
@@ -771,7 +771,11 @@ def _print_check(ctx: Context, report: CheckReport) -> None:
 
 
 @main.command(name="prune")
-@click.option("--dry-run", is_flag=True, help="Only say what would be collected and freed.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only say what retention would forget and what would be collected and freed.",
+)
 @click.option(
     "--grace",
     default=None,
@@ -787,17 +791,25 @@ def _print_check(ctx: Context, report: CheckReport) -> None:
 @_json_option
 @click.pass_obj
 def prune_command(ctx: Context, dry_run: bool, grace: str | None, retry_lock: str) -> None:
-    """Remove chunks no backup references (two phases with a grace period) and leftovers."""
+    """Apply the retention policy (delete the backups it forgets), then remove chunks no backup
+    references (two phases with a grace period) and leftovers."""
     try:
         grace_period = parse_duration(grace) if grace is not None else None
         wait = parse_duration(retry_lock).total_seconds()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    decisions = ctx.manager.plan_retention()
+    if not dry_run and not all(d.keep for d in decisions):
+        ctx.manager.apply_retention(decisions=decisions, auto_prune=False)
     with delayed_progress(ctx, "pruning"):
         report = ctx.manager.prune(dry_run=dry_run, grace=grace_period, lock_wait=wait)
     if ctx.as_json:
-        emit_json({**asdict(report), "freed_bytes": report.freed_bytes})
+        retention = [
+            {"backup_id": d.backup_id, "keep": d.keep, "reason": d.reason} for d in decisions
+        ]
+        emit_json({**asdict(report), "freed_bytes": report.freed_bytes, "retention": retention})
         return
+    _print_retention(decisions, dry_run)
     stdout.print(
         f"{'Dry run: ' if dry_run else ''}{report.referenced_chunks} chunks in use; "
         f"{report.fossilized} unreferenced chunks {'would be ' if dry_run else ''}collected "
@@ -807,6 +819,21 @@ def prune_command(ctx: Context, dry_run: bool, grace: str | None, retry_lock: st
     )
     for reason in report.postponed:
         stdout.print(f"  postponed: {reason}")
+
+
+def _print_retention(decisions: list[Decision], dry_run: bool) -> None:
+    """One line per backup (newest first): keep or forget, and the rules that decided it."""
+    forgotten = sum(not d.keep for d in decisions)
+    stdout.print(
+        f"{'Dry run: ' if dry_run else ''}retention: {len(decisions)} backups, "
+        f"{len(decisions) - forgotten} kept, {forgotten} "
+        f"{'would be forgotten' if dry_run else 'forgotten (deleted)'}",
+        markup=False,
+    )
+    width = max((len(d.backup_id) for d in decisions), default=0)
+    for d in decisions:
+        action = "keep" if d.keep else "forget"
+        stdout.print(f"  {action:<6}  {d.backup_id:<{width}}  {d.reason}", markup=False)
 
 
 @main.command()
@@ -906,4 +933,4 @@ def entry_point() -> None:
 
 
 # Command modules register themselves on `main` (diff/cat; export/import).
-from src.infra.backup import cli_inspect, cli_transfer  # noqa: E402, F401
+from src.infra.backup import cli_inspect, cli_status, cli_transfer  # noqa: E402, F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from src.core import Config, load_config
 from src.core.errors import ConfigError as CoreConfigError
 from src.infra.backup.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.errors import ConfigError
+from src.infra.backup.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
 
 _LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
 _CHOICES = ("zstd", "gzip", "none")
@@ -44,6 +46,7 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     auto_prune: bool = True
     encryption: Literal["none", "chacha20-poly1305", "aes-256-gcm"] = "none"
     password_file: str | None = None
+    retention: Any = None  # the [backup.retention] table, checked by parse_retention
 
 
 @dataclass
@@ -68,6 +71,8 @@ class BackupConfig:
     created from this config (an existing repository keeps what it was created with).
     ``password_file``: where the passphrase is read from (first line), if not from
     ``$PEAK_BACKUP_PASSWORD``; relative to the config file.
+    ``retention``: the ``[backup.retention]`` table as policies by backup type (see
+    :func:`parse_retention`); when set, it replaces ``retention_days``.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -84,6 +89,7 @@ class BackupConfig:
     auto_prune: bool = True
     encryption: str = "none"
     password_file: str | None = None
+    retention: dict[str, RetentionPolicy] | None = None
     base_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +101,8 @@ class BackupConfig:
         ):
             values["interval_hours"] = float(values["interval_hours"])
         _validate(values, "BackupConfig")
+        if self.retention is not None:
+            self.retention = parse_retention(self.retention, "BackupConfig.retention")
 
     @classmethod
     def from_table(cls, table: Any, base_dir: Path | None = None) -> BackupConfig:
@@ -179,6 +187,10 @@ def _validate(values: dict[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}: prune_grace = {table.prune_grace!r} is invalid: {exc}"
         ) from None
+    if table.retention is not None:
+        parse_retention(
+            table.retention, "[backup.retention]" if where == "[backup]" else f"{where}.retention"
+        )
     if not table.backup_path.strip():
         raise ConfigError(f"{where}: backup_path is empty: expected a directory path")
     for key in ("sources", "exclude"):
@@ -204,6 +216,114 @@ def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -
         index = int(match.group(2).strip("[]").split("][")[0])
         value = value[index] if isinstance(value, list) and index < len(value) else value
     return f"{where}: {shown} = {value!r} is invalid: {expected}"
+
+
+class _RetentionRules(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of ``[backup.retention]`` and ``[backup.retention.<type>]`` (rules only)."""
+
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+    keep_tags: list[str] = []
+    timezone: str | None = None
+
+
+_RETENTION_KEYS = frozenset(_RetentionRules.__struct_fields__)
+_TYPE_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+def _unknown_key(key: object, allowed: frozenset[str], where: str, extra: str = "") -> ConfigError:
+    close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(
+        f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(allowed))}{extra}"
+    )
+
+
+def _retention_policy(values: dict[str, Any], where: str) -> RetentionPolicy:
+    for key in values:
+        if key not in _RETENTION_KEYS:
+            raise _unknown_key(key, _RETENTION_KEYS, where)
+    try:
+        rules = msgspec.convert(values, _RetentionRules, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, values, where)) from None
+    try:
+        within = parse_duration(rules.keep_within) if rules.keep_within is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: keep_within = {rules.keep_within!r} is invalid: {exc}")
+    try:
+        policy = RetentionPolicy(
+            **{name: getattr(rules, name) for name in COUNT_RULES},
+            keep_within=within,
+            keep_tags=tuple(rules.keep_tags),
+            timezone=rules.timezone,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    _refuse_empty(policy, where)
+    return policy
+
+
+def _refuse_empty(policy: RetentionPolicy, where: str) -> None:
+    if policy.empty:
+        raise ConfigError(
+            f"{where}: no retention rule: set at least one of "
+            f"{', '.join(sorted(_RETENTION_KEYS - {'timezone'}))} "
+            "(an empty policy would forget every backup but the newest)"
+        )
+
+
+def parse_retention(table: Any, where: str = "[backup.retention]") -> dict[str, RetentionPolicy]:
+    """``[backup.retention]`` as policies by backup type (``"*"``: the default table's rules,
+    for types without their own table). Sub-tables inherit the default's ``timezone``.
+    Already parsed policies pass through unchanged. Raises :class:`ConfigError`."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table of retention rules, not {table!r}")
+    top: dict[str, Any] = {}
+    given: dict[str, RetentionPolicy] = {}
+    per_type: dict[str, Mapping[str, Any]] = {}
+    for key, value in table.items():
+        if isinstance(value, RetentionPolicy):
+            if key != DEFAULT_POLICY and not _TYPE_NAME.match(str(key)):
+                raise ConfigError(f"{where}: {key!r} is not a backup type")
+            _refuse_empty(value, f"{where}[{key!r}]")
+            given[key] = value
+        elif isinstance(value, Mapping):
+            if not isinstance(key, str) or not _TYPE_NAME.match(key):
+                raise ConfigError(
+                    f"{where}: [{key}] is not a backup type: expected 1-64 lowercase letters, "
+                    "digits, '_' or '-'"
+                )
+            per_type[key] = value
+        elif key in _RETENTION_KEYS:
+            top[key] = value
+        else:
+            raise _unknown_key(key, _RETENTION_KEYS, where, " (or a [backup type] sub-table)")
+    policies = dict(given)
+    if set(top) - {"timezone"}:
+        policies[DEFAULT_POLICY] = _retention_policy(top, where)
+    elif "timezone" in top:  # only sub-tables have rules: check the zone they inherit
+        zone = top["timezone"]
+        if not isinstance(zone, str):
+            raise ConfigError(f"{where}: timezone = {zone!r} is invalid: expected a str")
+        try:
+            zone_of(zone)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: timezone: {exc}") from None
+    for name, sub in per_type.items():
+        values = dict(sub)
+        if "timezone" in top and "timezone" not in values:
+            values["timezone"] = top["timezone"]
+        sub_where = f"{where[:-1]}.{name}]" if where.endswith("]") else f"{where}.{name}"
+        policies[name] = _retention_policy(values, sub_where)
+    if not policies:
+        _refuse_empty(RetentionPolicy(), where)
+    return policies
 
 
 def load_backup_config(path: str | os.PathLike[str] | None = None) -> BackupConfig:

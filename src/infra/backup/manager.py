@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,8 +21,10 @@ from src.infra.backup.errors import (
     ConfigError,
     CorruptDataError,
     InvalidInputError,
+    PassphraseRequiredError,
     RepositoryBusyError,
     RepositoryNotFoundError,
+    WrongPassphraseError,
 )
 from src.infra.backup.gc import PruneReport, prune
 from src.infra.backup.manifest import Manifest
@@ -35,8 +37,14 @@ from src.infra.backup.repository import (
     is_valid_backup_id,
     validate_backup_type,
 )
-from src.infra.backup.retention import SnapshotRef, apply_retention_days
+from src.infra.backup.retention import (
+    Decision,
+    SnapshotRef,
+    apply_policy,
+    apply_retention_days,
+)
 from src.infra.backup.sources import collect_sources
+from src.infra.backup.status import BackupHook, BackupOutcome, record_failure, record_success
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.values import ENCODING_NAME, decode_value, encode_value
 
@@ -143,6 +151,8 @@ class BackupManager:
         self._repository: Repository | None = None
         self._auto_prune_thread: threading.Thread | None = None
         self._last_auto_prune = float("-inf")
+        # Called after every create_backup attempt (metrics.py adds one); see status.py.
+        self.hooks: list[BackupHook] = []
 
     @property
     def repository(self) -> Repository:
@@ -204,6 +214,111 @@ class BackupManager:
         raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
         backing up the configured ``sources`` when there are any. After the backup, retention
         (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
+        The outcome (success or :class:`BackupError`) is recorded best-effort in the run
+        history (``status.py``) and passed to ``self.hooks``.
+        """
+        started = time.monotonic()
+        try:
+            manifest = self._create_backup(
+                data,
+                backup_type,
+                tags=tags,
+                note=note,
+                include_files=include_files,
+                progress=progress,
+            )
+        except BackupError as exc:
+            self._record_outcome(backup_type, started, error=exc)
+            raise
+        self._record_outcome(backup_type, started, manifest=manifest)
+        return manifest.backup_id
+
+    def _record_outcome(
+        self,
+        backup_type: str,
+        started: float,
+        *,
+        manifest: Manifest | None = None,
+        error: BackupError | None = None,
+    ) -> None:
+        """Log, record in the status file and run the hooks; never raises."""
+        duration = time.monotonic() - started
+        fields: dict[str, Any] = {
+            "backup_type": backup_type,
+            "duration_ms": round(duration * 1000, 3),
+            "outcome": "created" if manifest is not None else "failed",
+        }
+        repository = self._repository
+        if manifest is not None:
+            fields.update(backup_id=manifest.backup_id, size_bytes=manifest.stats.stored_bytes)
+            log.info(
+                "backup %s created: %d entries, %d bytes, %d new bytes",
+                manifest.backup_id,
+                len(manifest.entries),
+                manifest.stats.logical_bytes,
+                manifest.stats.added_bytes,
+                extra=fields,
+            )
+        else:
+            log.info("backup of type %s failed: %s", backup_type, error, extra=fields)
+            # Refused input (an invalid type or value) is the caller's mistake, reported by
+            # the exception; like every refused input it writes nothing to the repository.
+            if isinstance(error, InvalidInputError):
+                repository = None
+            elif not isinstance(error, WrongPassphraseError | PassphraseRequiredError):
+                try:  # a failure before the repository was opened; skip if there is none
+                    repository = repository or self.open_repository(create=False)
+                except BackupError:
+                    repository = None
+        if repository is not None:
+            if manifest is not None:
+                record_success(
+                    repository.store,
+                    backup_type,
+                    manifest.backup_id,
+                    time=manifest.time_utc,
+                    duration_seconds=duration,
+                    size_bytes=manifest.stats.stored_bytes,
+                )
+            elif error is not None:
+                record_failure(repository.store, backup_type, error)
+        outcome = BackupOutcome(
+            backup_type=backup_type,
+            ok=manifest is not None,
+            duration_seconds=duration,
+            time=manifest.time_utc if manifest is not None else datetime.now(timezone.utc),
+            backup_id=manifest.backup_id if manifest is not None else None,
+            size_bytes=manifest.stats.stored_bytes if manifest is not None else None,
+            added_bytes=manifest.stats.added_bytes if manifest is not None else None,
+            error=str(error) if error is not None else None,
+        )
+        try:
+            validate_backup_type(backup_type)
+        except BackupError:
+            return  # not a backup type: nothing to count it under
+        for hook in list(self.hooks):
+            try:
+                hook(outcome)
+            except Exception:  # a monitoring hook must never fail a backup
+                log.warning("backup hook %r failed", hook, exc_info=True)
+
+    def _create_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Manifest:
+        """Back up ``data`` (a mapping of names to values) and the configured file sources.
+
+        Returns the new backup's id, ``<type>_<YYYYmmdd_HHMMSS>`` (with ``_2``, ``_3`` ... when
+        that id is taken). Values are checked before anything is written; an unsupported value
+        raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
+        backing up the configured ``sources`` when there are any. After the backup, retention
+        (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
         """
         validate_backup_type(backup_type)
         checked_tags = _validate_tags(tags)
@@ -241,20 +356,12 @@ class BackupManager:
             base_dir=str(self.config.source_root) if files else None,
             progress=progress,
         )
-        log.info(
-            "backup %s created: %d entries, %d bytes, %d new bytes",
-            manifest.backup_id,
-            len(manifest.entries),
-            manifest.stats.logical_bytes,
-            manifest.stats.added_bytes,
-            extra={"backup_id": manifest.backup_id, "backup_type": backup_type},
-        )
-        if self.config.retention_days > 0:
+        if self.config.retention is not None or self.config.retention_days > 0:
             try:
                 self.apply_retention(protect=[manifest.backup_id])
             except BackupError as exc:  # the backup itself is committed and safe
                 log.warning("retention after backup %s failed: %s", manifest.backup_id, exc)
-        return manifest.backup_id
+        return manifest
 
     async def acreate_backup(
         self,
@@ -345,7 +452,15 @@ class BackupManager:
                     "(pass force=True, or --force on the command line)"
                 )
         repository.delete_snapshot(backup_id)
-        log.info("backup %s deleted", backup_id, extra={"backup_id": backup_id})
+        log.info(
+            "backup %s deleted",
+            backup_id,
+            extra={
+                "backup_id": backup_id,
+                "backup_type": re.sub(r"_\d{8}_\d{6}(?:_\d+)?$", "", backup_id),
+                "outcome": "deleted",
+            },
+        )
 
     def prune(
         self,
@@ -361,12 +476,24 @@ class BackupManager:
             repository = self.repository
         except RepositoryNotFoundError:
             return PruneReport(dry_run=dry_run)  # nothing backed up yet: nothing to collect
-        return prune(
+        started = time.monotonic()
+        report = prune(
             repository,
             grace=grace if grace is not None else self.config.grace,
             dry_run=dry_run,
             lock_wait=lock_wait,
         )
+        log.info(
+            "prune: %d chunks deleted, %d bytes freed",
+            report.deleted,
+            report.freed_bytes,
+            extra={
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                "size_bytes": report.freed_bytes,
+                "outcome": "pruned" if not dry_run else "prune_dry_run",
+            },
+        )
+        return report
 
     def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
         """Check the whole repository (see ``check.py``); ``subset`` as ``verify
@@ -410,18 +537,34 @@ class BackupManager:
         )
         self._auto_prune_thread.start()
 
-    def apply_retention(self, *, protect: list[str] | None = None) -> list[str]:
-        """Delete backups older than ``retention_days``; returns the deleted ids."""
+    def plan_retention(self, *, protect: Sequence[str] = ()) -> list[Decision]:
+        """What retention would do now: one :class:`Decision` (keep or forget, and every rule
+        that keeps it) per backup, newest first. Uses ``[backup.retention]`` when configured,
+        else ``retention_days``; ``protect`` names backups kept whatever the policy."""
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return []
         snapshots = [
-            SnapshotRef(m.backup_id, m.backup_type, m.time_utc)
-            for m in self.repository.list_snapshots()
+            SnapshotRef(m.backup_id, m.backup_type, m.time_utc, m.tags)
+            for m in repository.list_snapshots()
         ]
-        decisions = apply_retention_days(
-            snapshots,
-            self.config.retention_days,
-            datetime.now(timezone.utc),
-            protect=protect or [],
-        )
+        now = datetime.now(timezone.utc)
+        if self.config.retention is None:
+            return apply_retention_days(snapshots, self.config.retention_days, now, protect=protect)
+        return apply_policy(snapshots, self.config.retention, now, protect=protect)
+
+    def apply_retention(
+        self,
+        *,
+        protect: Sequence[str] | None = None,
+        decisions: Sequence[Decision] | None = None,
+        auto_prune: bool = True,
+    ) -> list[str]:
+        """Delete the backups retention forgets (``decisions``, else :meth:`plan_retention`);
+        returns the deleted ids. ``auto_prune``: then collect garbage in the background."""
+        if decisions is None:
+            decisions = self.plan_retention(protect=protect or ())
         deleted = []
         for decision in decisions:
             if not decision.keep:
@@ -431,7 +574,7 @@ class BackupManager:
                     continue  # deleted concurrently
                 deleted.append(decision.backup_id)
                 log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
-        if deleted:
+        if deleted and auto_prune:
             self._prune_in_background()
         return deleted
 

@@ -24,6 +24,7 @@ from src.infra.backup.manifest import Entry
 from src.infra.backup.pointintime import parse_moment
 from src.infra.backup.repository import VerifyReport, is_valid_backup_id, validate_backup_type
 from src.infra.backup.sources import restore_path, write_file
+from src.infra.backup.status import record_verify
 from src.infra.backup.values import ENCODING_NAME, decode_value, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,17 @@ class RecoveryManager:
         """Verify one backup and say what is wrong: every chunk is read and hashed, or with
         ``read_data=False`` only checked to exist."""
         # Data entries must also decode as values; checked from the same read of the chunks.
-        return self.manager.repository.verify_snapshot(
+        repository = self.manager.repository
+        report = repository.verify_snapshot(
             backup_id, read_data=read_data, check_data=_check_decodes
         )
+        # Run history for `status` and the health check (best-effort, never raises); an id
+        # that names no backup is a caller's mistake, not a failed verify.
+        if report.ok or (
+            is_valid_backup_id(backup_id) and backup_id in repository.snapshot_ids()
+        ):
+            record_verify(repository.store, backup_id, report.ok, full=read_data)
+        return report
 
     def restore_to_directory(
         self, backup_id: str, target: str | Path, *, verify: bool = False
