@@ -933,4 +933,4 @@ def entry_point() -> None:
 
 
 # Command modules register themselves on `main` (diff/cat; export/import).
-from src.infra.backup import cli_inspect, cli_status, cli_transfer  # noqa: E402, F401
+from src.infra.backup import cli_inspect, cli_run, cli_status, cli_transfer  # noqa: E402, F401

@@ -47,6 +47,8 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     encryption: Literal["none", "chacha20-poly1305", "aes-256-gcm"] = "none"
     password_file: str | None = None
     retention: Any = None  # the [backup.retention] table, checked by parse_retention
+    daily_at: str | None = None
+    weekly: str | None = None
 
 
 @dataclass
@@ -73,6 +75,8 @@ class BackupConfig:
     ``$PEAK_BACKUP_PASSWORD``; relative to the config file.
     ``retention``: the ``[backup.retention]`` table as policies by backup type (see
     :func:`parse_retention`); when set, it replaces ``retention_days``.
+    ``daily_at`` (``"02:00"``) / ``weekly`` (``"sun 03:00"``): further schedules of
+    ``peak-backup run`` (type ``scheduled``), local time; see ``docs/SCHEDULING.md``.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -90,6 +94,8 @@ class BackupConfig:
     encryption: str = "none"
     password_file: str | None = None
     retention: dict[str, RetentionPolicy] | None = None
+    daily_at: str | None = None
+    weekly: str | None = None
     base_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
@@ -156,6 +162,31 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"])
 
 
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def parse_daily_at(text: str) -> str:
+    """``"02:00"`` (24-hour ``HH:MM``, local time) -> ``"02:00"``."""
+    if not _CLOCK_TIME.match(text.strip()):
+        raise ValueError('expected a time of day as HH:MM (24-hour), e.g. "02:00"')
+    return text.strip()
+
+
+def parse_weekly(text: str) -> tuple[str, str]:
+    """``"sun 03:00"`` (or ``"sunday 03:00"``) -> ``("sunday", "03:00")``."""
+    parts = text.strip().lower().split()
+    days = [
+        d for d in WEEKDAYS if len(parts) == 2 and len(parts[0]) >= 3 and d.startswith(parts[0])
+    ]
+    if len(parts) != 2 or len(days) != 1 or not _CLOCK_TIME.match(parts[1]):
+        raise ValueError(
+            'expected a weekday and a time of day, e.g. "sun 03:00" '
+            "(mon, tue, wed, thu, fri, sat, sun; 24-hour HH:MM)"
+        )
+    return days[0], parts[1]
+
+
 def _validate(values: dict[str, Any], where: str) -> None:
     """Check ``values`` against the schema; raise :class:`ConfigError` naming the key."""
     allowed = set(_BackupTable.__struct_fields__)
@@ -187,6 +218,16 @@ def _validate(values: dict[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}: prune_grace = {table.prune_grace!r} is invalid: {exc}"
         ) from None
+    if table.daily_at is not None:
+        try:
+            parse_daily_at(table.daily_at)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: daily_at = {table.daily_at!r} is invalid: {exc}") from None
+    if table.weekly is not None:
+        try:
+            parse_weekly(table.weekly)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: weekly = {table.weekly!r} is invalid: {exc}") from None
     if table.retention is not None:
         parse_retention(
             table.retention, "[backup.retention]" if where == "[backup]" else f"{where}.retention"
