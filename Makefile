@@ -46,6 +46,7 @@ SIZE_MB ?= 1024
 bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
+	$(PY) -m bench.many_backups
 
 bench-restore: $(STAMP)  ## Back up and restore a mixed tree of SIZE_MB, against cp -a
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)

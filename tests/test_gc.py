@@ -23,7 +23,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from src.infra.backup import (
 from src.infra.backup.gc import COLLECTION_BATCH, prune, referenced_chunks
 from src.infra.backup.locks import HOSTNAME, ExclusiveLock, Lease, LeaseRecord
 from src.infra.backup.repository import BACKUP_LEASE_KIND
+from src.infra.backup.storage import local as local_store_module
 from src.infra.backup.storage.local import LocalStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -797,21 +798,39 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def test_listing_survives_a_concurrent_delete(repo_dir: Path) -> None:
+def test_listing_survives_a_concurrent_delete(
+    repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression: an object deleted by another process between the directory scan and the
     stat used to raise a raw FileNotFoundError out of every listing (list_backups, prune,
-    check); a vanished object is now skipped."""
+    check); a vanished object is now skipped. The race is forced by deleting a manifest right
+    after the directory was read (nothing real hits that window reliably)."""
     manager = new_manager(repo_dir)
     ids = [manager.create_backup({"n": n}) for n in range(3)]
-    store = LocalStore(repo_dir)
-    listing_iter = store.list_info("snapshots/")
-    first = next(listing_iter)  # the directory has been scanned
-    for backup_id in ids:  # another process deletes a backup now
-        if not first.key.endswith(f"/{backup_id}.json"):
-            (repo_dir / "snapshots" / f"{backup_id}.json").unlink()
-            break
-    rest = list(listing_iter)
-    assert len(rest) == 1
+    victim = repo_dir / "snapshots" / f"{ids[1]}.json"
+    real_scandir = os.scandir
+
+    class ScanThenDelete:
+        def __init__(self, path: str) -> None:
+            with real_scandir(path) as entries:
+                self.entries = list(entries)
+            if Path(path) == victim.parent:
+                victim.unlink()  # another process deletes a backup now
+
+        def __enter__(self) -> ScanThenDelete:
+            return self
+
+        def __iter__(self) -> Iterator[os.DirEntry[str]]:
+            return iter(self.entries)
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    monkeypatch.setattr(local_store_module.os, "scandir", ScanThenDelete)
+    keys = [info.key for info in LocalStore(repo_dir).list_info("snapshots/")]
+    monkeypatch.undo()
+    assert sorted(keys) == sorted(f"snapshots/{i}.json" for i in (ids[0], ids[2]))
+    assert [b.backup_id for b in new_manager(repo_dir).list_backups()] == [ids[2], ids[0]]
 
 
 @pytest.mark.slow

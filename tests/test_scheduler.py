@@ -4,19 +4,23 @@ signals (one real process), and the systemd unit files of docs/SCHEDULING.md."""
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from src.infra.backup import BackupConfig, BackupManager
+from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ConfigError
+from src.infra.backup.metrics import metrics_available
 from src.infra.backup.scheduler import BackupScheduler
 from tests.conftest import MAIN_SCRIPT, cli_env
 
@@ -254,6 +258,75 @@ def test_run_process_sigterm(tmp_path: Path, run_cli: Any) -> None:
     for info in infos:
         result = run_cli("verify", info.backup_id, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+
+
+def _metric(text: str, name: str, backup_type: str | None = None) -> float | None:
+    labels = "" if backup_type is None else f'\\{{type="{backup_type}"\\}}'
+    match = re.search(rf"^{name}{labels} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+@pytest.mark.skipif(not metrics_available(), reason="prometheus-client is not installed")
+def test_run_process_metrics_port_and_backup_on_exit(tmp_path: Path) -> None:
+    """A real ``run --metrics-port 0 --backup-on-exit``: its endpoint serves the counters of
+    the backups it made; after SIGTERM it takes one more backup (tagged trigger=exit), exits
+    0, and every backup verifies."""
+    (tmp_path / "data.txt").write_text("payload")
+    (tmp_path / "config.toml").write_text(
+        "[backup]\nenabled = true\ninterval_hours = 0.0005\nretention_days = 0\n"
+        'backup_path = "repo"\nsources = ["data.txt"]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(MAIN_SCRIPT), "run", "--metrics-port", "0", "--backup-on-exit"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        url, text, created = None, "", 0.0
+        while time.monotonic() < deadline and created < 2:
+            assert proc.poll() is None, "".join(lines)
+            found = [
+                m
+                for line in list(lines)
+                if (m := re.search(r"(http://127\.0\.0\.1:\d+/metrics)", line))
+            ]
+            if found:
+                url = found[0].group(1)
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    text = response.read().decode()
+                created = _metric(text, "backups_created_total", "automatic") or 0.0
+            time.sleep(0.2)
+        assert url is not None and created >= 2, "".join(lines)
+        last_success = _metric(text, "backup_last_success_timestamp_seconds", "automatic")
+        assert last_success is not None and abs(last_success - time.time()) < 60
+        assert (_metric(text, "backup_repository_size_bytes") or 0) > 0
+        before_stop = {
+            b.backup_id
+            for b in BackupManager(BackupConfig(backup_path=tmp_path / "repo")).list_backups()
+        }
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+    infos = BackupManager(BackupConfig(backup_path=tmp_path / "repo")).list_backups()
+    on_exit = [i for i in infos if i.tags.get("trigger") == "exit"]
+    assert len(on_exit) == 1 and on_exit[0].backup_id not in before_stop
+    assert infos[0].backup_id == on_exit[0].backup_id  # the last one taken
+    recovery = RecoveryManager(BackupManager(BackupConfig(backup_path=tmp_path / "repo")))
+    for info in infos:
+        assert recovery.verify_backup(info.backup_id)
 
 
 UNITS = sorted((ROOT / "docs" / "systemd").glob("*.*"))

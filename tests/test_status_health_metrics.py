@@ -283,7 +283,6 @@ def test_health_colours(manager: BackupManager) -> None:
 # -- metrics ---------------------------------------------------------------------------------
 
 
-
 def _sample(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):

@@ -8,7 +8,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -39,10 +38,10 @@ from src.infra.backup.repository import (
 )
 from src.infra.backup.retention import (
     Decision,
-    SnapshotRef,
     apply_policy,
     apply_retention_days,
 )
+from src.infra.backup.snapshot_index import Summary, summarize
 from src.infra.backup.sources import collect_sources
 from src.infra.backup.status import BackupHook, BackupOutcome, record_failure, record_success
 from src.infra.backup.storage.local import LocalStore
@@ -56,51 +55,94 @@ MAX_TAG_VALUE = 256
 MAX_NOTE = 4096
 
 
-@dataclass(frozen=True)
 class BackupInfo:
-    """Metadata of one backup, as ``list_backups()`` returns it.
+    """Metadata of one backup, as ``list_backups()`` returns it (a read-only view of the
+    backup's summary; attributes are computed when read, so listing stays cheap).
 
     Sizes: ``size_bytes`` is the stored (compressed) size of everything the backup references,
     i.e. what it would occupy on its own; ``logical_bytes`` is what a restore produces;
     ``added_bytes`` is what this backup added to the repository (its new chunks; the rest was
-    shared with earlier backups).
+    shared with earlier backups). ``timestamp`` is local time without a zone (as in the seed);
+    ``timestamp_utc`` is aware.
     """
 
-    backup_id: str
-    backup_type: str
-    timestamp: datetime
-    size_bytes: int
-    compressed: bool
-    files: list[str]
-    timestamp_utc: datetime
-    logical_bytes: int
-    added_bytes: int
-    tags: dict[str, str] = field(default_factory=dict)
-    note: str | None = None
-    host: str = ""
-    data_keys: list[str] = field(default_factory=list)
-    file_paths: list[str] = field(default_factory=list)
+    __slots__ = ("_summary",)
+
+    def __init__(self, summary: Summary) -> None:
+        self._summary = summary
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> BackupInfo:
-        """Summarize a manifest; ``timestamp`` is local time without a zone (as in the seed)."""
-        data_keys = [e.name for e in manifest.entries if e.kind == "data"]
-        file_paths = [e.name for e in manifest.entries if e.kind == "file"]
-        return cls(
-            backup_id=manifest.backup_id,
-            backup_type=manifest.backup_type,
-            timestamp=manifest.time_utc.astimezone().replace(tzinfo=None),
-            size_bytes=manifest.stats.stored_bytes,
-            compressed=manifest.compression != "none",
-            files=[f"{key}.json" for key in data_keys] + file_paths,
-            timestamp_utc=manifest.time_utc.astimezone(timezone.utc),
-            logical_bytes=manifest.stats.logical_bytes,
-            added_bytes=manifest.stats.added_bytes,
-            tags=dict(manifest.tags),
-            note=manifest.note,
-            host=manifest.host,
-            data_keys=data_keys,
-            file_paths=file_paths,
+        """Describe the backup of a manifest."""
+        return cls(summarize(manifest))
+
+    @property
+    def backup_id(self) -> str:
+        return self._summary.backup_id
+
+    @property
+    def backup_type(self) -> str:
+        return self._summary.backup_type
+
+    @property
+    def timestamp(self) -> datetime:
+        return self._summary.time_utc.astimezone().replace(tzinfo=None)
+
+    @property
+    def timestamp_utc(self) -> datetime:
+        return self._summary.time_utc.astimezone(timezone.utc)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._summary.stats.stored_bytes
+
+    @property
+    def logical_bytes(self) -> int:
+        return self._summary.stats.logical_bytes
+
+    @property
+    def added_bytes(self) -> int:
+        return self._summary.stats.added_bytes
+
+    @property
+    def compressed(self) -> bool:
+        return self._summary.compression != "none"
+
+    @property
+    def files(self) -> list[str]:
+        """Data entries as ``<key>.json`` (the seed's layout), then file paths."""
+        return [f"{key}.json" for key in self._summary.data_keys] + list(self._summary.file_paths)
+
+    @property
+    def data_keys(self) -> list[str]:
+        return list(self._summary.data_keys)
+
+    @property
+    def file_paths(self) -> list[str]:
+        return list(self._summary.file_paths)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self._summary.tags)
+
+    @property
+    def note(self) -> str | None:
+        return self._summary.note
+
+    @property
+    def host(self) -> str:
+        return self._summary.host
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackupInfo) and other._summary == self._summary
+
+    def __hash__(self) -> int:
+        return hash((self.backup_id, self._summary.time_utc))
+
+    def __repr__(self) -> str:
+        return (
+            f"BackupInfo(backup_id={self.backup_id!r}, backup_type={self.backup_type!r}, "
+            f"timestamp={self.timestamp!r}, size_bytes={self.size_bytes})"
         )
 
 
@@ -358,10 +400,26 @@ class BackupManager:
         )
         if self.config.retention is not None or self.config.retention_days > 0:
             try:
-                self.apply_retention(protect=[manifest.backup_id])
+                self._retain_after_create(manifest.backup_id)
             except BackupError as exc:  # the backup itself is committed and safe
                 log.warning("retention after backup %s failed: %s", manifest.backup_id, exc)
         return manifest
+
+    def _retain_after_create(self, new_id: str) -> None:
+        """Retention on the path of every backup, kept cheap with thousands of backups: plan
+        on a names-only listing (what this process knows of each id), and re-plan on a
+        validated listing only if a backup to forget was replaced since it was read."""
+        repository = self.repository
+        summaries = repository.list_summaries(validate=False)
+        if self.config.retention is None and summaries:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=self.config.retention_days)
+            if summaries[-1].time_utc >= cutoff:  # the oldest is young enough: nothing to do
+                return
+        decisions: list[Decision] | None = self._plan(summaries, protect=[new_id])
+        forget = [d.backup_id for d in decisions or () if not d.keep]
+        if not all(repository.summary_is_current(backup_id) for backup_id in forget):
+            decisions = None  # apply_retention plans again on a validated listing
+        self.apply_retention(protect=[new_id], decisions=decisions)
 
     async def acreate_backup(
         self,
@@ -404,9 +462,9 @@ class BackupManager:
         except RepositoryNotFoundError:
             return []  # nothing backed up yet
         return [
-            BackupInfo.from_manifest(m)
-            for m in repository.list_snapshots()
-            if backup_type is None or m.backup_type == backup_type
+            BackupInfo(s)
+            for s in repository.list_summaries()
+            if backup_type is None or s.backup_type == backup_type
         ]
 
     def get_backup_info(self, backup_id: str) -> BackupInfo:
@@ -545,10 +603,9 @@ class BackupManager:
             repository = self.repository
         except RepositoryNotFoundError:
             return []
-        snapshots = [
-            SnapshotRef(m.backup_id, m.backup_type, m.time_utc, m.tags)
-            for m in repository.list_snapshots()
-        ]
+        return self._plan(repository.list_summaries(), protect=protect)
+
+    def _plan(self, snapshots: Sequence[Summary], *, protect: Sequence[str]) -> list[Decision]:
         now = datetime.now(timezone.utc)
         if self.config.retention is None:
             return apply_retention_days(snapshots, self.config.retention_days, now, protect=protect)

@@ -132,9 +132,7 @@ class RecoveryManager:
         )
         # Run history for `status` and the health check (best-effort, never raises); an id
         # that names no backup is a caller's mistake, not a failed verify.
-        if report.ok or (
-            is_valid_backup_id(backup_id) and backup_id in repository.snapshot_ids()
-        ):
+        if report.ok or (is_valid_backup_id(backup_id) and backup_id in repository.snapshot_ids()):
             record_verify(repository.store, backup_id, report.ok, full=read_data)
         return report
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from pathlib import Path
 
 import msgspec
@@ -61,6 +62,14 @@ from src.infra.backup.manifest import (
     open_manifest,
     seal_manifest,
 )
+from src.infra.backup.snapshot_index import (
+    INDEX_KEY,
+    IndexedSummary,
+    Summary,
+    decode_index,
+    encode_index,
+    summarize,
+)
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -74,8 +83,13 @@ BACKUP_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BACKUP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
 _ID_TIME = re.compile(r"_(\d{8}_\d{6})(?:_(\d+))?$")
 CHUNKS_PER_LIST = 32
+# Listing: read the snapshot index when more manifests than this are unknown; rewrite it
+# after a listing had to read at least this many manifests.
+INDEX_MIN_UNKNOWN = 16
+INDEX_REWRITE_UNKNOWN = 64
 _FLUSH_BYTES = 64 * 1024 * 1024
 ProgressCallback = Callable[[int], None]
+_SortKey = tuple[datetime, tuple[str, int, str]]
 PassphraseSource = Callable[[], str]
 
 
@@ -167,6 +181,11 @@ class Repository:
         self._id_hint: dict[str, int] = {}
         self._last_committed: tuple[str, Manifest] | None = None
         self._collections: dict[str, tuple[str, frozenset[str]]] = {}
+        # backup id -> (manifest version, summary, sort key); the last sorted listing
+        self._summaries: dict[str, tuple[str, Summary, _SortKey]] = {}
+        self._sorted: list[Summary] = []
+        self._sorted_for: dict[str, str] | None = None
+        self._index_version: str | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -285,17 +304,23 @@ class Repository:
         """
         if not is_valid_backup_id(backup_id):
             raise BackupNotFoundError(f"backup not found: {backup_id!r} is not a valid backup id")
-        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
         if version is None:
             try:
-                version = self.store.stat(key).version
+                version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
             except KeyError:
                 raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         cached = self._manifests.get(backup_id)
         if cached is not None and cached[0] == version:
             return cached[1]
+        manifest = self._fetch_manifest(backup_id, version)
+        with self._lock:
+            self._manifests[backup_id] = (version, manifest)
+        return manifest
+
+    def _fetch_manifest(self, backup_id: str, version: str) -> Manifest:
+        """Read and verify a manifest from the store; remembers its summary."""
         try:
-            stored = self.store.get(key)
+            stored = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
         except KeyError:
             raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         raw = open_manifest(stored, self.keys, backup_id)
@@ -304,23 +329,78 @@ class Repository:
             raise CorruptDataError(
                 f"manifest of backup {backup_id}: it names itself {manifest.backup_id!r}"
             )
-        with self._lock:
-            self._manifests[backup_id] = (version, manifest)
+        self._remember_summary(version, summarize(manifest))
         return manifest
 
-    def list_snapshots(self) -> list[Manifest]:
-        """Manifests of all readable backups, newest first. Damaged ones are skipped (logged)."""
+    def _remember_summary(self, version: str, summary: Summary) -> None:
+        key = (summary.time_utc, id_sort_key(summary.backup_id))
+        with self._lock:
+            self._summaries[summary.backup_id] = (version, summary, key)
+
+    def _listed_manifests(self) -> dict[str, str]:
+        """Backup id -> version of its manifest, as the store lists them now. Forgets what is
+        cached of backups that are gone or were replaced."""
         listed: dict[str, str] = {}
+        start = len(SNAPSHOT_PREFIX)
         for info in self.store.list_info(SNAPSHOT_PREFIX):
-            name = info.key[len(SNAPSHOT_PREFIX) :]
+            name = info.key[start:]
             if name.endswith(".json") and "/" not in name:
-                listed[name[: -len(".json")]] = info.version
+                listed[name[:-5]] = info.version
         with self._lock:
             for gone in [i for i in self._manifests if i not in listed]:
                 del self._manifests[gone]
+            for gone in [i for i, s in self._summaries.items() if listed.get(i) != s[0]]:
+                del self._summaries[gone]
             self._damaged = {
                 i: entry for i, entry in self._damaged.items() if listed.get(i) == entry[0]
             }
+        return listed
+
+    def _listed_names(self) -> dict[str, str]:
+        """Like :meth:`_listed_manifests`, but the version of an id this process knows is
+        taken from its cache instead of the store (no stat per object)."""
+        start = len(SNAPSHOT_PREFIX)
+        summaries, damaged = self._summaries, self._damaged
+        listed: dict[str, str] = {}
+        for key in self.store.list(SNAPSHOT_PREFIX):
+            name = key[start:]
+            if not name.endswith(".json") or "/" in name:
+                continue
+            backup_id = name[:-5]
+            known = summaries.get(backup_id) or damaged.get(backup_id)
+            if known is not None:
+                listed[backup_id] = known[0]
+                continue
+            try:
+                listed[backup_id] = self.store.stat(key).version
+            except KeyError:
+                continue  # deleted while we listed
+        with self._lock:
+            for gone in [i for i in self._manifests if i not in listed]:
+                del self._manifests[gone]
+            for gone in [i for i in self._summaries if i not in listed]:
+                del self._summaries[gone]
+            self._damaged = {i: e for i, e in self._damaged.items() if i in listed}
+        return listed
+
+    def summary_is_current(self, backup_id: str) -> bool:
+        """Whether the summary this process holds for ``backup_id`` still describes the
+        stored manifest (one stat)."""
+        known = self._summaries.get(backup_id)
+        try:
+            version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
+        except KeyError:
+            return False
+        return known is not None and known[0] == version
+
+    def _note_damaged(self, backup_id: str, version: str, exc: Exception) -> None:
+        log.warning("skipping backup %s: %s", backup_id, exc)
+        with self._lock:
+            self._damaged[backup_id] = (version, str(exc))
+
+    def list_snapshots(self) -> list[Manifest]:
+        """Manifests of all readable backups, newest first. Damaged ones are skipped (logged)."""
+        listed = self._listed_manifests()
         manifests = []
         for backup_id, version in listed.items():
             if backup_id in self._damaged:
@@ -328,13 +408,80 @@ class Repository:
             try:
                 manifests.append(self.read_manifest(backup_id, version=version))
             except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
-                if isinstance(exc, BackupNotFoundError):
-                    continue  # deleted while we listed
-                log.warning("skipping backup %s: %s", backup_id, exc)
-                with self._lock:
-                    self._damaged[backup_id] = (version, str(exc))
+                if not isinstance(exc, BackupNotFoundError):  # else deleted while we listed
+                    self._note_damaged(backup_id, version, exc)
         manifests.sort(key=lambda m: (m.time_utc, id_sort_key(m.backup_id)), reverse=True)
         return manifests
+
+    def list_summaries(self, *, validate: bool = True) -> list[Summary]:
+        """Summaries of all readable backups, newest first (damaged ones skipped, logged).
+
+        Reads only the manifests that neither this process nor the snapshot index knows; when
+        it had to read many, it rewrites the index so the next fresh process need not.
+        ``validate=False`` lists names only and trusts what this process already knows of a
+        listed id (it may describe a backup since deleted and re-created under the same id:
+        check :meth:`summary_is_current` before acting on one); about 3x faster locally.
+        """
+        listed = self._listed_manifests() if validate else self._listed_names()
+        if listed == self._sorted_for:
+            return list(self._sorted)
+        unknown = self._unknown(listed)
+        if len(unknown) > INDEX_MIN_UNKNOWN and self._load_index(listed):
+            unknown = self._unknown(listed)
+        for backup_id in unknown:
+            try:
+                self._fetch_manifest(backup_id, listed[backup_id])
+            except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
+                if not isinstance(exc, BackupNotFoundError):
+                    self._note_damaged(backup_id, listed[backup_id], exc)
+        if len(unknown) >= INDEX_REWRITE_UNKNOWN:
+            self._write_index(listed)
+        known = [s for i, s in self._summaries.items() if listed.get(i) == s[0]]
+        known.sort(key=itemgetter(2), reverse=True)
+        result = [s[1] for s in known]
+        self._sorted, self._sorted_for = result, listed
+        return list(result)
+
+    def _unknown(self, listed: dict[str, str]) -> list[str]:
+        summaries, damaged = self._summaries, self._damaged
+        return [
+            i
+            for i, version in listed.items()
+            if (i not in summaries or summaries[i][0] != version)
+            and (i not in damaged or damaged[i][0] != version)
+        ]
+
+    def _load_index(self, listed: dict[str, str]) -> bool:
+        """Take the summaries the snapshot index has for listed manifest versions; ``False``
+        if there is no readable index newer than the one already taken."""
+        try:
+            version = self.store.stat(INDEX_KEY).version
+            if version == self._index_version:
+                return False
+            entries = decode_index(self.store.get(INDEX_KEY), self.keys)
+        except KeyError:
+            return False
+        except (CorruptDataError, FormatVersionError, StorageError) as exc:
+            log.info("ignoring the snapshot index (%s); reading manifests instead", exc)
+            return False
+        self._index_version = version
+        for item in entries:
+            if listed.get(item.summary.backup_id) == item.version:
+                self._remember_summary(item.version, item.summary)
+        return True
+
+    def _write_index(self, listed: dict[str, str]) -> None:
+        """Best effort: a failed write only means the next fresh process reads manifests."""
+        entries = [
+            IndexedSummary(version, summary)
+            for backup_id, (version, summary, _) in list(self._summaries.items())
+            if listed.get(backup_id) == version
+        ]
+        try:
+            self.store.put(INDEX_KEY, encode_index(entries, self.keys))
+            self._index_version = self.store.stat(INDEX_KEY).version
+        except (StorageError, KeyError) as exc:
+            log.info("could not update the snapshot index: %s", exc)
 
     def damaged_snapshots(self) -> dict[str, str]:
         """Backups whose manifest could not be read at the last listing, with the reason."""
@@ -791,17 +938,20 @@ class Repository:
             with self._lock:
                 self._manifests[backup_id] = (version, manifest)
                 self._last_committed = (version, manifest)
+            self._remember_summary(version, summarize(manifest))
             return manifest
 
     # -- deleting --------------------------------------------------------------------------
 
     def delete_snapshot(self, backup_id: str) -> None:
         """Remove a backup's manifest (its chunks are reclaimed by garbage collection)."""
-        if not is_valid_backup_id(backup_id) or backup_id not in set(self.snapshot_ids()):
+        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
+        if not is_valid_backup_id(backup_id) or not self.store.exists(key):
             raise BackupNotFoundError(f"backup not found: {backup_id}")
-        self.store.delete(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+        self.store.delete(key)
         with self._lock:
             self._manifests.pop(backup_id, None)
+            self._summaries.pop(backup_id, None)
             self._damaged.pop(backup_id, None)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 #: Key of ``policy_by_type`` that applies to types without their own policy.
@@ -25,6 +26,20 @@ DEFAULT_POLICY = "*"
 
 BUCKET_RULES = ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 COUNT_RULES = ("keep_last", *BUCKET_RULES)
+
+
+class RetentionCandidate(Protocol):
+    """What retention needs to know of a backup (a :class:`SnapshotRef`, or a repository's
+    summary, which has the same attributes)."""
+
+    @property
+    def backup_id(self) -> str: ...
+    @property
+    def backup_type(self) -> str: ...
+    @property
+    def time_utc(self) -> datetime: ...
+    @property
+    def tags(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -151,12 +166,12 @@ def _tag_matches(tags: Mapping[str, str], wanted: str) -> bool:
     return tags.get(key) == value
 
 
-def _order_key(snap: SnapshotRef) -> tuple[datetime, str]:
+def _order_key(snap: RetentionCandidate) -> tuple[datetime, str]:
     return (snap.time_utc, snap.backup_id)
 
 
 def apply_policy(
-    snapshots: Sequence[SnapshotRef],
+    snapshots: Sequence[RetentionCandidate],
     policy_by_type: Mapping[str, RetentionPolicy],
     now_utc: datetime,
     *,
@@ -169,7 +184,7 @@ def apply_policy(
     counted separately, newest first. ``protect`` names backups kept whatever the policy.
     """
     protected = set(protect)
-    by_type: dict[str, list[SnapshotRef]] = {}
+    by_type: dict[str, list[RetentionCandidate]] = {}
     for snap in snapshots:
         by_type.setdefault(snap.backup_type, []).append(snap)
     reasons: dict[str, list[str]] = {}
@@ -229,7 +244,7 @@ def apply_policy(
 
 
 def apply_retention_days(
-    snapshots: Sequence[SnapshotRef],
+    snapshots: Sequence[RetentionCandidate],
     retention_days: int,
     now_utc: datetime,
     *,
@@ -239,7 +254,7 @@ def apply_retention_days(
 
     ``protect`` names backups that are kept whatever their age (e.g. the one just created).
     """
-    newest_of_type: dict[str, SnapshotRef] = {}
+    newest_of_type: dict[str, RetentionCandidate] = {}
     for snap in snapshots:
         best = newest_of_type.get(snap.backup_type)
         if best is None or (snap.time_utc, snap.backup_id) > (best.time_utc, best.backup_id):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
     """A listed object: its key, size in bytes, modification time (POSIX seconds) and a
-    version that changes whenever the object is replaced (to validate caches)."""
+    version that changes whenever the object is replaced (to validate caches). A named tuple:
+    listings create one per object, and 10,000 manifests are listed on the path of ``list``."""
 
     key: str
     size: int

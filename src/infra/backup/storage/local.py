@@ -8,6 +8,7 @@ fsync'ed, so a crash leaves either the old state or the complete new object. Fil
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import os
@@ -180,18 +181,33 @@ class LocalStore(Store):
         return _object_info(key, st)
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
-        start = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-        for entry, key in self._walk(base, start, temporary=False):
-            info = _info(entry, key)
-            if info is not None:
-                yield info
+        base, start = self._listing_root(prefix)
+        return iter(self._infos(self._scan(base, start, temporary=False)))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base, start = self._listing_root(prefix)  # names only: no stat per file
+        return (key for key, _ in self._scan(base, start, temporary=False))
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
-        for entry, key in self._walk(self.root, "", temporary=True):
-            info = _info(entry, key)
-            if info is not None:
-                yield info
+        return iter(self._infos(self._scan(self.root, "", temporary=True)))
+
+    @staticmethod
+    def _infos(
+        found: builtins.list[tuple[str, os.DirEntry[str]]],
+    ) -> builtins.list[ObjectInfo]:
+        infos = []
+        for key, entry in found:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished since the directory was read
+            infos.append(_object_info(key, st))
+        return infos
+
+    def _listing_root(self, prefix: str) -> tuple[Path, str]:
+        if not prefix.strip("/"):
+            return self.root, ""
+        return self._path(prefix.rstrip("/")), prefix.rstrip("/") + "/"
 
     def delete_temporary(self, key: str) -> None:
         *folders, name = key.split("/")
@@ -199,25 +215,36 @@ class LocalStore(Store):
             raise StorageError(f"{key!r} is not a temporary object")
         _unlink(self._path("/".join(folders)) / name if folders else self.root / name)
 
-    def _walk(
+    def _scan(
         self, directory: Path, key_prefix: str, *, temporary: bool
-    ) -> Iterator[tuple[os.DirEntry[str], str]]:
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise storage_error("list", directory, exc) from exc
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if not entry.name.startswith("."):
-                    yield from self._walk(
-                        Path(entry.path), f"{key_prefix}{entry.name}/", temporary=temporary
-                    )
-            elif entry.is_file(follow_symlinks=False):
-                is_temp = entry.name.startswith(TEMP_PREFIX)
-                if is_temp == temporary and (temporary or not entry.name.startswith(".")):
-                    yield entry, f"{key_prefix}{entry.name}"
+    ) -> builtins.list[tuple[str, os.DirEntry[str]]]:
+        """Keys and directory entries of the objects (or only the temporary files) below
+        ``directory``; hidden directories are skipped. One tight loop: listing 10,000
+        manifests is on the path of ``list_backups``."""
+        found: builtins.list[tuple[str, os.DirEntry[str]]] = []
+        pending = [(str(directory), key_prefix)]
+        while pending:
+            folder, prefix = pending.pop()
+            try:
+                entries = os.scandir(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise storage_error("list", Path(folder), exc) from exc
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        if not name.startswith("."):
+                            pending.append((entry.path, f"{prefix}{name}/"))
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    is_temp = name.startswith(TEMP_PREFIX)
+                    if is_temp != temporary or (not temporary and name.startswith(".")):
+                        continue
+                    found.append((prefix + name, entry))
+        return found
 
     def move(self, source: str, destination: str) -> None:
         src, dst = self._path(source), self._path(destination)
@@ -242,15 +269,6 @@ class LocalStore(Store):
             fsync_dir(path.parent)
         except OSError as exc:
             raise storage_error("sync", path.parent, exc) from exc
-
-
-def _info(entry: os.DirEntry[str], key: str) -> ObjectInfo | None:
-    """The listed object, or ``None`` if it vanished since the directory was read."""
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return _object_info(key, st)
 
 
 def _object_info(key: str, st: os.stat_result) -> ObjectInfo:

@@ -1,0 +1,168 @@
+"""The snapshot index: a fresh process lists many backups from one object, and the index is
+only ever a cache (stale, damaged, forged or foreign indexes never change what is listed)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from src.infra.backup import BackupConfig, BackupManager
+from src.infra.backup.repository import INDEX_REWRITE_UNKNOWN, DataInput, Repository
+from src.infra.backup.snapshot_index import INDEX_KEY, decode_index, summarize
+from src.infra.backup.storage.local import LocalStore
+from src.infra.backup.values import ENCODING_NAME, encode_value
+from tests.faulty_store import FaultyStore
+
+PASSWORD = "correct horse battery staple"
+START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+class RecordingStore(FaultyStore):
+    """Records the key of every ``get``."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.got: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.got.append(key)
+        return super().get(key)
+
+
+def backup_id(n: int) -> str:
+    return f"pre_trade_{(START + timedelta(minutes=n)).astimezone():%Y%m%d_%H%M%S}"
+
+
+def fill(repo: Repository, count: int, first: int = 0) -> None:
+    for n in range(first, first + count):
+        repo.create_snapshot_as(
+            backup_id(n),
+            START + timedelta(minutes=n),
+            "pre_trade",
+            [DataInput("portfolio", encode_value({"cash": n}), ENCODING_NAME)],
+            tags={"n": str(n)},
+        )
+
+
+def open_repo(path: Path, *, encrypted: bool = False) -> tuple[Repository, RecordingStore]:
+    store = RecordingStore(LocalStore(path))
+    repo = Repository.open(
+        store,
+        passphrase=(lambda: PASSWORD) if encrypted else None,
+        encryption="aes-256-gcm" if encrypted else "none",
+    )
+    store.got.clear()
+    return repo, store
+
+
+def manifest_reads(store: RecordingStore) -> int:
+    return sum(key.startswith("snapshots/") for key in store.got)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_a_fresh_process_lists_from_the_index(repo_dir: Path, encrypted: bool) -> None:
+    repo, _ = open_repo(repo_dir, encrypted=encrypted)
+    fill(repo, 100)
+    repo.list_summaries()  # reads 100 manifests (this process made them: none) ...
+    fresh, store = open_repo(repo_dir, encrypted=encrypted)
+    listed = fresh.list_summaries()  # ... a fresh process had to read them all, once
+    assert len(listed) == 100 and manifest_reads(store) == 100
+    assert (repo_dir / INDEX_KEY).exists()
+
+    again, store = open_repo(repo_dir, encrypted=encrypted)
+    summaries = again.list_summaries()
+    assert manifest_reads(store) == 0 and store.got == [INDEX_KEY]
+    assert summaries == [summarize(m) for m in again.list_snapshots()]
+    assert [s.backup_id for s in summaries] == [backup_id(n) for n in reversed(range(100))]
+    if encrypted:  # tags and notes of an encrypted repository stay confidential
+        assert b"pre_trade" not in (repo_dir / INDEX_KEY).read_bytes()
+
+
+def test_new_backups_are_read_from_their_manifests(repo_dir: Path) -> None:
+    repo, _ = open_repo(repo_dir)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    open_repo(repo_dir)[0].list_summaries()  # writes the index
+    fill(repo, 5, first=1000)
+    repo.delete_snapshot(backup_id(3))
+    fresh, store = open_repo(repo_dir)
+    ids = [s.backup_id for s in fresh.list_summaries()]
+    assert manifest_reads(store) == 5  # only the new ones
+    assert backup_id(3) not in ids  # an indexed backup that is gone stays gone
+    assert len(ids) == INDEX_REWRITE_UNKNOWN + 5 - 1
+
+
+def test_a_recreated_id_is_never_served_from_the_index(repo_dir: Path) -> None:
+    """The index entry of a deleted backup must not describe a new backup under its id."""
+    repo, _ = open_repo(repo_dir)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    open_repo(repo_dir)[0].list_summaries()
+    target = backup_id(7)
+    repo.delete_snapshot(target)
+    repo.create_snapshot_as(
+        target, START, "pre_trade", [DataInput("other", encode_value(1), ENCODING_NAME)]
+    )
+    fresh, _ = open_repo(repo_dir)
+    summary = next(s for s in fresh.list_summaries() if s.backup_id == target)
+    assert summary.data_keys == ("other",) and summary.tags == {}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "plain-into-encrypted"])
+def test_a_bad_index_is_ignored_and_replaced(repo_dir: Path, damage: str) -> None:
+    encrypted = damage == "plain-into-encrypted"
+    repo, _ = open_repo(repo_dir, encrypted=encrypted)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    expected = [summarize(m) for m in repo.list_snapshots()]
+    open_repo(repo_dir, encrypted=encrypted)[0].list_summaries()
+    index = repo_dir / INDEX_KEY
+    raw = bytearray(index.read_bytes())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x01
+    elif damage == "truncate":
+        del raw[len(raw) // 3 :]
+    elif damage == "garbage":
+        raw[:] = b"not an index at all"
+    else:  # a valid plain index of another repository, planted into an encrypted one
+        other = repo_dir.parent / "other"
+        plain, _ = open_repo(other)
+        fill(plain, INDEX_REWRITE_UNKNOWN)
+        open_repo(other)[0].list_summaries()
+        raw[:] = (other / INDEX_KEY).read_bytes()
+    index.write_bytes(bytes(raw))
+
+    fresh, store = open_repo(repo_dir, encrypted=encrypted)
+    assert fresh.list_summaries() == expected
+    assert manifest_reads(store) == INDEX_REWRITE_UNKNOWN
+    decode_index(index.read_bytes(), fresh.keys)  # rewritten, readable again
+    again, store = open_repo(repo_dir, encrypted=encrypted)
+    assert again.list_summaries() == expected and manifest_reads(store) == 0
+
+
+def test_a_failed_index_write_never_fails_a_listing(repo_dir: Path) -> None:
+    repo, _ = open_repo(repo_dir)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    store = FaultyStore(LocalStore(repo_dir))
+    fresh = Repository.open(store)
+    store.arm("ENOSPC", at=1, op="put")
+    assert len(fresh.list_summaries()) == INDEX_REWRITE_UNKNOWN
+    assert store.injected and store.injected[0].key == INDEX_KEY
+    assert not (repo_dir / INDEX_KEY).exists()
+
+
+def test_list_backups_of_a_fresh_manager_matches_the_manifests(repo_dir: Path) -> None:
+    """BackupInfo from summaries carries what the manifests say (seed attributes included)."""
+    manager = BackupManager(BackupConfig(backup_path=str(repo_dir)))
+    for n in range(3):
+        manager.create_backup({"portfolio": {"cash": n}, "config": {}}, tags={"n": str(n)})
+    fresh = BackupManager(BackupConfig(backup_path=str(repo_dir)))
+    infos = fresh.list_backups()
+    manifests = fresh.repository.list_snapshots()
+    assert [i.backup_id for i in infos] == [m.backup_id for m in manifests]
+    for info, manifest in zip(infos, manifests, strict=True):
+        assert info.size_bytes == manifest.stats.stored_bytes
+        assert info.files == ["portfolio.json", "config.json"]
+        assert info.tags == manifest.tags and info.timestamp_utc == manifest.time_utc
+        assert info.timestamp == manifest.time_utc.astimezone().replace(tzinfo=None)
+        info.files.append("x")  # a caller's edit never leaks into the next listing
+    assert fresh.list_backups()[0].files == ["portfolio.json", "config.json"]
