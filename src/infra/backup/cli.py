@@ -40,7 +40,6 @@ from src.infra.backup.pointintime import select_between
 from src.infra.backup.recovery import RecoveryManager
 from src.infra.backup.repository import REPO_KEY
 from src.infra.backup.retention import Decision
-from src.infra.backup.storage.local import LocalStore
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -300,9 +299,9 @@ def list_command(
         return
     if not backups:
         within = " in that time range" if since or until else ""
-        stdout.print(f"No backups{within} in {ctx.manager.config.repository_path}")
+        stdout.print(f"No backups{within} in {ctx.manager.config.repository_location}")
         return
-    table = Table(title=f"Backups in {ctx.manager.config.repository_path}")
+    table = Table(title=f"Backups in {ctx.manager.config.repository_location}")
     # Ids and times never wrap, so they can be copied even at 80 columns; the rest may.
     id_width = max(len(info.backup_id) for info in backups)
     table.add_column("ID", no_wrap=True, min_width=id_width)
@@ -854,7 +853,7 @@ def init(ctx: Context, aead: str | None) -> None:
     config = ctx.manager.config
     if aead is not None:
         config = replace(config, encryption=aead)
-    store = LocalStore(config.repository_path)
+    store = config.open_store()
     if store.exists(REPO_KEY):
         raise BackupError(f"a repository already exists at {store.location}")
     ctx.confirm_new_passphrase = True

@@ -1,4 +1,4 @@
-"""``export`` and ``import``: move backups out of and into the repository as plain files.
+"""``export`` and ``import`` (backups as plain files) and ``sync`` (to and from replicas).
 
 Registered on the ``peak-backup`` group by importing this module (``cli.py`` does that at its
 end), so the commands share ``--json``, ``--config``, exit codes and error handling.
@@ -6,6 +6,7 @@ end), so the commands share ``--json``, ``--config``, exit codes and error handl
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import cast
 
 import click
@@ -15,16 +16,20 @@ from src.infra.backup.cli import (
     _json_option,
     delayed_progress,
     emit_json,
+    human_size,
     info_json,
     main,
     stdout,
 )
+from src.infra.backup.errors import RepositoryNotFoundError
 from src.infra.backup.exporting import (
     EXPORT_FORMATS,
     ExportFormat,
     export_backup,
     import_backup,
 )
+from src.infra.backup.replication import Lag, lag, open_replica, sync
+from src.infra.backup.repository import Repository
 
 
 @main.command(name="export")
@@ -86,3 +91,98 @@ def import_command(ctx: Context, source: str) -> None:
             f"Imported {backup_id} ({info.timestamp:%Y-%m-%d %H:%M:%S}, "
             f"{len(info.files)} entries) from {source}"
         )
+
+
+@main.command(name="sync")
+@click.option("--to", "to_location", metavar="LOCATION", help="Copy into this repository.")
+@click.option("--from", "from_location", metavar="LOCATION", help="Copy from this repository.")
+@click.option(
+    "--backup", "backup_ids", multiple=True, metavar="ID", help="Only these backups (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would be copied (the lag).")
+@click.option("--verify", is_flag=True, help="Read every copied backup back and verify it.")
+@_json_option
+@click.pass_obj
+def sync_command(
+    ctx: Context,
+    to_location: str | None,
+    from_location: str | None,
+    backup_ids: tuple[str, ...],
+    dry_run: bool,
+    verify: bool,
+) -> None:
+    """Copy the backups a replica lacks (only missing chunks; resumable), e.g.
+    `sync --to s3://bucket/prefix`, or back with `sync --from s3://...`. LOCATION is a
+    directory or an s3:// URL ([backup.s3] says how to reach it). The configured repository is
+    the other side unless both are given."""
+    if not to_location and not from_location:
+        raise click.UsageError("give --to LOCATION, --from LOCATION, or both")
+    manager = ctx.manager
+    config = manager.config
+
+    def opened(location: str | None, *, create: bool) -> Repository:
+        if location is None:
+            return manager.open_repository(create=create)
+        return Repository.open(
+            config.store_at(location),
+            compression=config.compression_setting,
+            passphrase=ctx.passphrase,
+            create=False,
+        )
+
+    source = opened(from_location, create=False)
+    target = config.store_at(to_location) if to_location else config.open_store()
+    try:
+        destination = open_replica(source, target, create=not dry_run)
+    except RepositoryNotFoundError:  # a dry run against a replica that does not exist yet
+        destination = None
+    if dry_run:
+        pending = lag(source, destination) if destination else _everything(source)
+        _print_lag(ctx, source, target.location, pending, dry_run=True)
+        return
+    assert destination is not None
+    with delayed_progress(ctx, "syncing") as progress:
+        report = sync(
+            source,
+            destination,
+            backup_ids=backup_ids or None,
+            verify=verify,
+            progress=lambda _id, _blobs, size: progress(size),
+        )
+    if ctx.as_json:
+        emit_json(asdict(report))
+        return
+    stdout.print(
+        f"Synced {len(report.copied)} backups ({report.blobs_copied} blobs, "
+        f"{human_size(report.bytes_copied)}) from {report.source} to {report.destination} "
+        f"in {report.seconds:.1f} s" + (f", {report.verified} verified" if verify else ""),
+        highlight=False,
+    )
+    _print_lag(ctx, source, report.destination, report.lag, dry_run=False)
+
+
+def _everything(source: Repository) -> Lag:
+    summaries = source.list_summaries()
+    return Lag(
+        backups=[s.backup_id for s in reversed(summaries)],
+        bytes=sum(s.stats.added_bytes for s in summaries),
+        oldest_utc=summaries[-1].time_utc.isoformat() if summaries else None,
+    )
+
+
+def _print_lag(
+    ctx: Context, source: Repository, destination: str, pending: Lag, *, dry_run: bool
+) -> None:
+    if ctx.as_json:
+        emit_json({"source": source.store.location, "destination": destination, **asdict(pending)})
+        return
+    if not pending.backups:
+        stdout.print(f"{destination} is up to date with {source.store.location}", highlight=False)
+        return
+    verb = "Would copy" if dry_run else "Not yet copied:"
+    stdout.print(
+        f"{verb} {len(pending.backups)} backups ({human_size(pending.bytes)}"
+        + (f" in {pending.blobs} blobs" if pending.blobs else "")
+        + f"), oldest from {pending.oldest_utc}",
+        highlight=False,
+    )

@@ -23,6 +23,9 @@ from src.core.errors import ConfigError as CoreConfigError
 from src.infra.backup.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.errors import ConfigError
 from src.infra.backup.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
+from src.infra.backup.storage.base import Store
+from src.infra.backup.storage.local import LocalStore
+from src.infra.backup.storage.s3 import S3Options, S3Store, parse_s3_url
 
 _LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
 _CHOICES = ("zstd", "gzip", "none")
@@ -49,6 +52,22 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     retention: Any = None  # the [backup.retention] table, checked by parse_retention
     daily_at: str | None = None
     weekly: str | None = None
+    s3: Any = None  # the [backup.s3] table, checked by parse_s3
+
+
+class _S3Table(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of ``[backup.s3]``: how to reach an ``s3://`` backup_path."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    timeout: str = "30s"
+    connect_timeout: str = "5s"
+    retry_timeout: str = "3m"
+    max_retries: int = 5
+    concurrency: int = 8
 
 
 @dataclass
@@ -77,6 +96,10 @@ class BackupConfig:
     :func:`parse_retention`); when set, it replaces ``retention_days``.
     ``daily_at`` (``"02:00"``) / ``weekly`` (``"sun 03:00"``): further schedules of
     ``peak-backup run`` (type ``scheduled``), local time; see ``docs/SCHEDULING.md``.
+    ``backup_path`` may be ``"s3://bucket/prefix"``; ``s3`` (the ``[backup.s3]`` table, a
+    mapping or :class:`S3Options`) then says how to reach it (``endpoint_url``, ``region``,
+    credentials, timeouts); credentials left out come from the AWS environment variables.
+    See ``docs/S3.md``.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -96,9 +119,12 @@ class BackupConfig:
     retention: dict[str, RetentionPolicy] | None = None
     daily_at: str | None = None
     weekly: str | None = None
+    s3: S3Options | Mapping[str, Any] | None = field(default=None, repr=False)
     base_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.s3, S3Options):
+            self.s3 = _s3_table(self.s3)
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
         if isinstance(values["backup_path"], os.PathLike):
             values["backup_path"] = os.fspath(values["backup_path"])
@@ -118,15 +144,47 @@ class BackupConfig:
         _validate(values, "[backup]")
         if base_dir is not None:
             for key in ("backup_path", "password_file"):
-                if values.get(key) is not None:
+                if values.get(key) is not None and not is_s3_url(values[key]):
                     path = Path(values[key]).expanduser()
                     values[key] = str(path if path.is_absolute() else base_dir / path)
         return cls(**values, base_dir=base_dir)
 
     @property
+    def is_s3(self) -> bool:
+        """Whether the repository lives in an S3 bucket (``backup_path = "s3://..."``)."""
+        return is_s3_url(os.fspath(self.backup_path))
+
+    @property
     def repository_path(self) -> Path:
-        """The repository directory as an absolute path."""
+        """The repository directory as an absolute path (local repositories only)."""
+        if self.is_s3:
+            raise ConfigError(f"backup_path = {self.backup_path!r} is not a local directory")
         return Path(self.backup_path).expanduser().absolute()
+
+    @property
+    def repository_location(self) -> str:
+        """Where the repository is, for messages: a directory or an ``s3://`` URL."""
+        return os.fspath(self.backup_path) if self.is_s3 else str(self.repository_path)
+
+    @property
+    def s3_options(self) -> S3Options:
+        """``[backup.s3]`` as client options (defaults where the table is silent)."""
+        return parse_s3(self.s3 or {}, "[backup.s3]")
+
+    def open_store(self) -> Store:
+        """The store of ``backup_path``: a local directory or an S3 bucket and prefix."""
+        return self.store_at(os.fspath(self.backup_path))
+
+    def store_at(self, location: str) -> Store:
+        """A store at ``location`` (a directory, or ``s3://bucket/prefix`` reached with
+        ``[backup.s3]``), e.g. the other side of ``sync``."""
+        if is_s3_url(location):
+            try:
+                parse_s3_url(location)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            return S3Store(location, self.s3_options)
+        return LocalStore(Path(location).expanduser().absolute())
 
     @property
     def source_root(self) -> Path:
@@ -234,10 +292,85 @@ def _validate(values: dict[str, Any], where: str) -> None:
         )
     if not table.backup_path.strip():
         raise ConfigError(f"{where}: backup_path is empty: expected a directory path")
+    if is_s3_url(table.backup_path):
+        try:
+            parse_s3_url(table.backup_path)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: backup_path: {exc}") from None
+    if table.s3 is not None:
+        parse_s3(table.s3, "[backup.s3]" if where == "[backup]" else f"{where}.s3")
     for key in ("sources", "exclude"):
         for item in getattr(table, key):
             if not item.strip() or "\0" in item:
                 raise ConfigError(f"{where}: {key} contains {item!r}: expected a path or glob")
+
+
+def is_s3_url(location: str) -> bool:
+    """Whether a ``backup_path`` names an S3 bucket rather than a directory."""
+    return location.startswith("s3://")
+
+
+_SECRET_KEYS = ("access_key_id", "secret_access_key", "session_token")
+
+
+def parse_s3(table: Any, where: str = "[backup.s3]") -> S3Options:
+    """``[backup.s3]`` as :class:`S3Options`; :class:`ConfigError` naming the bad key (a
+    credential's value is never repeated in the message)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
+    allowed = set(_S3Table.__struct_fields__)
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    try:
+        parsed = msgspec.convert(dict(table), _S3Table, strict=True)
+    except msgspec.ValidationError as exc:
+        shown = {k: ("***" if k in _SECRET_KEYS else v) for k, v in table.items()}
+        raise ConfigError(_explain(exc, shown, where)) from None
+    durations = {}
+    for key in ("timeout", "connect_timeout", "retry_timeout"):
+        try:
+            durations[key] = parse_duration(getattr(parsed, key))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key} = {getattr(parsed, key)!r}: {exc}") from None
+        if durations[key] <= timedelta(0):
+            raise ConfigError(f"{where}: {key} must be positive")
+    if not 0 <= parsed.max_retries <= 100:
+        raise ConfigError(f"{where}: max_retries = {parsed.max_retries!r}: expected 0..100")
+    if not 1 <= parsed.concurrency <= 64:
+        raise ConfigError(f"{where}: concurrency = {parsed.concurrency!r}: expected 1..64")
+    endpoint = parsed.endpoint_url
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: endpoint_url = {endpoint!r}: expected an http(s):// URL")
+    return S3Options(
+        endpoint_url=endpoint,
+        region=parsed.region,
+        access_key_id=parsed.access_key_id,
+        secret_access_key=parsed.secret_access_key,
+        session_token=parsed.session_token,
+        timeout=durations["timeout"],
+        connect_timeout=durations["connect_timeout"],
+        retry_timeout=durations["retry_timeout"],
+        max_retries=parsed.max_retries,
+        concurrency=parsed.concurrency,
+    )
+
+
+def _s3_table(options: S3Options) -> dict[str, Any]:
+    """The ``[backup.s3]`` table equivalent to ``options``."""
+    table: dict[str, Any] = {
+        "timeout": f"{options.timeout.total_seconds():g}s",
+        "connect_timeout": f"{options.connect_timeout.total_seconds():g}s",
+        "retry_timeout": f"{options.retry_timeout.total_seconds():g}s",
+        "max_retries": options.max_retries,
+        "concurrency": options.concurrency,
+    }
+    for key in ("endpoint_url", "region", *_SECRET_KEYS):
+        if getattr(options, key) is not None:
+            table[key] = getattr(options, key)
+    return table
 
 
 def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -> str:

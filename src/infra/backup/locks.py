@@ -25,7 +25,9 @@ from src.infra.backup.storage.base import Store
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "locks/"
-HOSTNAME = socket.gethostname()
+# The host name recorded in leases, manifests and status files. $PEAK_BACKUP_HOST overrides it
+# (containers whose host names change on every start; tests that play several hosts).
+HOSTNAME = os.environ.get("PEAK_BACKUP_HOST") or socket.gethostname() or "localhost"
 JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
 # Breaking a stale lock is itself guarded by an exclusive token; a token older than this is
 # left by a breaker that died and is ignored.
@@ -182,7 +184,10 @@ class ExclusiveLock(Lease):
         and the lock is re-read under the token, so nobody deletes a lock just taken."""
         token = f"{self.key}.break"
         try:
-            self.store.put(token, b"", exclusive=True, durable=False)
+            # Unique content: a store may accept an exclusive put of identical bytes (S3, a
+            # retried conditional PUT), and two breakers must never both win.
+            owner = f"{HOSTNAME} {os.getpid()} {secrets.token_hex(8)}".encode()
+            self.store.put(token, owner, exclusive=True, durable=False)
         except ObjectExistsError:
             try:
                 if time.time() - self.store.stat(token).mtime > BREAK_TOKEN_TTL:

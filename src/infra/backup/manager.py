@@ -44,7 +44,6 @@ from src.infra.backup.retention import (
 from src.infra.backup.snapshot_index import Summary, summarize
 from src.infra.backup.sources import collect_sources
 from src.infra.backup.status import BackupHook, BackupOutcome, record_failure, record_success
-from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.values import ENCODING_NAME, decode_value, encode_value
 
 log = logging.getLogger(__name__)
@@ -205,7 +204,7 @@ class BackupManager:
     def open_repository(self, *, create: bool) -> Repository:
         """Open the repository (once per manager), creating it if ``create`` and missing."""
         if self._repository is None:
-            store = LocalStore(self.config.repository_path)
+            store = self.config.open_store()
             repository = Repository.open(
                 store,
                 compression=self.config.compression_setting,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +42,7 @@ from src.infra.backup.errors import (
     RepositoryNotFoundError,
     StorageError,
 )
-from src.infra.backup.locks import Lease
+from src.infra.backup.locks import HOSTNAME, Lease
 from src.infra.backup.manifest import (
     COLLECTION_PREFIX,
     FORMAT_VERSION,
@@ -909,7 +908,7 @@ class Repository:
                 backup_id=backup_id,
                 backup_type=backup_type,
                 time_utc=now,
-                host=socket.gethostname(),
+                host=HOSTNAME,
                 pid=os.getpid(),
                 tags=tags,
                 note=note,
@@ -940,6 +939,88 @@ class Repository:
                 self._last_committed = (version, manifest)
             self._remember_summary(version, summarize(manifest))
             return manifest
+
+    # -- replicating -----------------------------------------------------------------------
+
+    def chunk_ids(self) -> set[str]:
+        """Ids of every blob in ``chunks/`` (one listing)."""
+        return {key.rsplit("/", 1)[-1] for key in self.store.list("chunks/")}
+
+    def blob_sizes(self, manifest: Manifest) -> dict[str, tuple[int, int]]:
+        """Every blob a backup needs (its chunks and chunk lists), in order, each once:
+        id -> (plaintext size, stored size)."""
+        sizes: dict[str, tuple[int, int]] = {}
+        for entry in manifest.entries:
+            for lref in entry.lists:
+                sizes[lref.id] = (lref.size, lref.stored)
+            for ref in self.entry_refs(entry):
+                sizes[ref.id] = (ref.size, ref.stored)
+        return sizes
+
+    def verified_blob(self, cid: str, size: int) -> bytes:
+        """A blob as stored, after checking it decodes to ``size`` bytes with its id (so a
+        copy never spreads damage)."""
+        blob = self._get_chunk_blob(cid)
+        self._codec.decode(blob, cid, size)
+        return blob
+
+    def receive_snapshot(
+        self,
+        source: Repository,
+        backup_id: str,
+        present: set[str],
+        *,
+        batch_bytes: int = 16 * 1024 * 1024,
+    ) -> tuple[int, int]:
+        """Copy backup ``backup_id`` from ``source`` (a replica of this repository: same
+        ``repository_id``, so the same keys and chunk ids) with only the blobs this one lacks;
+        returns (blobs copied, bytes copied). ``present`` holds the ids known to be in this
+        repository's ``chunks/`` and is updated.
+
+        Like a backup: under a lease, chunks of pending collections are never assumed present,
+        and the manifest (the source's stored bytes, verified) is written exclusively last, so
+        an interrupted copy leaves no backup and a rerun copies only what is still missing.
+        ``ObjectExistsError`` if the backup is already here.
+        """
+        if source.config.repository_id != self.config.repository_id:
+            raise InvalidInputError(
+                f"{self.store.location} is not a replica of {source.store.location} "
+                "(different repository ids)"
+            )
+        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
+        lease = Lease(self.store, BACKUP_LEASE_KIND, BACKUP_LEASE_TTL).acquire()
+        try:
+            if self.store.exists(key):
+                raise ObjectExistsError(f"backup {backup_id} already exists")
+            stored = source.store.get(key)
+            manifest = decode_checked(
+                open_manifest(stored, source.keys, backup_id), Manifest, f"manifest {backup_id}"
+            )
+            collected = self._collected_chunks()
+            sizes = source.blob_sizes(manifest)
+            missing = [cid for cid in sizes if cid not in present or cid in collected]
+            copied = copied_bytes = 0
+            batch: list[tuple[str, bytes]] = []
+            pending_bytes = 0
+            for cid in missing:
+                blob = source.verified_blob(cid, sizes[cid][0])
+                batch.append((chunk_key(cid), blob))
+                pending_bytes += len(blob)
+                if pending_bytes >= batch_bytes:
+                    self.store.put_many(batch)
+                    lease.renew_if_due()
+                    batch, pending_bytes = [], 0
+                copied += 1
+                copied_bytes += len(blob)
+            if batch:
+                self.store.put_many(batch)
+            present.update(missing)
+            if not lease.still_valid():
+                self._revalidate(sizes)
+            self.store.put(key, stored, exclusive=True)
+            return copied, copied_bytes
+        finally:
+            lease.release()
 
     # -- deleting --------------------------------------------------------------------------
 

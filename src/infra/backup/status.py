@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+from src.infra.backup.locks import HOSTNAME
 from src.infra.backup.storage.base import Store
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class HostStatus:
 
 
 def current_host() -> str:
-    return socket.gethostname() or "localhost"
+    return HOSTNAME
 
 
 def status_key(host: str) -> str:

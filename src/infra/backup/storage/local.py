@@ -12,16 +12,15 @@ import builtins
 import contextlib
 import errno
 import os
-import re
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
+from src.infra.backup.storage.keys import validate_key
 
 TEMP_PREFIX = ".tmp-"
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -91,10 +90,7 @@ class LocalStore(Store):
 
     def _path(self, key: str) -> Path:
         """Map a key to a path below the root, refusing anything that could escape it."""
-        parts = key.split("/")
-        if not key or not all(_SEGMENT.match(part) for part in parts if part) or "" in parts[:-1]:
-            raise StorageError(f"invalid object key {key!r}")
-        return self.root.joinpath(*[p for p in parts if p])
+        return self.root.joinpath(*validate_key(key))
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create ``directory`` (and parents) durably, 0700."""

