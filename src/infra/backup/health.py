@@ -3,7 +3,8 @@
 - **green**: the newest successful backup is younger than ``interval_hours`` and the last
   verify passed within 7 days.
 - **yellow**: the newest backup is older than the interval but within the stale threshold, or
-  no verify was recorded, or the last verify is older than 7 days.
+  no verify was recorded, or the last verify is older than 7 days, or the off-site replica is
+  behind by more than ``max_lag`` (or failing), or fallback backups await syncing back.
 - **red**: the newest backup is older than the stale threshold (``max_age``, default twice
   ``interval_hours``), there is no backup at all, the last run of a type failed (a failure
   newer than its last success), the last verify failed, or the status cannot be read.
@@ -93,6 +94,15 @@ def check_backup_health(
         findings.append(("red", f"last verify of {verify.backup_id} failed"))
     elif summary.age(verify.time) > VERIFY_MAX_AGE:
         findings.append(("yellow", f"last verify is {summary.age(verify.time).days} days old"))
+    # Behind off-site, or backups stranded in the fallback: safe locally, but not yet where
+    # they should be.
+    for problem in (summary.offsite_problem, summary.fallback_problem):
+        if problem:
+            findings.append(("yellow", problem))
+    if summary.offsite is not None:
+        details["offsite"] = summary.offsite.to_json(summary.now)
+    if summary.fallback is not None:
+        details["fallback"] = summary.fallback.to_json(summary.now)
     if not findings:
         assert newest is not None
         return HealthResult(

@@ -12,6 +12,7 @@ Backups deleted from the source stay in the replica: it keeps its own retention.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from src.infra.backup.errors import (
     ObjectExistsError,
     RepositoryNotFoundError,
 )
+from src.infra.backup.locks import Lease
 from src.infra.backup.manifest import RepoConfig, decode_checked
 from src.infra.backup.repository import REPO_KEY, Repository
 from src.infra.backup.snapshot_index import Summary
@@ -51,6 +53,10 @@ class SyncReport:
     destination: str
     copied: list[str] = field(default_factory=list)
     already_there: list[str] = field(default_factory=list)
+    # A different backup had the same id there: stored under a new id (source id -> new id)
+    # when renaming was asked for, else left out and listed as a conflict.
+    renamed: dict[str, str] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)  # deleted from the source meanwhile
     blobs_copied: int = 0
     bytes_copied: int = 0
@@ -82,10 +88,13 @@ def open_replica(source: Repository, store: Store, *, create: bool) -> Repositor
     return Repository(store, config, source.compression, source.keys)
 
 
-def lag(source: Repository, destination: Repository) -> Lag:
-    """The backups of ``source`` missing in ``destination``, and the blobs and bytes that
-    copying them would transfer (each shared blob counted once)."""
-    missing = _missing(source.list_summaries(), set(destination.snapshot_ids()), None)
+def lag(
+    source: Repository, destination: Repository, *, backup_ids: Iterable[str] | None = None
+) -> Lag:
+    """The backups of ``source`` (or of ``backup_ids``) missing in ``destination``, and the
+    blobs and bytes that copying them would transfer (each shared blob counted once)."""
+    wanted = set(backup_ids) if backup_ids is not None else None
+    missing = _missing(source.list_summaries(), set(destination.snapshot_ids()), wanted)
     result = Lag(backups=[s.backup_id for s in missing])
     if missing:
         result.oldest_utc = missing[0].time_utc.isoformat()
@@ -111,24 +120,70 @@ def sync(
     backup_ids: Iterable[str] | None = None,
     verify: bool = False,
     progress: SyncProgress | None = None,
+    present: set[str] | None = None,
+    rename: bool = False,
 ) -> SyncReport:
     """Copy to ``destination`` the backups of ``source`` it lacks (or only ``backup_ids``),
-    oldest first; ``verify`` then reads every copied backup back from the destination."""
+    oldest first; ``verify`` then reads every copied backup back from the destination.
+    ``present``: blob ids known to be in the destination (a long-running replicator keeps
+    them between runs; listed when ``None``), updated with what is copied. ``rename``: a
+    different backup under the same id in the destination does not block the copy, which is
+    committed under the next free id (fallback backups coming home do this)."""
     started = time.monotonic()
     report = SyncReport(source.store.location, destination.store.location)
     wanted = set(backup_ids) if backup_ids is not None else None
-    todo = _missing(source.list_summaries(), set(destination.snapshot_ids()), wanted)
-    present = destination.chunk_ids() if todo else set()
+    # With rename, ids the destination has are compared too (same id, other backup?).
+    there = set() if rename else set(destination.snapshot_ids())
+    todo = _missing(source.list_summaries(), there, wanted)
+    if todo:
+        lease = destination.replication_lease()
+        try:
+            # Listed under the lease: garbage collection cannot delete these unseen now.
+            known = destination.chunk_ids() if present is None else present
+            _copy_all(source, destination, todo, known, lease, report, verify, progress, rename)
+        finally:
+            lease.release()
+    report.lag = lag(source, destination, backup_ids=wanted)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _copy_all(
+    source: Repository,
+    destination: Repository,
+    todo: list[Summary],
+    present: set[str],
+    lease: Lease,
+    report: SyncReport,
+    verify: bool,
+    progress: SyncProgress | None,
+    rename: bool,
+) -> None:
     for summary in todo:
         backup_id = summary.backup_id
         try:
-            blobs, size = destination.receive_snapshot(source, backup_id, present)
-        except ObjectExistsError:
-            report.already_there.append(backup_id)
+            received = destination.receive_snapshot(
+                source, backup_id, present, lease, rename=rename
+            )
+        except ObjectExistsError as exc:
+            log.warning("not synced: %s", exc)
+            report.conflicts.append(backup_id)
             continue
         except BackupNotFoundError:
             report.vanished.append(backup_id)
             continue
+        if received.outcome == "present":
+            report.already_there.append(backup_id)
+            continue
+        if received.outcome == "renamed":
+            report.renamed[backup_id] = received.backup_id
+            log.warning(
+                "backup %s was synced as %s: %s held a different backup under its id",
+                backup_id,
+                received.backup_id,
+                destination.store.location,
+            )
+        blobs, size = received.blobs, received.bytes
         report.copied.append(backup_id)
         report.blobs_copied += blobs
         report.bytes_copied += size
@@ -142,16 +197,13 @@ def sync(
         if progress:
             progress(backup_id, blobs, size)
         if verify:
-            outcome = destination.verify_snapshot(backup_id, read_data=True)
+            outcome = destination.verify_snapshot(received.backup_id, read_data=True)
             if not outcome.ok:
                 raise IntegrityError(
                     f"backup {backup_id} does not verify in {destination.store.location} "
                     f"after the copy: {'; '.join(outcome.problems[:3])}"
                 )
             report.verified += 1
-    report.lag = lag(source, destination)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def _missing(summaries: list[Summary], there: set[str], wanted: set[str] | None) -> list[Summary]:
@@ -161,3 +213,115 @@ def _missing(summaries: list[Summary], there: set[str], wanted: set[str] | None)
         for s in reversed(summaries)
         if s.backup_id not in there and (wanted is None or s.backup_id in wanted)
     ]
+
+
+class Replicator:
+    """Copies new backups to a replica in a background thread: the off-site outbox.
+
+    :meth:`notify` after each local commit; the worker syncs whatever the replica lacks
+    (``select`` may narrow that, e.g. to what the replica's retention keeps), retrying failures
+    with capped exponential backoff, so backups made while the replica was unreachable follow
+    once it is back. Nothing is kept only in memory: what is pending is always "the backups
+    the replica lacks", so a process that dies with work pending leaves it to the next one.
+    """
+
+    def __init__(
+        self,
+        open_source: Callable[[], Repository],
+        open_destination: Callable[[Repository], Repository],
+        *,
+        select: Callable[[Repository, Repository], Iterable[str] | None] | None = None,
+        after_sync: Callable[[Repository, Repository, SyncReport], None] | None = None,
+        rename: bool = False,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 300.0,
+        name: str = "peak-backup-replicator",
+    ) -> None:
+        self._open_source = open_source
+        self._open_destination = open_destination
+        self._select = select
+        self._after_sync = after_sync
+        self._rename = rename
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._name = name
+        self._cond = threading.Condition()
+        self._requested = self._done = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._destination: Repository | None = None
+        self.last_error: str | None = None
+        self.last_report: SyncReport | None = None
+
+    def notify(self) -> None:
+        """Ask for a sync (starts the worker on first use)."""
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything asked for so far is synced; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._requested
+            while self._done < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None:
+                    return self._done >= target
+                self._cond.wait(remaining)
+            return True
+
+    @property
+    def pending(self) -> bool:
+        """Whether a sync was asked for and has not completed yet."""
+        with self._cond:
+            return self._done < self._requested
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the worker after its current step."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = self.backoff_initial
+        while True:
+            with self._cond:
+                while self._done >= self._requested and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                target = self._requested
+            try:
+                self._sync_once()
+            except Exception as exc:  # noqa: BLE001 - retried; a replicator never dies
+                self.last_error = str(exc)
+                self._destination = None  # reopen
+                log.warning("off-site sync failed (retrying in %.0f s): %s", delay, exc)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, timeout=delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            delay = self.backoff_initial
+            self.last_error = None
+            with self._cond:
+                self._done = max(self._done, target)
+                self._cond.notify_all()
+
+    def _sync_once(self) -> None:
+        source = self._open_source()
+        if self._destination is None:
+            self._destination = self._open_destination(source)
+        destination = self._destination
+        backup_ids = self._select(source, destination) if self._select else None
+        # The replica's chunks are listed again each run: garbage collection there (ours or
+        # another host's) may have removed some since; only a lease-protected listing is safe.
+        report = sync(source, destination, backup_ids=backup_ids, rename=self._rename)
+        self.last_report = report
+        if self._after_sync is not None:
+            self._after_sync(source, destination, report)

@@ -144,6 +144,17 @@ class VerifyReport:
 
 
 @dataclass
+class Received:
+    """What :meth:`Repository.receive_snapshot` did: ``outcome`` is ``"copied"``,
+    ``"present"`` (already here, identical) or ``"renamed"`` (stored as ``backup_id``)."""
+
+    backup_id: str
+    outcome: str
+    blobs: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class _Pending:
     """Chunks written (or found) during one snapshot: id -> (size, stored size)."""
 
@@ -964,23 +975,32 @@ class Repository:
         self._codec.decode(blob, cid, size)
         return blob
 
+    def replication_lease(self) -> Lease:
+        """A backup lease for a run of :meth:`receive_snapshot` calls; list ``present``
+        chunks only after taking it (garbage collection then never deletes them unseen)."""
+        return Lease(self.store, BACKUP_LEASE_KIND, BACKUP_LEASE_TTL).acquire()
+
     def receive_snapshot(
         self,
         source: Repository,
         backup_id: str,
         present: set[str],
+        lease: Lease,
         *,
+        rename: bool = False,
         batch_bytes: int = 16 * 1024 * 1024,
-    ) -> tuple[int, int]:
+    ) -> Received:
         """Copy backup ``backup_id`` from ``source`` (a replica of this repository: same
-        ``repository_id``, so the same keys and chunk ids) with only the blobs this one lacks;
-        returns (blobs copied, bytes copied). ``present`` holds the ids known to be in this
-        repository's ``chunks/`` and is updated.
+        ``repository_id``, so the same keys and chunk ids) with only the blobs this one lacks.
 
-        Like a backup: under a lease, chunks of pending collections are never assumed present,
-        and the manifest (the source's stored bytes, verified) is written exclusively last, so
-        an interrupted copy leaves no backup and a rerun copies only what is still missing.
-        ``ObjectExistsError`` if the backup is already here.
+        ``lease`` is a :meth:`replication_lease` held since before ``present`` (the ids known
+        to be in ``chunks/``, updated here) was listed. Like a backup, chunks of pending
+        collections are never assumed present, and the manifest (the source's stored bytes,
+        verified) is written exclusively last, so an interrupted copy leaves no backup and a
+        rerun copies only what is still missing. A backup already here with the same bytes is
+        ``"present"``; a *different* backup under the same id (two repositories that took
+        backups in the same second, e.g. a fallback) is :class:`ObjectExistsError`, or with
+        ``rename`` the copy is committed under the next free id (``"renamed"``).
         """
         if source.config.repository_id != self.config.repository_id:
             raise InvalidInputError(
@@ -988,39 +1008,64 @@ class Repository:
                 "(different repository ids)"
             )
         key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
-        lease = Lease(self.store, BACKUP_LEASE_KIND, BACKUP_LEASE_TTL).acquire()
-        try:
-            if self.store.exists(key):
-                raise ObjectExistsError(f"backup {backup_id} already exists")
-            stored = source.store.get(key)
-            manifest = decode_checked(
-                open_manifest(stored, source.keys, backup_id), Manifest, f"manifest {backup_id}"
-            )
-            collected = self._collected_chunks()
-            sizes = source.blob_sizes(manifest)
-            missing = [cid for cid in sizes if cid not in present or cid in collected]
-            copied = copied_bytes = 0
-            batch: list[tuple[str, bytes]] = []
-            pending_bytes = 0
-            for cid in missing:
-                blob = source.verified_blob(cid, sizes[cid][0])
-                batch.append((chunk_key(cid), blob))
-                pending_bytes += len(blob)
-                if pending_bytes >= batch_bytes:
-                    self.store.put_many(batch)
-                    lease.renew_if_due()
-                    batch, pending_bytes = [], 0
-                copied += 1
-                copied_bytes += len(blob)
-            if batch:
+        lease.renew_if_due()
+        stored = source.store.get(key) if source.store.exists(key) else None
+        if stored is None:
+            raise BackupNotFoundError(f"backup not found: {backup_id}")
+        manifest = decode_checked(
+            open_manifest(stored, source.keys, backup_id), Manifest, f"manifest {backup_id}"
+        )
+        existing = self._stored_manifest(backup_id)
+        if existing == stored:
+            return Received(backup_id, "present")
+        if existing is not None and not rename:
+            raise ObjectExistsError(self._conflict(backup_id))
+        collected = self._collected_chunks()
+        sizes = source.blob_sizes(manifest)
+        missing = [cid for cid in sizes if cid not in present or cid in collected]
+        received = Received(backup_id, "copied")
+        pending_bytes = 0
+        batch: list[tuple[str, bytes]] = []
+        for cid in missing:
+            blob = source.verified_blob(cid, sizes[cid][0])
+            batch.append((chunk_key(cid), blob))
+            pending_bytes += len(blob)
+            if pending_bytes >= batch_bytes:
                 self.store.put_many(batch)
-            present.update(missing)
-            if not lease.still_valid():
-                self._revalidate(sizes)
-            self.store.put(key, stored, exclusive=True)
-            return copied, copied_bytes
-        finally:
-            lease.release()
+                lease.renew_if_due()
+                batch, pending_bytes = [], 0
+            received.blobs += 1
+            received.bytes += len(blob)
+        if batch:
+            self.store.put_many(batch)
+        present.update(missing)
+        if not lease.still_valid():
+            self._revalidate(sizes)
+        target, data = backup_id, stored
+        while True:
+            try:
+                self.store.put(f"{SNAPSHOT_PREFIX}{target}.json", data, exclusive=True)
+                break
+            except ObjectExistsError:
+                if self._stored_manifest(target) == data:
+                    break  # copied concurrently by another sync
+                if not rename:
+                    raise ObjectExistsError(self._conflict(target)) from None
+                target = _next_id(target)
+                raw = encode_checked(msgspec.structs.replace(manifest, backup_id=target))
+                data = seal_manifest(raw, self.keys, target) if self.keys else raw
+        if target != backup_id:
+            received.backup_id, received.outcome = target, "renamed"
+        return received
+
+    def _stored_manifest(self, backup_id: str) -> bytes | None:
+        try:
+            return self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+        except KeyError:
+            return None
+
+    def _conflict(self, backup_id: str) -> str:
+        return f"a different backup {backup_id} already exists in {self.store.location}"
 
     # -- deleting --------------------------------------------------------------------------
 
@@ -1034,6 +1079,14 @@ class Repository:
             self._manifests.pop(backup_id, None)
             self._summaries.pop(backup_id, None)
             self._damaged.pop(backup_id, None)
+
+
+def _next_id(backup_id: str) -> str:
+    """``manual_20251217_214030`` -> ``manual_20251217_214030_2`` -> ``..._3``."""
+    match = _ID_TIME.search(backup_id)
+    if match and match.group(2):
+        return f"{backup_id[: match.start(2) - 1]}_{int(match.group(2)) + 1}"
+    return f"{backup_id}_2"
 
 
 def _unchanged(previous: Entry, st: os.stat_result) -> bool:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from src.infra.backup.locks import HOSTNAME
+from src.infra.backup.offsite import ReplicaLag
 from src.infra.backup.storage.base import Store
 
 if TYPE_CHECKING:
@@ -351,6 +352,9 @@ class StatusSummary:
     repository_size_bytes: int
     repository_exists: bool
     now: datetime
+    offsite: ReplicaLag | None = None  # what the off-site replica still lacks
+    offsite_max_lag: timedelta | None = None
+    fallback: ReplicaLag | None = None  # fallback backups not yet synced back
 
     @property
     def newest_success(self) -> SuccessRecord | None:
@@ -381,7 +385,41 @@ class StatusSummary:
                 for name, t in sorted(self.types.items())
             },
             "last_verify": self.last_verify.to_json() if self.last_verify else None,
+            "offsite": self.offsite.to_json(self.now) if self.offsite else None,
+            "fallback": self.fallback.to_json(self.now) if self.fallback else None,
         }
+
+    @property
+    def offsite_problem(self) -> str | None:
+        """Why the off-site replica is behind, if it is (beyond ``max_lag``, or failing)."""
+        lag = self.offsite
+        if lag is None:
+            return None
+        age = lag.age(self.now)
+        limit = self.offsite_max_lag
+        if lag.pending and age is not None and limit is not None and age > limit:
+            return (
+                f"off-site: {len(lag.pending)} backups not yet in {lag.location}, the "
+                f"oldest for {int(age.total_seconds() // 60)} min"
+                + (f" ({lag.error})" if lag.error else "")
+            )
+        if lag.error and lag.error != "no replica yet":
+            return f"off-site: {lag.location}: {lag.error}"
+        return None
+
+    @property
+    def fallback_problem(self) -> str | None:
+        """Fallback backups waiting to be synced back into the repository, if any."""
+        lag = self.fallback
+        if lag is None or not (lag.pending or lag.error):
+            return None
+        if lag.error:
+            return f"fallback: {lag.location}: {lag.error}"
+        return (
+            f"fallback: {len(lag.pending)} backups in {lag.location} are not in the repository "
+            "yet (they move back after the next successful backup, or: peak-backup sync "
+            f"--from {lag.location} --move)"
+        )
 
 
 def _newer(a: Any, b: Any) -> Any:
@@ -415,7 +453,7 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
     try:
         repository = manager.repository
     except RepositoryNotFoundError:
-        return StatusSummary({}, None, 0, False, now)
+        return StatusSummary({}, None, 0, False, now, fallback=manager.fallback_lag())
     store = repository.store
     types, verify = merge_statuses(read_all_statuses(store))
     for info in manager.list_backups():  # newest first
@@ -425,7 +463,17 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
                 info.backup_id, info.timestamp_utc, None, info.size_bytes
             )
     size = sum(info.size for info in store.list_info("chunks/"))
-    return StatusSummary(types, verify, size, True, now)
+    settings = manager.config.offsite_settings
+    return StatusSummary(
+        types,
+        verify,
+        size,
+        True,
+        now,
+        offsite=manager.offsite_lag(),
+        offsite_max_lag=settings.max_lag if settings else None,
+        fallback=manager.fallback_lag(),
+    )
 
 
 def stale_threshold(manager: BackupManager, max_age: timedelta | None = None) -> timedelta:

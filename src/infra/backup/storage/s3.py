@@ -187,7 +187,12 @@ class S3Store(Store):
                 self._upload(key, data)
             return
         # Parallel PUTs: the client releases the GIL while a request is in flight.
-        futures = [self._executor().submit(self._upload, key, data) for key, data in batch]
+        try:
+            futures = [self._executor().submit(self._upload, key, data) for key, data in batch]
+        except RuntimeError:  # interpreter shutdown (an exit-time flush): one at a time
+            for key, data in batch:
+                self._upload(key, data)
+            return
         errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
@@ -203,7 +208,12 @@ class S3Store(Store):
     def get_many(self, keys: Iterable[str]) -> Iterator[bytes]:
         """The objects of ``keys`` in order, fetched in parallel (``KeyError`` for a missing
         one when it is reached)."""
-        futures = [self._executor().submit(self.get, key) for key in keys]
+        keys = list(keys)
+        try:
+            futures = [self._executor().submit(self.get, key) for key in keys]
+        except RuntimeError:  # interpreter shutdown: one at a time
+            yield from (self.get(key) for key in keys)
+            return
         for future in futures:
             yield future.result()
 
