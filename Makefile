@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
 	$(PY) -m bench.many_backups
+	$(PY) -m bench.s3
 
 bench-restore: $(STAMP)  ## Back up and restore a mixed tree of SIZE_MB, against cp -a
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)

@@ -46,8 +46,14 @@ class CountingStore(Store):
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.cheap_exists = inner.cheap_exists
         self.requests: Counter[str] = Counter()
         self.bytes_up = 0
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
+        for blob in self.inner.get_many(keys):
+            self.requests["GET"] += 1
+            yield blob
 
     @property
     def location(self) -> str:

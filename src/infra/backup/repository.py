@@ -544,9 +544,16 @@ class Repository:
         raise IntegrityError(f"chunk {cid} is missing from the repository")
 
     def iter_entry(self, entry: Entry) -> Iterator[bytes]:
-        """The verified chunks of an entry, in order."""
-        for ref in self.entry_refs(entry):
-            yield self.read_chunk(ref)
+        """The verified chunks of an entry, in order (fetched ahead where the store can)."""
+        refs = self.entry_refs(entry)
+        for ref in refs:
+            if not _is_hex_id(ref.id):
+                raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
+        blobs = self.store.get_many(chunk_key(ref.id) for ref in refs)
+        for ref, blob in zip(refs, blobs, strict=True):
+            if blob is None:  # collected meanwhile: look in fossils/ too
+                blob = self._get_chunk_blob(ref.id)
+            yield self._codec.decode(blob, ref.id, ref.size)
 
     def read_entry(self, entry: Entry) -> bytes:
         """The verified content of an entry."""
@@ -781,6 +788,8 @@ class Repository:
             return ChunkRef(cid, seen[0], seen[1])
         key = chunk_key(cid)
         try:
+            if not self.store.cheap_exists:
+                raise KeyError(key)  # a round trip costs more than writing it again
             stored = self.store.size(key)
         except KeyError:
             blob = self._codec.encode(plain, cid)
@@ -968,12 +977,15 @@ class Repository:
                 sizes[ref.id] = (ref.size, ref.stored)
         return sizes
 
-    def verified_blob(self, cid: str, size: int) -> bytes:
-        """A blob as stored, after checking it decodes to ``size`` bytes with its id (so a
-        copy never spreads damage)."""
-        blob = self._get_chunk_blob(cid)
-        self._codec.decode(blob, cid, size)
-        return blob
+    def verified_blobs(self, cids: list[str], sizes: dict[str, tuple[int, int]]) -> Iterator[bytes]:
+        """The blobs of ``cids`` as stored (fetched ahead where the store can), each checked
+        to decode to its plaintext size with its id first, so a copy never spreads damage."""
+        fetched = self.store.get_many(chunk_key(cid) for cid in cids)
+        for cid, blob in zip(cids, fetched, strict=True):
+            if blob is None:
+                blob = self._get_chunk_blob(cid)
+            self._codec.decode(blob, cid, sizes[cid][0])
+            yield blob
 
     def replication_lease(self) -> Lease:
         """A backup lease for a run of :meth:`receive_snapshot` calls; list ``present``
@@ -1026,8 +1038,7 @@ class Repository:
         received = Received(backup_id, "copied")
         pending_bytes = 0
         batch: list[tuple[str, bytes]] = []
-        for cid in missing:
-            blob = source.verified_blob(cid, sizes[cid][0])
+        for cid, blob in zip(missing, source.verified_blobs(missing, sizes), strict=True):
             batch.append((chunk_key(cid), blob))
             pending_bytes += len(blob)
             if pending_bytes >= batch_bytes:

@@ -26,6 +26,11 @@ class ObjectInfo(NamedTuple):
 class Store(ABC):
     """Abstract object store. Keys are relative, ``/``-separated, validated by the backend."""
 
+    #: Whether :meth:`exists` / :meth:`stat` cost next to nothing (a local ``stat``), so
+    #: asking before writing an object that may exist pays; a network store answers ``False``
+    #: and writers just write (content-addressed objects may be written again).
+    cheap_exists: bool = True
+
     @abstractmethod
     def get(self, key: str) -> bytes:
         """Return the object's bytes; raise ``KeyError`` if it does not exist."""
@@ -47,6 +52,15 @@ class Store(ABC):
         Objects are write-once and content-addressed, so an existing key may be replaced by
         identical content.
         """
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
+        """The objects of ``keys`` in order, ``None`` for a missing one; a network store
+        fetches several at once (a bounded window ahead of the consumer)."""
+        for key in keys:
+            try:
+                yield self.get(key)
+            except KeyError:
+                yield None
 
     @abstractmethod
     def exists(self, key: str) -> bool:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -88,6 +89,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 class S3Store(Store):
     """A store under ``s3://bucket/prefix``."""
+
+    cheap_exists = False  # a HEAD is a round trip: writers upload instead of asking first
 
     def __init__(self, url: str, options: S3Options | None = None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
@@ -205,17 +208,31 @@ class S3Store(Store):
             )
         return self._pool
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[bytes]:
-        """The objects of ``keys`` in order, fetched in parallel (``KeyError`` for a missing
-        one when it is reached)."""
-        keys = list(keys)
+    def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
+        """The objects of ``keys`` in order (``None`` for a missing one), fetched in parallel,
+        at most ``2 x concurrency`` ahead of the consumer (bounded memory)."""
+        window = 2 * self.options.concurrency
+        pending: deque[Future[bytes | None]] = deque()
+        keys_iter = iter(keys)
         try:
-            futures = [self._executor().submit(self.get, key) for key in keys]
-        except RuntimeError:  # interpreter shutdown: one at a time
-            yield from (self.get(key) for key in keys)
-            return
-        for future in futures:
-            yield future.result()
+            for key in keys_iter:
+                try:
+                    pending.append(self._executor().submit(self._get_or_none, key))
+                except RuntimeError:  # interpreter shutdown: one at a time from here
+                    pending.append(_done(self._get_or_none(key)))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _get_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except KeyError:
+            return None
 
     def exists(self, key: str) -> bool:
         try:
@@ -287,6 +304,12 @@ class S3Store(Store):
         else:
             what = _short(str(exc))
         return StorageError(f"cannot {action} {self._name(key)}: {what}")
+
+
+def _done(value: bytes | None) -> Future[bytes | None]:
+    future: Future[bytes | None] = Future()
+    future.set_result(value)
+    return future
 
 
 def _short(message: str) -> str:
