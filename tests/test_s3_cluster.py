@@ -36,15 +36,19 @@ def cluster_factory(tmp_path: Path) -> Iterator[list[SeaweedCluster]]:
         cluster.stop()
 
 
-def config_for(cluster: SeaweedCluster, bucket: str, **extra: object) -> BackupConfig:
+def config_for(
+    cluster: SeaweedCluster, bucket: str, timeout: str = "60s", **extra: object
+) -> BackupConfig:
+    """A fresh cluster can take seconds to place its first volumes (more on a loaded machine):
+    a long timeout while it is whole, a short one once writes are expected to fail."""
     s3 = {
         "endpoint_url": cluster.endpoint_url,
         "region": cluster.region,
         "access_key_id": cluster.access_key,
         "secret_access_key": cluster.secret_key,
-        "timeout": "4s",
+        "timeout": timeout,
         "max_retries": 1,
-        "retry_timeout": "10s",
+        "retry_timeout": "120s",
     }
     values: dict[str, object] = {
         "backup_path": f"s3://{bucket}/repo",
@@ -64,11 +68,15 @@ def test_two_volume_servers_one_lost(tmp_path: Path, cluster_factory: list[Seawe
     cluster = start_cluster(tmp_path / "cluster", volumes=2)
     cluster_factory.append(cluster)
     create_bucket(cluster, "cluster-bucket")
-    config = config_for(cluster, "cluster-bucket", fallback_path=str(tmp_path / "fallback"))
+    fallback_path = str(tmp_path / "fallback")
+    config = config_for(cluster, "cluster-bucket", fallback_path=fallback_path)
     manager = BackupManager(config)
     before = {manager.create_backup(state(n)): n for n in range(3)}
+    assert not BackupManager(config).fallback_lag().pending  # type: ignore[union-attr]
 
     cluster.stop_volume(1)
+    config = config_for(cluster, "cluster-bucket", "4s", fallback_path=fallback_path)
+    manager = BackupManager(config)
     recovery = RecoveryManager(BackupManager(config))
     for backup_id, n in before.items():  # restores go on from the surviving copy
         assert recovery.restore_backup(backup_id)["portfolio"] == {"cash": n}

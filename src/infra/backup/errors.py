@@ -81,6 +81,10 @@ class StorageError(BackupError):
     """The storage backend failed (disk full, I/O error, permission denied, ...)."""
 
 
+class DiskFullError(StorageError):
+    """The store has no space left (or the quota is used up)."""
+
+
 class ObjectExistsError(StorageError):
     """An exclusive write found the object already present."""
 

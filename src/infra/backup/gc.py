@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from src.infra.backup.blobs import chunk_key
-from src.infra.backup.errors import CorruptDataError, IntegrityError
+from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError
 from src.infra.backup.locks import ExclusiveLock, LeaseInfo, list_leases, utcnow
 from src.infra.backup.manifest import COLLECTION_PREFIX, JSON_ERRORS, Collection
 from src.infra.backup.repository import BACKUP_LEASE_KIND, FOSSIL_PREFIX, Repository
@@ -228,12 +228,20 @@ def _collect(
         report.deleted_bytes += sum(size for _, size in candidates)
         return
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
-    for number, start in enumerate(range(0, len(candidates), COLLECTION_BATCH)):
+    batch, start, number = COLLECTION_BATCH, 0, 0
+    while start < len(candidates):
         key = f"{COLLECTION_PREFIX}collection-{stamp}-{number:05d}.json"
-        fossils = [cid for cid, _ in candidates[start : start + COLLECTION_BATCH]]
+        fossils = [cid for cid, _ in candidates[start : start + batch]]
         # Recorded (durably) before the moves: no fossil is ever unaccounted for, and every
         # backup that starts from now on sees the record and avoids these chunks.
-        repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
+        try:
+            repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
+        except DiskFullError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 8)  # a smaller record fits; each batch frees space
+            continue
+        start, number = start + len(fossils), number + 1
         for cid in fossils:
             renew()
             try:

@@ -303,8 +303,12 @@ class Replicator:
                 self.last_error = str(exc)
                 self._destination = None  # reopen
                 log.warning("off-site sync failed (retrying in %.0f s): %s", delay, exc)
-                with self._cond:
-                    self._cond.wait_for(lambda: self._stopping, timeout=delay)
+                with self._cond:  # a new backup (or a flush) retries at once
+                    asked = self._requested
+                    self._cond.wait_for(
+                        lambda asked=asked: self._stopping or self._requested > asked,  # type: ignore[misc]
+                        timeout=delay,
+                    )
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial

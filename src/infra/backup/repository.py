@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from src.infra.backup.blobs import BlobCodec, Compression, chunk_key
-from src.infra.backup.chunking import Chunker, ChunkerParams
+from src.infra.backup.chunking import NEW_REPOSITORY_CHUNKER, Chunker, ChunkerParams
 from src.infra.backup.crypto import (
     AEAD_ALGORITHMS,
     EncryptionHeader,
@@ -267,7 +267,7 @@ class Repository:
             repository_id=repository_id,
             created_utc=datetime.now(timezone.utc),
             hash="blake3-256",
-            chunker=dict(ChunkerParams().to_json()),  # type: ignore[arg-type]
+            chunker=dict(NEW_REPOSITORY_CHUNKER.to_json()),  # type: ignore[arg-type]
             encryption=header_json,
         )
         raw = encode_checked(config)
@@ -500,9 +500,7 @@ class Repository:
     def entry_refs(self, entry: Entry, *, fresh: bool = False) -> list[ChunkRef]:
         """All chunk references of an entry, resolving chunk-list blobs (read again from the
         store with ``fresh``, as verification must, else possibly from the cache)."""
-        if not entry.lists:
-            return list(entry.chunks)
-        refs: list[ChunkRef] = []
+        refs = list(entry.chunks)  # inline chunks come first, then those of the lists
         for ref in entry.lists:
             refs.extend(self._read_chunk_list(ref, fresh=fresh))
         return refs
@@ -814,15 +812,19 @@ class Repository:
         """Build an entry; large chunk lists go to chunk-list blobs of fixed-size groups."""
         if len(refs) <= CHUNKS_PER_LIST:
             return Entry(name=name, kind=kind, size=size, chunks=refs, **meta)  # type: ignore[arg-type]
+        # The head chunk (see chunking.py) changes with every append: kept in the manifest, it
+        # does not drag the first chunk list along with it.
+        inline = refs[:1] if self.chunker.params.head_size else []
+        rest = refs[len(inline) :]
         lists = []
-        for start in range(0, len(refs), CHUNKS_PER_LIST):
-            group = refs[start : start + CHUNKS_PER_LIST]
+        for start in range(0, len(rest), CHUNKS_PER_LIST):
+            group = rest[start : start + CHUNKS_PER_LIST]
             plain = encode_chunk_list(group)
             ref = self._store_chunk(plain, pending)
             with self._lock:
                 self._chunk_lists[ref.id] = group
             lists.append(ListRef(ref.id, len(group), ref.size, ref.stored))
-        return Entry(name=name, kind=kind, size=size, lists=lists, **meta)  # type: ignore[arg-type]
+        return Entry(name=name, kind=kind, size=size, chunks=inline, lists=lists, **meta)  # type: ignore[arg-type]
 
     def _store_file(self, item: FileInput, previous: Entry | None, pending: _Pending) -> Entry:
         try:
@@ -1122,6 +1124,9 @@ def _chunker_params(config: RepoConfig) -> ChunkerParams:
             max_size=int(chunker["max_size"]),
             single_chunk_below=int(chunker["single_chunk_below"]),
             algorithm=str(chunker["algorithm"]),
+            head_size=int(chunker.get("head_size", 0)),
+            fine_avg_size=int(chunker.get("fine_avg_size", 0)),
+            fine_below=int(chunker.get("fine_below", 0)),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CorruptDataError(f"{REPO_KEY}: invalid chunker parameters ({exc})") from exc
@@ -1132,6 +1137,9 @@ def _chunker_params(config: RepoConfig) -> ChunkerParams:
         or not 64 <= params.min_size <= min(params.avg_size, 1024 * 1024)
         or not max(params.avg_size, 1024) <= params.max_size <= 16 * 1024 * 1024
         or not 0 <= params.single_chunk_below <= 16 * 1024 * 1024
+        or not 0 <= params.head_size <= min(params.single_chunk_below, 1024 * 1024)
+        or not (params.fine_avg_size == 0 or 256 <= params.fine_avg_size <= params.avg_size)
+        or not 0 <= params.fine_below <= 1024 * 1024 * 1024
     ):
         raise CorruptDataError(f"{REPO_KEY}: invalid chunker parameters {chunker}")
     return params

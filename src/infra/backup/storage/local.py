@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from src.infra.backup.errors import ObjectExistsError, StorageError
+from src.infra.backup.errors import DiskFullError, ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
 
@@ -37,7 +37,10 @@ def storage_error(action: str, path: Path | str, exc: OSError) -> StorageError:
         what = "read-only filesystem"
     else:
         what = exc.strerror or str(exc)
-    return StorageError(f"cannot {action} {path}: {what}")
+    message = f"cannot {action} {path}: {what}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(message)
+    return StorageError(message)
 
 
 def fsync_dir(path: Path) -> None:
