@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.naive import NaiveBackupManager
+from bench.other_tools import run_installed
 from bench.workload import TradingDay
 
 #: Where results go unless ``--out`` says otherwise (``bench/results``).
@@ -68,6 +69,7 @@ class Impl:
     restore_latest: Callable[[], State]
     load: Callable[[str], State]
     verify: Callable[[str], bool] | None
+    verify_decode: Callable[[str], bool] | None = None
 
 
 def open_ours(path: Path, *, encryption: str = "none") -> Impl:
@@ -85,6 +87,7 @@ def open_ours(path: Path, *, encryption: str = "none") -> Impl:
         restore_latest=recovery.restore_latest_backup,
         load=manager.load_backup,
         verify=recovery.verify_backup,
+        verify_decode=lambda backup_id: recovery.verify_backup(backup_id, decode=True),
     )
 
 
@@ -307,10 +310,15 @@ def run_day(
         del oldest
 
         verify_ms: float | None = None
+        verify_decode_ms: float | None = None
         verify = impl.verify
         if verify is not None:
             verify_ms, valid = timed_median(lambda: verify(ids[-1]), 3)
             checks["verify_backup(latest) is True"] = valid is True
+        deep = impl.verify_decode
+        if deep is not None:
+            verify_decode_ms, valid = timed_median(lambda: deep(ids[-1]), 3)
+            checks["verify_backup(latest, decode=True) is True"] = valid is True
 
         day.step()
         memory = peak_memory(impl.create, day.state())
@@ -336,6 +344,7 @@ def run_day(
             "restore_latest_ms": restore_ms,
             "restore_latest_fresh_manager_ms": cold_restore_ms,
             "verify_latest_ms": verify_ms,
+            "verify_latest_decode_ms": verify_decode_ms,
             "memory_one_backup": memory,
             "checks": checks,
             "ok": all(checks.values()),
@@ -436,6 +445,7 @@ _ROWS: list[tuple[str, str, Callable[[Any], str], str | None, str | None]] = [
         "restore_latest_fresh_manager_ratio",
     ),
     ("verify latest (median of 3)", "verify_latest_ms", _fmt_ms, None, None),
+    ("  and decode every value", "verify_latest_decode_ms", _fmt_ms, None, None),
     ("peak memory, one backup", "memory_one_backup.tracemalloc_peak_bytes", _fmt_bytes, None, None),
     ("  peak / serialized state", "memory_one_backup.peak_over_serialized", _fmt_times, None, None),
     (
@@ -545,20 +555,33 @@ def print_report(report: dict[str, Any]) -> None:
             continue
         for check, passed in res["checks"].items():
             print(f"{name}: {'ok  ' if passed else 'FAIL'} {check}")
-    for tool, status in report["other_tools"].items():
-        print(f"{tool}: {status}")
+    print_other_tools(report)
 
 
-def other_tools() -> dict[str, str]:
-    """restic and borg are not benchmarked yet; say whether they are even installed."""
-    return {
-        tool: (
-            f"present ({path}), not yet wired"
-            if (path := shutil.which(tool))
-            else "not run (not installed)"
+def print_other_tools(report: dict[str, Any]) -> None:
+    """restic and borg next to ours (state written as JSON files first, then the tool)."""
+    tools: dict[str, dict[str, Any]] = report["other_tools"]
+    ours = report["results"].get("ours") or {}
+    if not tools:
+        return
+    print()
+    for name, res in tools.items():
+        if "skipped" in res or "error" in res:
+            print(f"{name}: {res.get('skipped') or 'FAILED: ' + res['error']}")
+            continue
+        p50 = ours.get("latency_ms", {}).get("p50")
+        size = ours.get("repository", {}).get("bytes")
+        print(
+            f"{name} ({res['backups']} backups run): backup p50 {res['backup_p50_ms']:,.0f} ms "
+            f"(writing the state as files {res['write_files_p50_ms']:,.0f} ms + {name} "
+            f"{res['tool_p50_ms']:,.0f} ms)"
+            + (f" = {res['backup_p50_ms'] / p50:.0f}x ours" if p50 else "")
         )
-        for tool in ("restic", "borg")
-    }
+        print(
+            f"  repository after the day *{_fmt_bytes(res['repo_bytes_full_day'])}"
+            + (f" = {res['repo_bytes_full_day'] / size:.1f}x ours" if size else "")
+            + f"; restore latest {res['restore_latest_ms']:,.0f} ms; list {res['list_ms']:,.0f} ms"
+        )
 
 
 def _loadavg() -> list[float] | None:
@@ -607,6 +630,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: 10,000 trades, 30 backups"
     )
+    parser.add_argument("--skip-other-tools", action="store_true", help="do not run restic / borg")
+    parser.add_argument(
+        "--other-backups",
+        type=int,
+        default=20,
+        help="backups run with restic / borg where installed (sizes extrapolated; default 20)",
+    )
     parser.add_argument("--seed", type=int, default=SEED, help="workload seed")
     args = parser.parse_args(argv)
     if args.quick:
@@ -640,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             "tmp_filesystem": _filesystem_of(tempfile.gettempdir()),
             "loadavg_start": _loadavg(),
         },
-        "other_tools": other_tools(),
+        "other_tools": {},
         "results": {},
     }
 
@@ -671,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     report["state"] = serialized_size(end_day.state())
     report["floors"] = measure_floors(end_day.state())
     del end_day
+    if not args.skip_other_tools:
+        report["other_tools"] = run_installed(
+            args.trades, args.other_backups, args.backups, args.seed
+        )
 
     ours, naive = report["results"].get("ours"), report["results"].get("naive")
     if ours and naive and "error" not in ours and "error" not in naive:

@@ -660,6 +660,9 @@ def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
 @click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
 @click.option("--structure", is_flag=True, help="Only check that every chunk exists.")
 @click.option(
+    "--decode", is_flag=True, help="Also decode every data entry as a value (like a restore)."
+)
+@click.option(
     "--read-data-subset",
     "subset",
     metavar="n/m|P%|SIZE",
@@ -670,7 +673,12 @@ def delete(ctx: Context, backup_id: str, yes: bool, force: bool) -> None:
 @_json_option
 @click.pass_obj
 def verify(
-    ctx: Context, backup_id: str | None, verify_all: bool, structure: bool, subset: str | None
+    ctx: Context,
+    backup_id: str | None,
+    verify_all: bool,
+    structure: bool,
+    decode: bool,
+    subset: str | None,
 ) -> None:
     """Verify a backup (default: the newest) by reading and checking every chunk."""
     if backup_id and verify_all:
@@ -695,7 +703,7 @@ def verify(
     reports = []
     with delayed_progress(ctx, "verifying") as progress:
         for bid in ids:
-            report = recovery.verify_backup_report(bid, read_data=not structure)
+            report = recovery.verify_backup_report(bid, read_data=not structure, decode=decode)
             reports.append(report)
             progress(report.checked_bytes)
     if ctx.as_json:

@@ -80,6 +80,7 @@ BACKUP_LEASE_KIND = "backup"
 BACKUP_LEASE_TTL = timedelta(minutes=10)
 BACKUP_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BACKUP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
 _ID_TIME = re.compile(r"_(\d{8}_\d{6})(?:_(\d+))?$")
 CHUNKS_PER_LIST = 32
 # Listing: read the snapshot index when more manifests than this are unknown; rewrite it
@@ -1112,7 +1113,7 @@ def _unchanged(previous: Entry, st: os.stat_result) -> bool:
 
 
 def _is_hex_id(cid: str) -> bool:
-    return len(cid) == 64 and all(c in "0123456789abcdef" for c in cid)
+    return len(cid) == 64 and _HEX_ID.fullmatch(cid) is not None
 
 
 def _chunker_params(config: RepoConfig) -> ChunkerParams:

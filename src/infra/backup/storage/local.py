@@ -84,6 +84,7 @@ class LocalStore(Store):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
+        self._root_text = str(self.root).rstrip("/") or ""
 
     @property
     def location(self) -> str:
@@ -114,7 +115,8 @@ class LocalStore(Store):
     # -- Store API ---------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
+        validate_key(key)
+        path = f"{self._root_text}/{key.strip('/')}"  # str, not Path: ~900 reads per restore
         try:
             with open(path, "rb") as handle:
                 return handle.read()
