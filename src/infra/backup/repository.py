@@ -1024,9 +1024,10 @@ class Repository:
             )
         key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
         lease.renew_if_due()
-        stored = source.store.get(key) if source.store.exists(key) else None
-        if stored is None:
-            raise BackupNotFoundError(f"backup not found: {backup_id}")
+        try:
+            stored = source.store.get(key)
+        except KeyError:
+            raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         manifest = decode_checked(
             open_manifest(stored, source.keys, backup_id), Manifest, f"manifest {backup_id}"
         )

@@ -37,6 +37,7 @@ import obstore
 from obstore.exceptions import (
     AlreadyExistsError,
     NotFoundError,
+    NotSupportedError,
     PermissionDeniedError,
     PreconditionError,
     UnauthenticatedError,
@@ -118,9 +119,11 @@ class S3Store(Store):
                     self._conditional = False
                 except (AlreadyExistsError, PreconditionError):
                     self._conditional = True
-                except Exception as exc:  # noqa: BLE001 - any other refusal: no support
+                except NotSupportedError:
                     self._conditional = False
-                    _ = exc
+                except Exception as exc:  # noqa: BLE001 - unknown: ask again next time
+                    self._call("delete", key, obstore.delete, self._client, key)
+                    raise self._error("write", key, exc) from None
                 self._call("delete", key, obstore.delete, self._client, key)
             return self._conditional
 
