@@ -955,8 +955,10 @@ class Repository:
             manifest = msgspec.json.decode(raw, type=Manifest)
             try:
                 version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
-            except KeyError:
-                return manifest  # deleted at once by another process
+            except (KeyError, StorageError):
+                # Deleted at once by another process, or the store failed right after the
+                # commit: the backup is committed either way; it just is not cached.
+                return manifest
             with self._lock:
                 self._manifests[backup_id] = (version, manifest)
                 self._last_committed = (version, manifest)
