@@ -170,7 +170,7 @@ def test_fallback_takes_backups_while_the_repository_is_down(tmp_path: Path) -> 
 
         server.restart()
         after = manager.create_backup({"n": 3})
-        assert manager._sync_back is not None and manager._sync_back.flush(60)
+        assert manager.flush_fallback(60)
         fresh = BackupManager(config)
         backups = fresh.list_backups()  # rescued ones may carry a new id (same second)
         assert {first, after} <= {b.backup_id for b in backups} and len(backups) == 4
@@ -201,7 +201,7 @@ def test_first_backup_with_the_repository_unreachable(tmp_path: Path) -> None:
         server.restart()
         manager = BackupManager(config)
         later = manager.create_backup({"later": True})
-        assert manager._sync_back is not None and manager._sync_back.flush(60)
+        assert manager.flush_fallback(60)
         backups = BackupManager(config).list_backups()
         assert later in {b.backup_id for b in backups} and len(backups) == 2
         loaded = [BackupManager(config).load_backup(b.backup_id) for b in backups]

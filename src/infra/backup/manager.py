@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import re
@@ -29,16 +28,7 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.gc import PruneReport, prune
 from src.infra.backup.manifest import Manifest
-from src.infra.backup.offsite import (
-    ReplicaLag,
-    fallback_lag,
-    move_back,
-    offsite_replicator,
-    open_fallback,
-    replica_lag,
-    wanted_by_replica,
-)
-from src.infra.backup.replication import Replicator, SyncReport, open_replica
+from src.infra.backup.offsite import ReplicaCoordinator, ReplicaLag
 from src.infra.backup.repository import (
     DataInput,
     FileInput,
@@ -56,7 +46,6 @@ from src.infra.backup.retention import (
 from src.infra.backup.snapshot_index import Summary, summarize
 from src.infra.backup.sources import collect_sources
 from src.infra.backup.status import BackupHook, BackupOutcome, record_failure, record_success
-from src.infra.backup.storage.base import Store
 from src.infra.backup.values import ENCODING_NAME, decode_value, encode_value
 
 log = logging.getLogger(__name__)
@@ -207,9 +196,7 @@ class BackupManager:
         self._last_auto_prune = float("-inf")
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
-        self._offsite: Replicator | None = None
-        self._sync_back: Replicator | None = None
-        self._fallback_pending = False
+        self._replicas = ReplicaCoordinator(self)
 
     @property
     def repository(self) -> Repository:
@@ -232,7 +219,7 @@ class BackupManager:
             except RepositoryNotFoundError:
                 if not create:
                     raise
-                repository = self._create_primary(store)
+                repository = self._replicas.create_primary(store)
             if self.config.encryption != "none" and not repository.encrypted:
                 raise ConfigError(
                     f"[backup] encryption = {self.config.encryption!r}, but the repository at "
@@ -248,33 +235,8 @@ class BackupManager:
                 )
             self._repository = repository
             if self.config.fallback_path is not None:
-                self._prepare_fallback(repository)
+                self._replicas.prepare_fallback(repository)
         return self._repository
-
-    def _create_primary(self, store: Store) -> Repository:
-        """A new repository; a replica of the fallback repository if one exists already
-        (backups made there while the primary was unreachable can then be synced in)."""
-        fallback = open_fallback(self.config, None, passphrase=self._passphrase)
-        if fallback is not None:
-            return open_replica(fallback, store, create=True)
-        return Repository.open(
-            store,
-            compression=self.config.compression_setting,
-            passphrase=self._passphrase,
-            encryption=self.config.encryption,
-            create=True,
-        )
-
-    def _prepare_fallback(self, primary: Repository) -> None:
-        """Make ``fallback_path`` a replica of the repository now, while it is reachable, so
-        that fallback backups can later be synced back byte for byte; and notice fallback
-        backups left by an earlier process."""
-        try:
-            fallback = open_fallback(self.config, primary, passphrase=self._passphrase)
-            if fallback is not None and fallback.snapshot_ids():
-                self._fallback_pending = True
-        except BackupError as exc:
-            log.warning("fallback_path %s is not usable: %s", self.config.fallback_path, exc)
 
     def _passphrase(self) -> str:
         source = self._passphrase_source
@@ -311,7 +273,15 @@ class BackupManager:
         try:
             manifest = self._create_backup(data, backup_type, **arguments)  # type: ignore[arg-type]
         except StorageError as exc:
-            rescued = self._backup_to_fallback(exc, data, backup_type, arguments)
+            rescued = self._replicas.backup_to_fallback(
+                exc,
+                lambda fallback: self._create_backup(
+                    data,
+                    backup_type,
+                    target=fallback,
+                    **arguments,  # type: ignore[arg-type]
+                ),
+            )
             if rescued is None:
                 self._record_outcome(backup_type, started, error=exc)
                 raise
@@ -321,164 +291,31 @@ class BackupManager:
             self._record_outcome(backup_type, started, error=exc)
             raise
         self._record_outcome(backup_type, started, manifest=manifest)
-        self._after_commit()
+        self._replicas.after_commit()
         return manifest.backup_id
 
-    # -- off-site and fallback -------------------------------------------------------------
-
-    def _after_commit(self) -> None:
-        """Wake the off-site replicator, and sync fallback backups back if there are any."""
-        try:
-            if self.config.offsite is not None:
-                self.offsite_replicator().notify()
-            if self._fallback_pending:
-                self._sync_back_replicator().notify()
-        except BackupError as exc:  # off-site trouble never fails a committed backup
-            log.warning("off-site replication not started: %s", exc)
-
-    def offsite_replicator(self) -> Replicator:
-        """The background replicator of ``[backup.offsite]`` (created on first use; at
-        process exit it gets ``flush_timeout`` to finish)."""
-        if self._offsite is None:
-            replicator, settings = offsite_replicator(self.config, lambda: self.repository)
-            timeout = settings.flush_timeout.total_seconds()
-            atexit.register(self._flush_at_exit, replicator, timeout, settings.path)
-            self._offsite = replicator
-        return self._offsite
+    # -- off-site and fallback (offsite.ReplicaCoordinator does the work) --------------------
 
     def flush_offsite(self, timeout: float | None = None) -> bool:
         """Wait until the off-site replica has every backup made so far (``timeout``
         seconds, default ``flush_timeout``); ``True`` when it has. Without
         ``[backup.offsite]``, ``True`` at once."""
-        settings = self.config.offsite_settings
-        if settings is None:
-            return True
-        replicator = self.offsite_replicator()
-        replicator.notify()
-        limit = settings.flush_timeout.total_seconds() if timeout is None else timeout
-        return replicator.flush(limit)
+        return self._replicas.flush_offsite(timeout)
 
-    @staticmethod
-    def _flush_at_exit(replicator: Replicator, timeout: float, where: str) -> None:
-        if replicator.pending and not replicator.flush(timeout):
-            log.warning(
-                "exiting with backups not yet copied to %s (they follow with the next sync)",
-                where,
-            )
-
-    def _backup_to_fallback(
-        self,
-        failure: StorageError,
-        data: Mapping[str, Any] | None,
-        backup_type: str,
-        arguments: dict[str, Any],
-    ) -> Manifest | None:
-        """The primary store failed: write the backup to ``fallback_path`` instead (``None``
-        when there is none, or it failed too)."""
-        if self.config.fallback_path is None:
-            return None
-        try:
-            fallback = self._fallback_repository(primary=None)
-            manifest = self._create_backup(data, backup_type, target=fallback, **arguments)
-        except BackupError as exc:
-            log.error("backup failed on the repository (%s) and on the fallback (%s)", failure, exc)
-            return None
-        self._fallback_pending = True
-        log.warning(
-            "the repository failed (%s); backup %s was written to the fallback %s and will be "
-            "synced back when the repository works again",
-            failure,
-            manifest.backup_id,
-            fallback.store.location,
-            extra={"backup_id": manifest.backup_id, "fallback": fallback.store.location},
-        )
-        return manifest
-
-    def _fallback_repository(self, primary: Repository | None) -> Repository:
-        """The fallback repository: a replica of the primary when that is reachable (or was,
-        earlier in this process), else what is at ``fallback_path``, else a new repository
-        (whose backups can then only come back by ``sync``, once the primary is its replica)."""
-        primary = primary or self._repository
-        try:
-            fallback = open_fallback(self.config, primary, passphrase=self._passphrase)
-        except StorageError:  # the primary's repo.json is unreadable now: use what is there
-            fallback = open_fallback(self.config, None, passphrase=self._passphrase)
-        if fallback is None:
-            store = self.config.open_fallback_store()
-            assert store is not None
-            fallback = Repository.open(
-                store,
-                compression=self.config.compression_setting,
-                passphrase=self._passphrase,
-                encryption=self.config.encryption,
-                create=True,
-            )
-        return fallback
-
-    def _sync_back_replicator(self) -> Replicator:
-        """Moves fallback backups into the repository in the background (a backup whose id
-        the repository has taken meanwhile arrives under the next free id)."""
-        if self._sync_back is None:
-
-            def done(fallback: Repository, _primary: Repository, report: SyncReport) -> None:
-                move_back(fallback, report, self.config.grace)
-                self._fallback_pending = bool(fallback.snapshot_ids())
-
-            self._sync_back = Replicator(
-                lambda: self._fallback_repository(primary=self.repository),
-                lambda fallback: open_replica(fallback, self.repository.store, create=False),
-                after_sync=done,
-                rename=True,
-                name="peak-backup-sync-back",
-            )
-        return self._sync_back
+    def flush_fallback(self, timeout: float) -> bool:
+        """Wait until fallback backups asked to move back have moved (``True`` when nothing
+        is pending)."""
+        return self._replicas.flush_sync_back(timeout)
 
     def offsite_lag(self) -> ReplicaLag | None:
         """Backups the off-site replica lacks and should have (``None`` without
         ``[backup.offsite]``); an unreachable replica is reported in ``error``."""
-        settings = self.config.offsite_settings
-        if settings is None:
-            return None
-        try:
-            source = self.repository
-        except RepositoryNotFoundError:
-            return ReplicaLag(settings.path)
-        try:
-            try:
-                replica = open_replica(source, self.config.store_at(settings.path), create=False)
-            except RepositoryNotFoundError:
-                wanted = wanted_by_replica(
-                    source.list_summaries(), [], settings.retention, datetime.now(timezone.utc)
-                )
-                return ReplicaLag(
-                    settings.path,
-                    [s.backup_id for s in reversed(wanted)],
-                    wanted[-1].time_utc if wanted else None,
-                    error="no replica yet",
-                )
-            lag = replica_lag(source, replica, settings.retention)
-        except BackupError as exc:
-            return ReplicaLag(settings.path, error=str(exc))
-        if self._offsite is not None and self._offsite.last_error:
-            lag.error = self._offsite.last_error
-        return lag
+        return self._replicas.offsite_lag()
 
     def fallback_lag(self) -> ReplicaLag | None:
         """Backups in ``fallback_path`` the repository lacks (``None`` without a fallback
         repository)."""
-        try:
-            primary: Repository | None = self.repository
-        except BackupError:
-            primary = None
-        try:
-            fallback = open_fallback(self.config, primary, passphrase=self._passphrase)
-        except BackupError as exc:
-            return ReplicaLag(str(self.config.fallback_path), error=str(exc))
-        if fallback is None:
-            return None
-        lag = fallback_lag(fallback)
-        self._fallback_pending = bool(lag.pending)
-        return lag
+        return self._replicas.fallback_lag()
 
     def _record_outcome(
         self,
