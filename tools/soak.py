@@ -496,6 +496,9 @@ class Worker:
             record = self.live.get(backup_id)
         own = record is not None
         try:
+            # Another worker's id can be deleted and taken again by a new backup within the
+            # same second: its time (with microseconds) tells the two apart.
+            taken_at = self.manager.get_backup_info(backup_id).timestamp_utc
             data = self.recovery.restore_backup(backup_id)
         except BackupNotFoundError:
             if record is not None:
@@ -528,10 +531,19 @@ class Worker:
                 return
             finally:
                 shutil.rmtree(target, ignore_errors=True)
+            if problem and not own and self._id_taken_again(backup_id, taken_at):
+                self.journal.write("restore_gone", id=backup_id)  # now names another backup
+                return
             if problem:
                 self._error("mismatch", problem)
                 return
         self.journal.write("restore", id=backup_id, own=own)
+
+    def _id_taken_again(self, backup_id: str, taken_at: datetime) -> bool:
+        try:
+            return self.manager.get_backup_info(backup_id).timestamp_utc != taken_at
+        except BackupNotFoundError:
+            return True
 
     def _failed_read(self, backup_id: str, own: bool, exc: RecoveryError) -> None:
         """A restore failed with damage: tell a backup deleted meanwhile (expected for another
