@@ -362,30 +362,37 @@ def is_s3_url(location: str) -> bool:
 _SECRET_KEYS = ("access_key_id", "secret_access_key", "session_token")
 
 
+def _durations(
+    parsed: object, keys: tuple[str, ...], where: str, *, positive: bool = True
+) -> dict[str, timedelta]:
+    """The duration fields ``keys`` of a parsed table (each positive, if asked)."""
+    durations = {}
+    for key in keys:
+        text = getattr(parsed, key)
+        try:
+            durations[key] = parse_duration(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key} = {text!r}: {exc}") from None
+        if positive and durations[key] <= timedelta(0):
+            raise ConfigError(f"{where}: {key} = {text!r} must be positive")
+    return durations
+
+
 def parse_s3(table: Any, where: str = "[backup.s3]") -> S3Options:
     """``[backup.s3]`` as :class:`S3Options`; :class:`ConfigError` naming the bad key (a
     credential's value is never repeated in the message)."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
-    allowed = set(_S3Table.__struct_fields__)
+    allowed = frozenset(_S3Table.__struct_fields__)
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+            raise _unknown_key(key, allowed, where)
     try:
         parsed = msgspec.convert(dict(table), _S3Table, strict=True)
     except msgspec.ValidationError as exc:
         shown = {k: ("***" if k in _SECRET_KEYS else v) for k, v in table.items()}
         raise ConfigError(_explain(exc, shown, where)) from None
-    durations = {}
-    for key in ("timeout", "connect_timeout", "retry_timeout"):
-        try:
-            durations[key] = parse_duration(getattr(parsed, key))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {key} = {getattr(parsed, key)!r}: {exc}") from None
-        if durations[key] <= timedelta(0):
-            raise ConfigError(f"{where}: {key} must be positive")
+    durations = _durations(parsed, ("timeout", "connect_timeout", "retry_timeout"), where)
     if not 0 <= parsed.max_retries <= 100:
         raise ConfigError(f"{where}: max_retries = {parsed.max_retries!r}: expected 0..100")
     if not 1 <= parsed.concurrency <= 64:
@@ -432,12 +439,7 @@ def parse_offsite(
             raise ConfigError(f"{where}: path: {exc}") from None
     elif base_dir is not None and not Path(path).expanduser().is_absolute():
         path = str(Path(base_dir) / Path(path).expanduser())
-    durations = {}
-    for key in ("flush_timeout", "max_lag"):
-        try:
-            durations[key] = parse_duration(getattr(parsed, key))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {key} = {getattr(parsed, key)!r}: {exc}") from None
+    durations = _durations(parsed, ("flush_timeout", "max_lag"), where, positive=False)
     retention = None
     if parsed.retention is not None:
         retention = parse_retention(parsed.retention, f"{where[:-1]}.retention]")
