@@ -167,8 +167,10 @@ def test_show_plain_and_json(shared: dict[str, object], run_cli: CliRunner) -> N
     ok(result)
     shown = json.loads(result.stdout)
     assert shown["backup_id"] == first
-    names = {e["name"]: e for e in shown["entries"]}
+    names = {e["name"]: e for e in shown["entries"] if e["kind"] != "dir"}
     assert set(names) == {"config.toml", *FILES}
+    dirs = {e["name"] for e in shown["entries"] if e["kind"] == "dir"}
+    assert dirs == {"live_runs", "live_runs/sub"}  # directories keep their mode and mtime
     assert names["live_runs/run_001.json"]["mode"] == oct(0o640)
     trades = "live_runs/sub/trades.jsonl"
     assert names[trades]["size"] == len(FILES[trades][0])

@@ -38,9 +38,12 @@ from src.infra.backup import (
 )
 from src.infra.backup.blobs import MAGIC, BlobCodec, chunk_id, chunk_key
 from src.infra.backup.check import check_repository
+from src.infra.backup.errors import CorruptDataError
 from src.infra.backup.gc import Collection
 from src.infra.backup.locks import LeaseRecord
 from src.infra.backup.manifest import (
+    FORMAT_VERSION,
+    REPO_FORMAT_VERSION,
     ChunkRef,
     Entry,
     Manifest,
@@ -1019,7 +1022,7 @@ def test_sealing_matches_encode_checked(template: Template) -> None:
 
 def test_newer_format_is_refused(template: Template, workdir: Path) -> None:
     manifest = template.manifest(template.ids[1])
-    raw = encode_checked(msgspec.structs.replace(manifest, format=2))
+    raw = encode_checked(msgspec.structs.replace(manifest, format=FORMAT_VERSION + 1))
     with pytest.raises(FormatVersionError):
         decode_checked(raw, Manifest, "x")
     with planted(workdir, {f"snapshots/{template.ids[1]}.json": raw}):
@@ -1028,9 +1031,36 @@ def test_newer_format_is_refused(template: Template, workdir: Path) -> None:
             manager.load_backup(template.ids[1])
         assert [i.backup_id for i in manager.list_backups()] == [template.ids[0]]
     config = Repository.open(LocalStore(template.root), create=False).config
-    newer = encode_checked(msgspec.structs.replace(config, format=2))
+    newer = encode_checked(msgspec.structs.replace(config, format=REPO_FORMAT_VERSION + 1))
     with planted(workdir, {"repo.json": newer}), pytest.raises(FormatVersionError):
         Repository.open(LocalStore(workdir), create=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"kind": "hardlink", "target": "nowhere"}, "no earlier file entry"),
+        ({"kind": "symlink", "target": None}, "without a valid target"),
+        ({"kind": "symlink", "target": "a\0b"}, "without a valid target"),
+        ({"kind": "dir", "target": "x"}, "a directory with a target"),
+        ({"kind": "file", "target": "x"}, "a target on a data or file entry"),
+        ({"origin": "pickle"}, "unknown origin"),
+    ],
+)
+def test_format_2_entries_are_checked(
+    template: Template, changes: dict[str, object], problem: str
+) -> None:
+    """Forged format-2 entries (a hard link to nothing, a link without text, content on a
+    directory) are damage, found before anything is restored."""
+    manifest = template.manifest(template.ids[1])
+    entry = manifest.entries[0]
+    if changes.get("kind") in ("hardlink", "symlink", "dir"):
+        entry = msgspec.structs.replace(entry, chunks=[], lists=[], size=0)
+    forged = msgspec.structs.replace(
+        manifest, format=2, entries=[msgspec.structs.replace(entry, **changes)]
+    )
+    with pytest.raises(CorruptDataError, match=problem):
+        decode_checked(encode_checked(forged), Manifest, "x")
 
 
 def claim_content_size(frame: bytes, size: int) -> bytes:

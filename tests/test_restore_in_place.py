@@ -105,7 +105,7 @@ def test_restore_in_place_restores_changed_files_byte_identical(
     assert "live_runs/extra.json" in after  # no --delete: extra files stay
     counts = result.counts
     assert counts["create"] == 1 and counts["overwrite"] == 2 and counts["metadata"] == 1
-    assert counts["unchanged"] == 2 and counts["delete"] == 0
+    assert counts["unchanged"] == 2 + 2 and counts["delete"] == 0  # and the two directories
     assert result.skipped_data == ["state"]
     assert result.bytes_written == (
         len(FILES["live_runs/sub/trades.jsonl"][0])
@@ -171,6 +171,60 @@ def test_delete_removes_only_sourced_files_in_backed_up_directories(
     assert "live_runs/extra.json" in saved
 
 
+def test_delete_with_a_pre_restore_backup_stays_within_what_it_covers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``restore <pre_restore> --in-place --delete`` deletes only among the files the partial
+    pre_restore backup covers (its files and its absent list), never a file the restore it
+    undoes did not touch."""
+    root = tmp_path / "bot"
+    state = root / "state"
+    state.mkdir(parents=True)
+    manager = BackupManager(
+        BackupConfig(
+            backup_path=str(root / "repo"),
+            sources=["state/"],
+            base_dir=str(root),
+            retention_days=0,
+        )
+    )
+    (state / "a.txt").write_bytes(b"A as backed up\n")
+    (state / "b.txt").write_bytes(b"B as backed up\n")
+    (state / "d.txt").write_bytes(b"D as backed up\n")
+    backup_x = manager.create_backup(None, "manual", include_files=True)
+    (state / "a.txt").write_bytes(b"A edited after the backup\n")
+    (state / "d.txt").unlink()
+    (state / "c.txt").write_bytes(b"C, new after the backup\n")
+    edited = fingerprint(root)
+
+    recovery = RecoveryManager(manager)
+    restore = recovery.restore_in_place(backup_x)  # overwrites A, creates D, leaves B and C
+    assert restore.counts["overwrite"] == 1 and restore.counts["create"] == 1
+    pre_p = restore.pre_restore_id
+    assert pre_p is not None
+    assert manager.get_backup_info(pre_p).file_paths == ["state/a.txt"]
+    assert manager.load_backup(pre_p)[ABSENT_KEY] == ["state/d.txt"]
+
+    caplog.set_level("WARNING", logger="src.infra.backup.in_place")
+    plan = recovery.restore_in_place(pre_p, delete=True, dry_run=True)
+    assert plan.paths("delete") == [state / "d.txt"]  # the absent file only
+    assert plan.notes and "pre_restore" in plan.notes[0]
+    undo = recovery.restore_in_place(pre_p, delete=True)
+    assert undo.paths("delete") == [state / "d.txt"]
+    assert undo.notes == plan.notes
+    assert any("deletes nothing more" in r.getMessage() for r in caplog.records)
+    # B (held by X, untouched) and C (never in any backup) are still there: the undo with
+    # --delete gives exactly the tree as it was before the restore.
+    assert fingerprint(root) == edited
+    assert (state / "b.txt").read_bytes() == b"B as backed up\n"
+    assert (state / "c.txt").read_bytes() == b"C, new after the backup\n"
+
+    # --delete keeps its meaning for a full backup: C is not in X, so it goes.
+    again = recovery.restore_in_place(backup_x, delete=True)
+    assert again.paths("delete") == [state / "c.txt"] and not again.notes
+    assert not (state / "c.txt").exists() and (state / "b.txt").exists()
+
+
 def test_dry_run_writes_nothing(project: Path, manager: BackupManager) -> None:
     backup_id = manager.create_backup(None, include_files=True)
     change_tree(project)
@@ -180,7 +234,7 @@ def test_dry_run_writes_nothing(project: Path, manager: BackupManager) -> None:
     assert fingerprint(project) == edited
     assert len(manager.list_backups()) == backups
     assert result.dry_run and result.pre_restore_id is None and result.bytes_written == 0
-    actions = {a.name: a.action for a in result.actions}
+    actions = {a.name: a.action for a in result.actions if a.kind != "dir"}
     assert actions == {
         "config.toml": "overwrite",
         "live_runs/empty.json": "unchanged",
@@ -232,8 +286,8 @@ def test_include_and_exclude_select_a_partial_restore(
     change_tree(project)
     recovery = RecoveryManager(manager)
     result = recovery.restore_in_place(backup_id, include=["live_runs/sub"], delete=True)
-    assert [a.name for a in result.actions] == ["live_runs/sub/trades.jsonl"]
-    assert result.filtered == len(FILES) - 1
+    assert [a.name for a in result.actions if a.kind != "dir"] == ["live_runs/sub/trades.jsonl"]
+    assert result.filtered == len(FILES) - 1 + 1  # and the directory live_runs
     assert (project / "live_runs" / "extra.json").exists()  # outside the selection
     assert (project / "config.toml").read_bytes() != FILES["config.toml"][0]
     result = recovery.restore_in_place(

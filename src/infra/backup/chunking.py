@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
+from src.infra.backup.errors import InvalidInputError
+
 DEFAULT_AVG_SIZE = 32 * 1024
 DEFAULT_SINGLE_CHUNK_BELOW = 64 * 1024
 # New repositories cut a large entry's first 1 KiB into a chunk of its own: a serialized list
@@ -120,3 +122,34 @@ class Chunker:
         for chunk in cdc.cut_stream(stream):
             # The view is only valid until the next chunk is cut: copy it.
             yield bytes(chunk.data)
+
+
+def split_fixed(handle: BinaryIO, size: int, block: int) -> Iterator[bytes]:
+    """Yield the first ``size`` bytes of a binary stream in chunks of ``block`` bytes (the
+    last one shorter), as independent ``bytes``.
+
+    For files whose writers change whole fixed-size pages in place, such as SQLite databases:
+    with ``block`` a multiple of the page size every chunk is page-aligned, so a changed page
+    changes exactly one chunk and an insert shifts nothing. Like :meth:`Chunker.split_stream`,
+    an empty file is one empty chunk; reading stops early if the stream ends before ``size``.
+    """
+    if block <= 0:
+        raise InvalidInputError(f"block must be positive, got {block}")
+    if size <= 0:
+        yield b""
+        return
+    left = size
+    while left > 0:
+        want = min(block, left)
+        data = handle.read(want)
+        while data and len(data) < want:  # a raw stream may return short reads
+            more = handle.read(want - len(data))
+            if not more:
+                break
+            data += more
+        if not data:
+            return
+        left -= len(data)
+        yield data
+        if len(data) < want:
+            return

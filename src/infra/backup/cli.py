@@ -36,6 +36,7 @@ from src.infra.backup.errors import (
 from src.infra.backup.in_place import OVERWRITE_CHOICES
 from src.infra.backup.logging_setup import configure_logging
 from src.infra.backup.manager import BackupInfo, BackupManager
+from src.infra.backup.manifest import Entry
 from src.infra.backup.pointintime import select_between
 from src.infra.backup.recovery import RecoveryManager
 from src.infra.backup.repository import REPO_KEY
@@ -50,6 +51,7 @@ EXIT_BUSY = 5
 EXIT_CONFIG = 6
 EXIT_CANCELLED = 7
 EXIT_PASSPHRASE = 8
+EXIT_WARNINGS = 10  # the backup was made, with warnings (restic uses 3, which is "not found" here)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 # Output to a pipe or file need not fit 80 columns: keep table rows on one line there.
@@ -117,6 +119,7 @@ def info_json(info: BackupInfo) -> dict[str, Any]:
         "tags": info.tags,
         "note": info.note,
         "host": info.host,
+        "warnings": info.warnings,
     }
 
 
@@ -247,7 +250,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 def create(ctx: Context, backup_type: str, tags: tuple[str, ...], note: str | None) -> None:
     """Back up the configured sources ([backup] sources)."""
     manager = ctx.manager
-    if not manager.config.sources:
+    if not manager.config.has_file_sources:
         raise InvalidInputError(
             "nothing to back up: no [backup] sources are configured "
             '(add e.g. sources = ["config.toml", "live_runs/"] to config.toml)'
@@ -269,6 +272,16 @@ def create(ctx: Context, backup_type: str, tags: tuple[str, ...], note: str | No
             f"Backup created: [bold]{backup_id}[/bold] ({len(info.files)} files, "
             f"{human_size(info.logical_bytes)}, {human_size(info.added_bytes)} new)"
         )
+    if info.warnings:
+        # Each warning was logged on stderr as it happened; say what they mean for the backup.
+        stderr.print(
+            f"[yellow]warning:[/yellow] backup {backup_id} was made with "
+            f"{len(info.warnings)} warning(s): "
+            + "; ".join(info.warnings[:3])
+            + (" ..." if len(info.warnings) > 3 else ""),
+            highlight=False,
+        )
+        raise SystemExit(EXIT_WARNINGS)
 
 
 @main.command(name="list")
@@ -342,6 +355,12 @@ def show(ctx: Context, backup_id: str) -> None:
             "path": e.path,
             "mode": oct(e.mode) if e.mode is not None else None,
             "mtime": datetime.fromtimestamp(e.mtime_ns / 1e9).isoformat() if e.mtime_ns else None,
+            "target": e.target,
+            "origin": e.origin,
+            "database": e.origin == "sqlite",
+            "changed": e.changed,
+            "uid": e.uid,
+            "gid": e.gid,
         }
         for e in manifest.entries
     ]
@@ -368,8 +387,10 @@ def show(ctx: Context, backup_id: str) -> None:
         stdout.print("tags      " + ", ".join(f"{k}={v}" for k, v in info.tags.items()))
     if info.note:
         stdout.print(f"note      {info.note}")
+    for warning in info.warnings:
+        stdout.print(f"warning   {warning}", highlight=False)
     table = Table()
-    for column in ("Entry", "Kind", "Size", "Mode", "Modified"):
+    for column in ("Entry", "Kind", "Size", "Mode", "Modified", "Notes"):
         table.add_column(column)
     for entry in manifest.entries:
         modified = (
@@ -378,8 +399,26 @@ def show(ctx: Context, backup_id: str) -> None:
             else ""
         )
         mode = oct(entry.mode) if entry.mode is not None else ""
-        table.add_row(entry.name, entry.kind, human_size(entry.size), mode, modified)
+        table.add_row(
+            entry.name, entry.kind, human_size(entry.size), mode, modified, _entry_notes(entry)
+        )
     stdout.print(table)
+
+
+def _entry_notes(entry: Entry) -> str:
+    """What ``show`` says about an entry beyond its size and times."""
+    notes = []
+    if entry.origin == "sqlite":
+        notes.append("database (SQLite online-backup copy)")
+    elif entry.origin == "command":
+        notes.append("command output")
+    if entry.kind == "symlink":
+        notes.append(f"-> {entry.target}")
+    elif entry.kind == "hardlink":
+        notes.append(f"hard link to {entry.target}")
+    if entry.changed:
+        notes.append("changed while read: may mix two versions")
+    return ", ".join(notes)
 
 
 @main.command()
@@ -570,10 +609,12 @@ def _restore_in_place(
                         "path": str(a.path),
                         "size": a.size,
                         "reason": a.reason,
+                        "kind": a.kind,
                     }
                     for a in result.actions
                 ],
                 "skipped_data": result.skipped_data,
+                "notes": result.notes,
                 "filtered": result.filtered,
                 "bytes": result.bytes_written,
                 "verified": result.verified,
@@ -609,9 +650,12 @@ def _restore_in_place(
         stdout.print(f"{result.filtered} file entries left out by --include/--exclude.")
     if result.skipped_data:
         stdout.print(
-            f"Skipped {len(result.skipped_data)} data entries (values, not files; restore "
-            f"them with --target or the Python API): {', '.join(result.skipped_data)}"
+            f"Skipped {len(result.skipped_data)} data entries (values and command output, not "
+            f"files; restore them with --target or the Python API): "
+            f"{', '.join(result.skipped_data)}"
         )
+    for note in result.notes:
+        stdout.print(f"Note: {note}", highlight=False)
 
 
 def _latest_good(recovery: RecoveryManager, backup_type: str | None = None) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -27,9 +28,14 @@ from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.s3 import S3Options, S3Store, parse_s3_url
 
+if TYPE_CHECKING:
+    from src.infra.backup.archiver import SqliteOptions
+
 _LEVEL_RANGES = {"zstd": (1, 22), "gzip": (1, 9), "none": (0, 0)}
 _CHOICES = ("zstd", "gzip", "none")
 _ENCRYPTIONS = ("none", "chacha20-poly1305", "aes-256-gcm")
+SQLITE_CHECKS = ("quick", "full")
+_ENUM_CHOICES = {"encryption": _ENCRYPTIONS, "sqlite_check": SQLITE_CHECKS}
 
 
 class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,6 +61,10 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     s3: Any = None  # the [backup.s3] table, checked by parse_s3
     offsite: Any = None  # the [backup.offsite] table, checked by parse_offsite
     fallback_path: str | None = None
+    hooks: Any = None  # the [backup.hooks] table, checked by parse_hooks
+    command_sources: Any = None  # [[backup.command_sources]], checked by parse_command_sources
+    sqlite_detect: bool = True
+    sqlite_check: Literal["quick", "full"] = "quick"
 
 
 class _OffsiteTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,6 +104,78 @@ class _S3Table(msgspec.Struct, forbid_unknown_fields=True):
     concurrency: int = 8
 
 
+# -- [backup.hooks] and [[backup.command_sources]] ---------------------------------------------
+
+DEFAULT_HOOK_TIMEOUT = "5m"
+DEFAULT_COMMAND_SOURCE_TIMEOUT = "1h"
+
+
+class _HooksTable(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of ``[backup.hooks]``."""
+
+    before: list[str | list[str]] = []
+    after: list[str | list[str]] = []
+    timeout: str = DEFAULT_HOOK_TIMEOUT
+
+
+class _CommandSourceTable(msgspec.Struct, forbid_unknown_fields=True):
+    """Schema of one ``[[backup.command_sources]]`` table."""
+
+    name: str
+    command: str | list[str]
+    timeout: str = DEFAULT_COMMAND_SOURCE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class HookCommand:
+    """One command of a hook or command source: a string is run by ``/bin/sh -c``, a tuple
+    is an argv run directly (no shell). Whether the program exists is checked when it runs."""
+
+    command: str | tuple[str, ...]
+
+    @property
+    def uses_shell(self) -> bool:
+        """Whether the command is shell text (run by ``/bin/sh -c``)."""
+        return isinstance(self.command, str)
+
+    @property
+    def args(self) -> list[str]:
+        """What is executed: ``["/bin/sh", "-c", text]`` or the argv."""
+        if isinstance(self.command, str):
+            return ["/bin/sh", "-c", self.command]
+        return list(self.command)
+
+    @property
+    def program(self) -> str:
+        """The program started: ``/bin/sh`` for shell text, else ``argv[0]``."""
+        return self.args[0]
+
+    def __str__(self) -> str:
+        if isinstance(self.command, str):
+            return self.command
+        return shlex.join(self.command)
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """``[backup.hooks]``: commands run in order before every backup (a failure fails the
+    backup) and after it (a failure is only logged), each within ``timeout``."""
+
+    before: tuple[HookCommand, ...] = ()
+    after: tuple[HookCommand, ...] = ()
+    timeout: timedelta = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class CommandSourceSettings:
+    """One ``[[backup.command_sources]]``: ``command``'s standard output is stored as the
+    entry ``name`` (a safe relative path); the command must finish within ``timeout``."""
+
+    name: str
+    command: HookCommand
+    timeout: timedelta = timedelta(hours=1)
+
+
 @dataclass
 class BackupConfig:
     """Settings of the backup subsystem (the seed's fields first, with the seed's defaults).
@@ -124,6 +206,12 @@ class BackupConfig:
     mapping or :class:`S3Options`) then says how to reach it (``endpoint_url``, ``region``,
     credentials, timeouts); credentials left out come from the AWS environment variables.
     See ``docs/S3.md``.
+    ``hooks``: the ``[backup.hooks]`` table (a mapping, parsed into :class:`HooksSettings`):
+    commands run before and after every ``create_backup``. ``command_sources``: the
+    ``[[backup.command_sources]]`` tables (parsed into :class:`CommandSourceSettings`):
+    commands whose standard output is stored as one entry. ``sqlite_detect``: capture SQLite
+    databases among the sources through SQLite's backup API; ``sqlite_check``: ``"quick"``
+    (``PRAGMA quick_check``) or ``"full"`` (``integrity_check``) on every captured copy.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -147,6 +235,10 @@ class BackupConfig:
     offsite: Mapping[str, Any] | None = None
     fallback_path: str | os.PathLike[str] | None = None
     base_dir: str | os.PathLike[str] | None = None
+    hooks: HooksSettings = field(default_factory=HooksSettings)
+    command_sources: tuple[CommandSourceSettings, ...] = ()
+    sqlite_detect: bool = True
+    sqlite_check: Literal["quick", "full"] = "quick"
 
     def __post_init__(self) -> None:
         if isinstance(self.s3, S3Options):
@@ -162,6 +254,11 @@ class BackupConfig:
         _validate(values, "BackupConfig")
         if self.retention is not None:
             self.retention = parse_retention(self.retention, "BackupConfig.retention")
+        # Accepts the raw tables (from_table, keyword arguments) and parsed settings alike.
+        self.hooks = parse_hooks(self.hooks, "BackupConfig.hooks")
+        self.command_sources = parse_command_sources(
+            self.command_sources, "BackupConfig.command_sources"
+        )
 
     @classmethod
     def from_table(cls, table: Any, base_dir: Path | None = None) -> BackupConfig:
@@ -232,6 +329,18 @@ class BackupConfig:
         return Path(self.base_dir).absolute() if self.base_dir is not None else Path.cwd()
 
     @property
+    def has_file_sources(self) -> bool:
+        """Whether a backup takes anything besides values: ``sources`` or command sources."""
+        return bool(self.sources) or bool(self.command_sources)
+
+    @property
+    def sqlite_options(self) -> SqliteOptions:
+        """``sqlite_detect`` / ``sqlite_check`` as the archiver's options."""
+        from src.infra.backup.archiver import SqliteOptions
+
+        return SqliteOptions(detect=self.sqlite_detect, check=self.sqlite_check)
+
+    @property
     def grace(self) -> timedelta:
         """``prune_grace`` as a duration."""
         return parse_duration(self.prune_grace)
@@ -287,14 +396,10 @@ def parse_weekly(text: str) -> tuple[str, str]:
 
 def _validate(values: dict[str, Any], where: str) -> None:
     """Check ``values`` against the schema; raise :class:`ConfigError` naming the key."""
-    allowed = set(_BackupTable.__struct_fields__)
+    allowed = frozenset(_BackupTable.__struct_fields__)
     for key in values:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(allowed))}"
-            )
+            raise _unknown_key(key, allowed, where)
     try:
         table = msgspec.convert(values, _BackupTable, strict=True)
     except msgspec.ValidationError as exc:
@@ -352,6 +457,11 @@ def _validate(values: dict[str, Any], where: str) -> None:
         for item in getattr(table, key):
             if not item.strip() or "\0" in item:
                 raise ConfigError(f"{where}: {key} contains {item!r}: expected a path or glob")
+    parse_hooks(table.hooks, "[backup.hooks]" if where == "[backup]" else f"{where}.hooks")
+    parse_command_sources(
+        table.command_sources,
+        "[[backup.command_sources]]" if where == "[backup]" else f"{where}.command_sources",
+    )
 
 
 def is_s3_url(location: str) -> bool:
@@ -446,6 +556,150 @@ def parse_offsite(
     return OffsiteSettings(path, durations["flush_timeout"], durations["max_lag"], retention)
 
 
+def _hook_command(value: object, where: str, key: str) -> HookCommand:
+    """A command as given in the config (a string or a list of strings), checked."""
+    if isinstance(value, HookCommand):
+        value = value.command
+    if isinstance(value, str):
+        if not value.strip() or "\0" in value:
+            raise ConfigError(
+                f"{where}: {key} = {value!r} is invalid: expected a non-empty shell command "
+                "(without NUL characters)"
+            )
+        return HookCommand(value)
+    if isinstance(value, (list, tuple)):
+        for index, part in enumerate(value):
+            if not isinstance(part, str):
+                raise ConfigError(
+                    f"{where}: {key}[{index}] = {part!r} is invalid: every element of an argv "
+                    "list must be a string"
+                )
+            if "\0" in part:
+                raise ConfigError(f"{where}: {key}[{index}] = {part!r} contains a NUL character")
+        if not value or not value[0].strip():
+            raise ConfigError(
+                f"{where}: {key} = {list(value)!r} is invalid: expected an argv list starting "
+                "with the program"
+            )
+        return HookCommand(tuple(value))
+    raise ConfigError(
+        f"{where}: {key} = {value!r} is invalid: expected a string (run by /bin/sh -c) or a "
+        "list of strings (an argv)"
+    )
+
+
+def _timeout(value: object, where: str) -> timedelta:
+    """A positive ``timeout``: a duration string (``"30s"``, ``"5m"``) or a timedelta."""
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, str):
+        try:
+            duration = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: timeout = {value!r} is invalid: {exc}") from None
+    else:
+        raise ConfigError(
+            f'{where}: timeout = {value!r} is invalid: expected a duration such as "30s" or "5m"'
+        )
+    if duration <= timedelta(0):
+        raise ConfigError(f"{where}: timeout = {value!r} must be positive")
+    return duration
+
+
+def parse_hooks(table: Any, where: str = "[backup.hooks]") -> HooksSettings:
+    """``[backup.hooks]`` as :class:`HooksSettings` (``None``: no hooks); parsed settings are
+    checked and pass through. Raises :class:`ConfigError` naming the bad key."""
+    if table is None:
+        return HooksSettings()
+    if isinstance(table, HooksSettings):
+        values: dict[str, Any] = {"before": table.before, "after": table.after}
+        timeout: object = table.timeout
+    elif isinstance(table, Mapping):
+        values = dict(table)
+        allowed = frozenset(_HooksTable.__struct_fields__)
+        for key in values:
+            if key not in allowed:
+                raise _unknown_key(key, allowed, where)
+        timeout = values.pop("timeout", DEFAULT_HOOK_TIMEOUT)
+    else:
+        raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
+    commands: dict[str, tuple[HookCommand, ...]] = {}
+    for key in ("before", "after"):
+        given = values.get(key, [])
+        if not isinstance(given, (list, tuple)):
+            raise ConfigError(
+                f"{where}: {key} = {given!r} is invalid: expected a list of commands, "
+                f'e.g. {key} = ["sh -c \'echo hi\'", ["python3", "dump.py"]]'
+            )
+        commands[key] = tuple(
+            _hook_command(command, where, f"{key}[{index}]") for index, command in enumerate(given)
+        )
+    return HooksSettings(commands["before"], commands["after"], _timeout(timeout, where))
+
+
+_UNSAFE_NAME = (
+    "expected a relative path (no leading '/') without '..', '.' or empty parts, '\\' or NUL"
+)
+
+
+def _check_entry_name(name: str, where: str) -> str:
+    """A command source's entry path: relative, nothing that could climb or hide."""
+    parts = name.split("/")
+    if (
+        not name.strip()
+        or name.startswith("/")
+        or "\0" in name
+        or "\\" in name
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise ConfigError(f"{where}: name = {name!r} is not a safe path: {_UNSAFE_NAME}")
+    return name
+
+
+def parse_command_sources(
+    tables: Any, where: str = "[[backup.command_sources]]"
+) -> tuple[CommandSourceSettings, ...]:
+    """``[[backup.command_sources]]`` as :class:`CommandSourceSettings` (``None``: none);
+    parsed settings pass through. Raises :class:`ConfigError` naming the bad key."""
+    if tables is None:
+        return ()
+    if isinstance(tables, (Mapping, str)) or not isinstance(tables, (list, tuple)):
+        raise ConfigError(
+            f"{where} must be an array of tables ([[backup.command_sources]], one per "
+            f"command), not {type(tables).__name__}"
+        )
+    sources: list[CommandSourceSettings] = []
+    seen: dict[str, int] = {}
+    allowed = frozenset(_CommandSourceTable.__struct_fields__)
+    for number, table in enumerate(tables, 1):
+        item_where = f"{where} #{number}"
+        if isinstance(table, CommandSourceSettings):
+            table = {"name": table.name, "command": table.command, "timeout": table.timeout}
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{item_where} must be a table, not {type(table).__name__}")
+        values = dict(table)
+        for key in values:
+            if key not in allowed:
+                raise _unknown_key(key, allowed, item_where)
+        for key in ("name", "command"):
+            if key not in values:
+                raise ConfigError(f"{item_where}: {key} is missing")
+        name = values["name"]
+        if not isinstance(name, str):
+            raise ConfigError(f"{item_where}: name = {name!r} is invalid: expected a str")
+        _check_entry_name(name, item_where)
+        if name in seen:
+            raise ConfigError(
+                f"{item_where}: name = {name!r} is a duplicate: command source #{seen[name]} "
+                "has it already"
+            )
+        seen[name] = number
+        command = _hook_command(values["command"], item_where, "command")
+        timeout = _timeout(values.get("timeout", DEFAULT_COMMAND_SOURCE_TIMEOUT), item_where)
+        sources.append(CommandSourceSettings(name, command, timeout))
+    return tuple(sources)
+
+
 def _s3_table(options: S3Options) -> dict[str, Any]:
     """The ``[backup.s3]`` table equivalent to ``options``."""
     table: dict[str, Any] = {
@@ -466,12 +720,12 @@ def _explain(exc: msgspec.ValidationError, values: dict[str, Any], where: str) -
     message = str(exc)
     match = re.search(r"at `\$\.(\w+)((?:\[\d+\])*)`", message)
     expected = message.split(" - at ")[0]
+    key = match.group(1) if match else ""
     if expected.startswith("Invalid enum value"):
-        choices = _ENCRYPTIONS if "encryption" in message else _CHOICES
+        choices = _ENUM_CHOICES.get(key, _CHOICES)
         expected = "expected one of " + ", ".join(repr(c) for c in choices)
     if not match:
         return f"{where}: {expected}"
-    key = match.group(1)
     value = values.get(key)
     shown = f"{key}{match.group(2)}"
     if match.group(2):

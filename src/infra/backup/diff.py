@@ -360,8 +360,8 @@ def diff_backups(
         other = new_entries.get(ident)
         if other is None:
             collector.add([_whole_entry(repository, old, entry, "removed")])
-        elif not _same_chunks(repository, entry, other):
-            if entry.kind == "file":
+        elif entry.target != other.target or not _same_chunks(repository, entry, other):
+            if entry.kind != "data":
                 collector.add([_file_change(entry.name, "changed", entry.size, other.size)])
             else:
                 collector.add(
@@ -449,7 +449,7 @@ def _file_change(name: str, kind: ChangeKind, old: int | None, new: int | None) 
 def _whole_entry(
     repository: Repository, manifest: Manifest, entry: Entry, kind: ChangeKind
 ) -> Change:
-    if entry.kind == "file":
+    if entry.kind != "data":
         size = entry.size
         return _file_change(
             entry.name, kind, size if kind == "removed" else None, size if kind == "added" else None

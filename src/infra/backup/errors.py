@@ -99,3 +99,13 @@ class PassphraseRequiredError(BackupError):
     """An encrypted repository needs a passphrase and none was given."""
 
     exit_code = 8
+
+
+class HookError(BackupError):
+    """A ``before`` hook failed (exit status, timeout, program not found): the backup was not
+    made. Names the hook, the command, why it failed and the last lines of its stderr."""
+
+
+class CommandSourceError(BackupError):
+    """A command source failed (exit status, killed, timeout, program not found): nothing of
+    it is stored and the backup fails. Names the command, why, and its stderr's last lines."""

@@ -42,6 +42,9 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
+import msgspec
+
+from src.infra.backup.archiver import FileInput, RecordedEntry
 from src.infra.backup.errors import (
     BackupError,
     CorruptDataError,
@@ -61,7 +64,7 @@ from src.infra.backup.manager import (
 from src.infra.backup.manifest import Entry, Manifest
 from src.infra.backup.repository import (
     DataInput,
-    FileInput,
+    EntrySource,
     Repository,
     is_valid_backup_id,
     validate_backup_type,
@@ -189,6 +192,15 @@ def _plan_export(manifest: Manifest, use_gzip: bool) -> list[_Planned]:
             )
         else:
             item = _Planned(entry, export_path(entry.name))
+        if entry.kind in ("dir", "symlink"):
+            # a directory holds its entries; a link is only described in metadata.json
+            if item.file in taken:
+                raise BackupError(
+                    f"cannot export backup {manifest.backup_id}: entry {entry.name!r} and "
+                    f"{taken[item.file]!r} would both be written to {item.file}"
+                )
+            planned.append(item)
+            continue
         for path in (item.file, item.sidecar):
             if path is None:
                 continue
@@ -214,8 +226,40 @@ def _write_export(
     encoding: dict[str, str] = {}
     sidecars: dict[str, str] = {}
     size_bytes = 0
+    by_name = {e.name: e for e in manifest.entries}
+    dirs: list[tuple[Path, Entry]] = []
     for item in plan:
         entry = item.entry
+        if entry.kind == "dir":
+            path = folder.joinpath(*item.file.split("/"))
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            dirs.append((path, entry))
+            entries.append(
+                {
+                    "name": entry.name,
+                    "kind": "dir",
+                    "file": item.file,
+                    "mode": entry.mode,
+                    "mtime_ns": entry.mtime_ns,
+                }
+            )
+            continue
+        if entry.kind == "symlink":
+            entries.append(
+                {
+                    "name": entry.name,
+                    "kind": "symlink",
+                    "file": item.file,
+                    "target": entry.target,
+                    "mtime_ns": entry.mtime_ns,
+                }
+            )
+            continue
+        if entry.kind == "hardlink":  # exported as a copy of the file it links to
+            linked = by_name[entry.target or ""]
+            entry = msgspec.structs.replace(
+                linked, name=entry.name, path=entry.name, mode=entry.mode, mtime_ns=entry.mtime_ns
+            )
         if entry.kind == "data":
             if entry.encoding != ENCODING_NAME:
                 raise CorruptDataError(
@@ -266,6 +310,11 @@ def _write_export(
             )
         files.append(item.file)
         size_bytes += size
+    for path, entry in sorted(dirs, key=lambda d: len(d[0].parts), reverse=True):
+        if entry.mode is not None:
+            os.chmod(path, (entry.mode & 0o7777) | 0o700)  # the export stays writable to us
+        if entry.mtime_ns is not None:
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
     metadata = {
         "backup_id": info.backup_id,
         "backup_type": info.backup_type,
@@ -666,12 +715,14 @@ def _data_key(name: str, where: str) -> str:
         raise InvalidExportError(f"{where}: {exc}") from None
 
 
-def _our_entries(meta: dict[str, Any], where: str) -> list[_DataItem | _FileItem]:
+def _our_entries(
+    meta: dict[str, Any], where: str
+) -> list[_DataItem | _FileItem | RecordedEntry]:
     entries = meta.get("entries")
     encoding = meta.get("encoding") or {}
     if not isinstance(entries, list) or not isinstance(encoding, dict):
         raise InvalidExportError(f"{where}: entries must be a list and encoding an object")
-    items: list[_DataItem | _FileItem] = []
+    items: list[_DataItem | _FileItem | RecordedEntry] = []
     names: set[str] = set()
     for raw in entries:
         if not isinstance(raw, dict) or not isinstance(raw.get("file"), str):
@@ -703,9 +754,35 @@ def _our_entries(meta: dict[str, Any], where: str) -> list[_DataItem | _FileItem
             if mtime_ns is not None and not isinstance(mtime_ns, int):
                 raise InvalidExportError(f"{where}: entry {name!r}: invalid mtime_ns")
             items.append(_FileItem(name, raw["file"], mode, mtime_ns))
+        elif kind in ("dir", "symlink"):
+            items.append(_attributes_item(raw, name, kind, where))
         else:
             raise InvalidExportError(f"{where}: entry {name!r}: unknown kind {kind!r}")
     return items
+
+
+def _attributes_item(raw: dict[str, Any], name: str, kind: str, where: str) -> RecordedEntry:
+    """A directory or symbolic link of an export: known by its attributes alone."""
+    try:
+        export_path(name)
+    except InvalidInputError as exc:
+        raise InvalidExportError(f"{where}: {exc}") from None
+    mode, mtime_ns, target = raw.get("mode"), raw.get("mtime_ns"), raw.get("target")
+    if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+        raise InvalidExportError(f"{where}: entry {name!r}: invalid mode {mode!r}")
+    if mtime_ns is not None and not isinstance(mtime_ns, int):
+        raise InvalidExportError(f"{where}: entry {name!r}: invalid mtime_ns")
+    if kind == "symlink" and (
+        not isinstance(target, str) or not target or "\0" in target or len(target) > 4096
+    ):
+        raise InvalidExportError(f"{where}: entry {name!r}: invalid link target")
+    return RecordedEntry(
+        name,
+        "symlink" if kind == "symlink" else "dir",
+        target=target if kind == "symlink" else None,
+        mode=mode if kind == "dir" else None,
+        mtime_ns=mtime_ns,
+    )
 
 
 def _seed_entries(meta: dict[str, Any], folder: Path, where: str) -> list[_DataItem | _FileItem]:
@@ -803,7 +880,7 @@ def _import_folder(
     if export_format is not None and "entries" in meta:
         items = _our_entries(meta, where)
     else:
-        items = _seed_entries(meta, folder, where)
+        items = list[_DataItem | _FileItem | RecordedEntry](_seed_entries(meta, folder, where))
     with contextlib.ExitStack() as stack:
         stage_dir: list[Path] = []
 
@@ -814,9 +891,11 @@ def _import_folder(
                 )
             return stage_dir[0]
 
-        inputs: list[DataInput | FileInput] = []
+        inputs: list[DataInput | EntrySource] = []
         for item in items:
-            if isinstance(item, _DataItem):
+            if isinstance(item, RecordedEntry):
+                inputs.append(item)
+            elif isinstance(item, _DataItem):
                 payload = _data_payload(folder, item, where)
                 inputs.append(DataInput(item.name, payload, ENCODING_NAME))
             else:

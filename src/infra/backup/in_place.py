@@ -11,6 +11,13 @@ Planning reads the manifest and the current files and decides, per file, one act
                the backup has files in, that the backup does not have; and, when restoring
                a ``pre_restore`` backup, a file the restore it undoes had created
 
+``--delete`` only deletes among the files a backup *covers*. A normal backup covers what the
+configured sources select in the directories it has files in. A ``pre_restore`` backup is
+partial: it covers exactly the files it holds plus those in ``pre_restore.absent``, and the
+absent ones are deleted by the undo anyway; so with a ``pre_restore`` backup, ``delete=True``
+deletes nothing more (``InPlaceResult.notes`` says so), and files the restore it undoes never
+touched are left alone.
+
 Every path comes from a manifest and is checked before anything is written: no ``..``, no
 NUL, no symbolic link on the way, nothing outside the configured source roots (the config's
 directory and the roots of absolute sources), whatever a damaged or hostile manifest says.
@@ -18,7 +25,9 @@ directory and the roots of absolute sources), whatever a damaged or hostile mani
 Before the first write, the files about to be overwritten, changed or deleted are backed up
 as a ``pre_restore`` backup (a normal snapshot; it also records, as the data entry
 ``pre_restore.absent``, which files the restore creates), so restoring that backup in place
-undoes the restore exactly. Each file is written atomically (temp file, fsync, rename).
+undoes the restore exactly. Each file is written atomically (temp file, fsync, rename); temp
+files a killed restore left in the directories of the backup's files are removed first (see
+``restore_temp.py``).
 """
 
 from __future__ import annotations
@@ -28,20 +37,32 @@ import logging
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal, get_args
 
+import msgspec
+
+from src.infra.backup.archiver import entry_sources
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError, RecoveryError
 from src.infra.backup.manifest import Entry, Manifest
-from src.infra.backup.repository import DataInput, FileInput
+from src.infra.backup.repository import DataInput, EntrySource
+from src.infra.backup.restore_temp import clean_stale_temps
 from src.infra.backup.sources import (
+    DATABASE_COMPANIONS,
+    check_layout,
+    check_no_links,
     collect_paths,
     collect_sources,
     delete_in_place,
     entry_name,
+    finish_directory,
     in_place_path,
     is_secret,
+    make_directory,
+    make_symlink,
+    remove_database_companions,
+    restore_owner,
     set_metadata,
     source_roots,
     write_in_place,
@@ -78,6 +99,7 @@ class PlannedAction:
     path: Path
     size: int = 0
     reason: str = ""
+    kind: str = "file"
 
 
 @dataclass
@@ -88,6 +110,8 @@ class InPlaceResult:
     files before the restore (``None`` in a dry run or when nothing is overwritten, changed,
     deleted or created). ``skipped_data``: data entries, which are values and are not
     written in place. ``filtered``: file entries left out by ``include`` / ``exclude``.
+    ``notes``: how the request was interpreted, where the caller should know (e.g. that
+    ``delete`` adds nothing for a ``pre_restore`` backup).
     """
 
     backup_id: str
@@ -98,6 +122,7 @@ class InPlaceResult:
     filtered: int = 0
     bytes_written: int = 0
     verified: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -207,38 +232,69 @@ def plan_in_place(
         steps.append(step)
 
     file_entries = []
+    databases: set[Path] = set()
+    by_name = {e.name: e for e in manifest.entries}
+    check_layout([(e.name, e.kind) for e in manifest.entries if e.kind != "data"])
     for entry in manifest.entries:
-        if entry.kind == "data":
+        if entry.kind == "data" or entry.origin == "command":
+            # values, and command output, have no place on disk to go back to
             result.skipped_data.append(entry.name)
             if manifest.backup_type == PRE_RESTORE_TYPE and entry.name == ABSENT_KEY:
                 absent = _absent_names(repository, entry)
             continue
         if entry.path is not None and entry.path != entry.name:
             raise InvalidInputError(f"backup entry {entry.name!r} names another path")
-        root, destination = in_place_path(entry.name, base, roots)
+        if entry.kind == "hardlink":  # in place: the linked file's content under this name
+            linked = by_name[entry.target or ""]
+            entry = msgspec.structs.replace(
+                linked, name=entry.name, path=entry.name, mode=entry.mode, mtime_ns=entry.mtime_ns
+            )
+        root, destination = in_place_path(entry.name, base, roots, leaf=entry.kind)
         if destination in held:
             raise InvalidInputError(f"two backup entries restore to {destination}")
         held.add(destination)
-        entry_dirs.add(destination.parent)
+        if entry.origin == "sqlite":
+            databases.add(destination)
+        if entry.kind != "dir":
+            entry_dirs.add(destination.parent)
         file_entries.append((entry, root, destination))
 
     for entry, root, destination in file_entries:
         if not matches_filters(entry.name, include, exclude):
             result.filtered += 1
             continue
-        add(_Step(_decide(repository, entry, destination, overwrite), root, entry))
+        decided = replace(_decide(repository, entry, destination, overwrite), kind=entry.kind)
+        add(_Step(decided, root, entry))
 
     deletions: dict[Path, _Step] = {}
     for name in absent:
         if not matches_filters(name, include, exclude):
             continue
-        root, destination = in_place_path(name, base, roots)
-        if destination not in held and _is_regular(destination):
+        # A link the undone restore created may be removed too (unlinking never follows it);
+        # directories it created stay.
+        try:
+            root, destination = in_place_path(name, base, roots, leaf="symlink")
+        except InvalidInputError:
+            _root, directory = in_place_path(name, base, roots, leaf="dir")
+            if directory.is_dir() and not directory.is_symlink():
+                continue
+            raise
+        if destination not in held and (_is_regular(destination) or destination.is_symlink()):
             reason = "created by the restore this backup undoes"
             deletions[destination] = _Step(
                 PlannedAction("delete", name, destination, reason=reason), root, None
             )
-    if delete:
+    if delete and manifest.backup_type == PRE_RESTORE_TYPE:
+        # A pre_restore backup covers only its own files and its absent list (planned above):
+        # every other file in those directories was never touched by the restore it undoes.
+        note = (
+            f"--delete deletes nothing more for {manifest.backup_id}: a pre_restore backup "
+            "covers only the files it holds and those the restore it undoes created "
+            "(removed anyway); other files are left alone"
+        )
+        result.notes.append(note)
+        log.warning("%s", note)
+    elif delete:
         current = collect_sources(
             config.sources,
             config.source_root,
@@ -249,6 +305,11 @@ def plan_in_place(
             path = Path(os.path.normpath(item.path))
             if path.parent not in entry_dirs or path in held or path in deletions:
                 continue
+            owner = next(
+                (path.name[: -len(s)] for s in DATABASE_COMPANIONS if path.name.endswith(s)), None
+            )
+            if owner and path.with_name(owner) in databases:
+                continue  # a database's WAL or journal: part of it, never deleted on its own
             name = entry_name(path, pre_root)
             if not matches_filters(name, include, exclude):
                 continue
@@ -292,6 +353,20 @@ def _decide(
         st = destination.lstat()
     except FileNotFoundError:
         return PlannedAction("create", name, destination, entry.size, "missing")
+    if entry.kind == "dir":
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidInputError(f"cannot restore directory {destination}: not a directory")
+        return PlannedAction("unchanged", name, destination, reason="directory exists")
+    if entry.kind == "symlink":
+        if not stat.S_ISLNK(st.st_mode):
+            raise InvalidInputError(
+                f"cannot restore symbolic link {destination}: something else is there"
+            )
+        if os.readlink(destination) == entry.target:
+            return PlannedAction("unchanged", name, destination, reason="identical link")
+        if overwrite == "never":
+            return PlannedAction("kept", name, destination, reason="exists (--overwrite never)")
+        return PlannedAction("overwrite", name, destination, reason="link points elsewhere")
     if not stat.S_ISREG(st.st_mode):
         raise InvalidInputError(f"cannot restore {destination}: not a regular file there")
     if overwrite == "never":
@@ -321,12 +396,17 @@ def execute_in_place(
     result.dry_run = False
     saved = [s.planned.path for s in steps if s.planned.action in _SAVED]
     created = sorted(
-        entry_name(s.planned.path, pre_root) for s in steps if s.planned.action == "create"
+        entry_name(s.planned.path, pre_root)
+        for s in steps
+        if s.planned.action == "create" and s.planned.kind != "dir"
     )
     if saved or created:
         secrets_ok = config.include_secrets and repository.encrypted
-        entries: list[DataInput | FileInput] = list(
-            collect_paths(saved, pre_root, include_secrets=secrets_ok)
+        entries: list[DataInput | EntrySource] = list(
+            entry_sources(
+                collect_paths(saved, pre_root, include_secrets=secrets_ok),
+                sqlite=config.sqlite_options,
+            )
         )
         if created:
             entries.append(
@@ -358,11 +438,30 @@ def execute_in_place(
     return result
 
 
+def _write_object(root: Path, destination: Path, entry: Entry) -> None:
+    """Create a directory, or (re)place a symbolic link, in place; never through a link."""
+    check_no_links(root, destination, leaf=entry.kind)
+    relative = destination.relative_to(root).as_posix()
+    if entry.kind == "dir":
+        make_directory(root, relative)
+    elif entry.target is not None:
+        owner = restore_owner(entry.uid, entry.gid)
+        make_symlink(root, relative, entry.target, mtime_ns=entry.mtime_ns, owner=owner)
+
+
 def _carry_out(repository: Repository, plan: InPlacePlan, *, verify: bool) -> None:
     manifest, steps, result = plan.manifest, plan.steps, plan.result
+    for directory in sorted({step.planned.path.parent for step in steps}):
+        clean_stale_temps(directory)  # leftovers of a killed restore (writes sweep too)
     for step in steps:
         planned, entry = step.planned, step.entry
+        if entry is not None and entry.kind in ("dir", "symlink"):
+            if planned.action in ("create", "overwrite"):
+                _write_object(step.root, planned.path, entry)
+            continue
         if planned.action in ("create", "overwrite") and entry is not None:
+            if entry.origin == "sqlite":
+                remove_database_companions(step.root, planned.path)
             write_in_place(
                 step.root,
                 planned.path,
@@ -376,12 +475,31 @@ def _carry_out(repository: Repository, plan: InPlacePlan, *, verify: bool) -> No
             set_metadata(planned.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
         elif planned.action == "delete":
             delete_in_place(step.root, planned.path)
+    created_dirs = [
+        s
+        for s in steps
+        if s.entry is not None and s.entry.kind == "dir" and s.planned.action == "create"
+    ]
+    for step in sorted(created_dirs, key=lambda s: len(s.planned.path.parts), reverse=True):
+        assert step.entry is not None
+        owner = restore_owner(step.entry.uid, step.entry.gid)
+        finish_directory(
+            step.planned.path, mode=step.entry.mode, mtime_ns=step.entry.mtime_ns, owner=owner
+        )
     if verify:
         for step in steps:
             entry = step.entry
             if step.planned.action not in _WRITES or entry is None:
                 continue
             path = step.planned.path
+            if entry.kind == "dir":
+                if not path.is_dir() or path.is_symlink():
+                    raise CorruptDataError(f"restored directory {path} is missing")
+                continue
+            if entry.kind == "symlink":
+                if not path.is_symlink() or os.readlink(path) != entry.target:
+                    raise CorruptDataError(f"restored link {path} differs from the backup")
+                continue
             if not (repository.file_matches_entry(path, entry) and _same_meta(path.lstat(), entry)):
                 raise CorruptDataError(f"restored {path} differs from backup {manifest.backup_id}")
         result.verified = True

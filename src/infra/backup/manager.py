@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from src.infra.backup.archiver import command_inputs, entry_sources
 from src.infra.backup.check import CheckReport, check_repository, parse_subset
 from src.infra.backup.config import BackupConfig, load_backup_config
 from src.infra.backup.crypto import read_passphrase
@@ -27,11 +28,12 @@ from src.infra.backup.errors import (
     WrongPassphraseError,
 )
 from src.infra.backup.gc import PruneReport, prune
+from src.infra.backup.hooks import WarningCounter, outcome_environment, run_hooks
 from src.infra.backup.manifest import Manifest
 from src.infra.backup.offsite import ReplicaCoordinator, ReplicaLag
 from src.infra.backup.repository import (
     DataInput,
-    FileInput,
+    EntrySource,
     ProgressCallback,
     Repository,
     id_sort_key,
@@ -44,7 +46,7 @@ from src.infra.backup.retention import (
     apply_retention_days,
 )
 from src.infra.backup.snapshot_index import Summary, summarize
-from src.infra.backup.sources import collect_sources
+from src.infra.backup.sources import scan_sources
 from src.infra.backup.status import BackupHook, BackupOutcome, record_failure, record_success
 from src.infra.backup.values import ENCODING_NAME, decode_value, encode_value
 
@@ -133,6 +135,13 @@ class BackupInfo:
     @property
     def host(self) -> str:
         return self._summary.host
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the backup could not capture as asked (a file that vanished, could not be
+        read or kept changing, a special file left out, a database stored as raw bytes), one
+        line each naming the file; empty for a clean backup."""
+        return list(self._summary.warnings)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BackupInfo) and other._summary == self._summary
@@ -267,32 +276,82 @@ class BackupManager:
         (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
         The outcome (success or :class:`BackupError`) is recorded best-effort in the run
         history (``status.py``) and passed to ``self.hooks``.
+
+        ``[backup.hooks]``: the ``before`` commands run first (with ``PEAK_BACKUP_TYPE``); one
+        that fails fails the backup with :class:`HookError` before anything is written. The
+        ``after`` commands run last, after the outcome is recorded, on success and on failure
+        (``PEAK_BACKUP_OUTCOME`` and friends, see ``hooks.outcome_environment``); their
+        failures are only logged. Internal snapshots (``pre_restore``) do not run hooks.
         """
         started = time.monotonic()
         arguments = dict(tags=tags, note=note, include_files=include_files, progress=progress)
+        hooks = self.config.hooks
+        warnings = WarningCounter()
+        result: Manifest | Exception | None = None  # what the after hooks are told
         try:
-            manifest = self._create_backup(data, backup_type, **arguments)  # type: ignore[arg-type]
-        except StorageError as exc:
-            rescued = self._replicas.backup_to_fallback(
-                exc,
-                lambda fallback: self._create_backup(
-                    data,
-                    backup_type,
-                    target=fallback,
-                    **arguments,  # type: ignore[arg-type]
-                ),
-            )
-            if rescued is None:
-                self._record_outcome(backup_type, started, error=exc)
-                raise
-            self._record_outcome(backup_type, started, manifest=rescued)
-            return rescued.backup_id
-        except BackupError as exc:
-            self._record_outcome(backup_type, started, error=exc)
+            with warnings:
+                if hooks.before:
+                    try:
+                        validate_backup_type(backup_type)  # refuse a bad call before any hook
+                        run_hooks(
+                            hooks.before,
+                            phase="before",
+                            timeout=hooks.timeout,
+                            env={"PEAK_BACKUP_TYPE": backup_type},
+                            cwd=self.config.source_root,
+                        )
+                    except BackupError as exc:
+                        self._record_outcome(backup_type, started, error=exc)
+                        raise
+                try:
+                    manifest = self._create_backup(
+                        data,
+                        backup_type,
+                        **arguments,  # type: ignore[arg-type]
+                    )
+                except StorageError as exc:
+                    rescued = self._replicas.backup_to_fallback(
+                        exc,
+                        lambda fallback: self._create_backup(
+                            data,
+                            backup_type,
+                            target=fallback,
+                            **arguments,  # type: ignore[arg-type]
+                        ),
+                    )
+                    if rescued is None:
+                        self._record_outcome(backup_type, started, error=exc)
+                        raise
+                    self._record_outcome(backup_type, started, manifest=rescued)
+                    result = rescued
+                    return rescued.backup_id
+                except BackupError as exc:
+                    self._record_outcome(backup_type, started, error=exc)
+                    raise
+                self._record_outcome(backup_type, started, manifest=manifest)
+                result = manifest
+                self._replicas.after_commit()
+                return manifest.backup_id
+        except Exception as exc:
+            result = exc
             raise
-        self._record_outcome(backup_type, started, manifest=manifest)
-        self._replicas.after_commit()
-        return manifest.backup_id
+        finally:
+            if hooks.after and result is not None:
+                run_hooks(
+                    hooks.after,
+                    phase="after",
+                    timeout=hooks.timeout,
+                    env=outcome_environment(
+                        backup_type=backup_type,
+                        backup_id=result.backup_id if isinstance(result, Manifest) else None,
+                        error=result if isinstance(result, Exception) else None,
+                        warnings=warnings.total(
+                            result.warnings if isinstance(result, Manifest) else ()
+                        ),
+                        duration_seconds=time.monotonic() - started,
+                    ),
+                    cwd=self.config.source_root,
+                )
 
     # -- off-site and fallback (offsite.ReplicaCoordinator does the work) --------------------
 
@@ -414,12 +473,13 @@ class BackupManager:
             raise InvalidInputError(
                 f"data must be a dict of names to values, not {type(data).__name__}"
             )
-        entries: list[DataInput | FileInput] = []
+        entries: list[DataInput | EntrySource] = []
         for key, value in (data or {}).items():
             validate_entry_name(key)
             payload = encode_value(value, root=f"data[{json.dumps(key)}]")
             entries.append(DataInput(key, payload, ENCODING_NAME))
-        files = include_files if include_files is not None else bool(self.config.sources)
+        files = include_files if include_files is not None else self.config.has_file_sources
+        warnings: list[str] = []
         if files:
             repository = target or self.open_repository(create=True)
             if self.config.include_secrets and not repository.encrypted:
@@ -427,14 +487,15 @@ class BackupManager:
                     "include_secrets = true, but the repository is not encrypted: secrets "
                     "files are only backed up into an encrypted repository"
                 )
-            entries.extend(
-                collect_sources(
-                    self.config.sources,
-                    self.config.source_root,
-                    exclude=self.config.exclude,
-                    include_secrets=self.config.include_secrets,
-                )
+            scan = scan_sources(
+                self.config.sources,
+                self.config.source_root,
+                exclude=self.config.exclude,
+                include_secrets=self.config.include_secrets,
             )
+            warnings = scan.warnings
+            entries.extend(entry_sources(scan.items, sqlite=self.config.sqlite_options))
+            entries.extend(command_inputs(self.config.command_sources, self.config.source_root))
         manifest = (target or self.open_repository(create=True)).create_snapshot(
             backup_type,
             entries,
@@ -442,6 +503,7 @@ class BackupManager:
             note=note,
             base_dir=str(self.config.source_root) if files else None,
             progress=progress,
+            warnings=warnings,
         )
         if target is None and (self.config.retention is not None or self.config.retention_days > 0):
             try:

@@ -18,11 +18,16 @@ import msgspec
 from src.infra.backup.crypto import RepositoryKeys, object_aad
 from src.infra.backup.errors import CorruptDataError, FormatVersionError
 
-FORMAT_VERSION = 1
+# The newest format this version reads and writes. A manifest is written with the lowest
+# format that can express it (format 1 unless it uses a format-2 feature), so older versions
+# keep reading backups of values and plain files; repo.json stays at REPO_FORMAT_VERSION.
+FORMAT_VERSION = 2
+REPO_FORMAT_VERSION = 1
 # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
 JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
 CHECKSUM_FIELD = b'"checksum":"'
 _ZERO_SUM = "0" * 64
+UNSIGNED = _ZERO_SUM  # the checksum a document carries until encode_checked fills it in
 _SUFFIX_LEN = len(CHECKSUM_FIELD) + 64 + 2  # "checksum":"<64 hex>"}
 
 
@@ -43,18 +48,30 @@ class ListRef(msgspec.Struct, array_like=True, frozen=True):
     stored: int
 
 
+EntryKind = Literal["data", "file", "symlink", "dir", "hardlink"]
+FILE_SYSTEM_KINDS: tuple[str, ...] = ("file", "symlink", "dir", "hardlink")
+ORIGINS = ("sqlite", "command")
+
+
 class Entry(msgspec.Struct, omit_defaults=True, frozen=True):
-    """One named entry of a backup: a data value or a file.
+    """One named entry of a backup: a data value, or a file-system object.
 
     Data entries carry ``encoding``; file entries carry ``path`` (relative, ``/``-separated,
     or absolute for sources outside the base directory), ``mode``, ``mtime_ns`` and, for change
     detection, ``ino`` and ``ctime_ns``. Chunks are listed inline (``chunks``) or, for large
     entries, through chunk-list blobs (``lists``), so appending to a large entry adds one small
     list blob instead of repeating every chunk id in each manifest.
+
+    Format 2 adds: the kinds ``symlink`` (``target``: the link's text, never followed),
+    ``dir`` (mode and mtime of a directory, also an empty one) and ``hardlink`` (``target``:
+    the name of an earlier ``file`` entry that is the same inode; no chunks of its own);
+    ``uid``/``gid``; ``origin`` (``"sqlite"``: a consistent copy taken through SQLite's
+    backup API; ``"command"``: a command's output); ``changed`` (the file kept changing while
+    it was read: the last copy is stored, and may mix two versions).
     """
 
     name: str
-    kind: Literal["data", "file"]
+    kind: EntryKind
     size: int
     chunks: list[ChunkRef] = []
     lists: list[ListRef] = []
@@ -64,6 +81,11 @@ class Entry(msgspec.Struct, omit_defaults=True, frozen=True):
     mtime_ns: int | None = None
     ctime_ns: int | None = None
     ino: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    target: str | None = None
+    origin: str | None = None
+    changed: bool = False
 
 
 class Stats(msgspec.Struct, frozen=True):
@@ -81,8 +103,13 @@ class Stats(msgspec.Struct, frozen=True):
     total_chunks: int
 
 
-class Manifest(msgspec.Struct, frozen=True):
-    """A snapshot's manifest: the commit point of a backup."""
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A snapshot's manifest: the commit point of a backup.
+
+    ``warnings`` (format 2, left out when empty): what the backup could not capture as
+    asked (a file that vanished, could not be read, kept changing, a special file skipped,
+    a database stored as raw bytes), one line each, naming the file.
+    """
 
     format: int
     backup_id: str
@@ -97,7 +124,8 @@ class Manifest(msgspec.Struct, frozen=True):
     base_dir: str | None
     entries: list[Entry]
     stats: Stats
-    checksum: str = _ZERO_SUM
+    warnings: list[str] = []
+    checksum: str
 
 
 class RepoConfig(msgspec.Struct, frozen=True):
@@ -141,9 +169,10 @@ def decode_checked(raw: bytes, kind: type[_T], what: str) -> _T:
         version = msgspec.json.decode(raw, type=_FormatOnly).format
     except JSON_ERRORS as exc:
         raise CorruptDataError(f"{what}: damaged ({exc})") from exc
-    if version > FORMAT_VERSION:
+    newest = FORMAT_VERSION if kind is Manifest else REPO_FORMAT_VERSION
+    if version > newest:
         raise FormatVersionError(
-            f"{what} uses format {version}; this version reads format {FORMAT_VERSION} and "
+            f"{what} uses format {version}; this version reads format {newest} and "
             "older. Upgrade peak-trade-backup to read it."
         )
     try:
@@ -183,9 +212,15 @@ def _manifest_problem(manifest: Manifest) -> str | None:
     problem = _time_problem(manifest.time_utc)
     if problem:
         return problem
+    files: set[str] = set()
     for entry in manifest.entries:
         if not entry.name or entry.size < 0:
             return f"entry {entry.name!r} has no name or a negative size"
+        problem = _kind_problem(entry, files)
+        if problem:
+            return f"entry {entry.name!r}: {problem}"
+        if entry.kind == "file":
+            files.add(entry.name)
         for ref in entry.chunks:
             problem = _ref_problem(ref.id, ref.size, ref.stored)
             if problem:
@@ -207,6 +242,36 @@ def _manifest_problem(manifest: Manifest) -> str | None:
     ):
         return "negative sizes in stats"
     return None
+
+
+def _kind_problem(entry: Entry, files: set[str]) -> str | None:
+    """What is wrong with an entry's kind-specific fields (``files``: earlier file entries)."""
+    if entry.origin is not None and entry.origin not in ORIGINS:
+        return f"unknown origin {entry.origin[:40]!r}"
+    if entry.kind in ("data", "file"):
+        return "a target on a data or file entry" if entry.target is not None else None
+    if entry.chunks or entry.lists or entry.size:
+        return f"a {entry.kind} entry with content"
+    target = entry.target
+    if entry.kind == "dir":
+        return "a directory with a target" if target is not None else None
+    if not target or "\0" in target or len(target) > 4096:
+        return f"a {entry.kind} without a valid target"
+    if entry.kind == "hardlink" and target not in files:
+        return f"a hard link to {target[:200]!r}, which is no earlier file entry"
+    return None
+
+
+def manifest_format(entries: list[Entry], warnings: list[str]) -> int:
+    """The lowest format that expresses a manifest with these entries and warnings."""
+    if warnings:
+        return 2
+    for entry in entries:
+        if entry.kind not in ("data", "file") or entry.changed or entry.origin is not None:
+            return 2
+        if entry.uid is not None or entry.gid is not None or entry.target is not None:
+            return 2
+    return 1
 
 
 def encode_chunk_list(refs: list[ChunkRef]) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -22,8 +23,23 @@ from src.infra.backup.in_place import InPlaceResult, Overwrite, execute_in_place
 from src.infra.backup.manager import BackupManager, get_backup_manager
 from src.infra.backup.manifest import Entry
 from src.infra.backup.pointintime import parse_moment
-from src.infra.backup.repository import VerifyReport, is_valid_backup_id, validate_backup_type
-from src.infra.backup.sources import restore_path, write_file
+from src.infra.backup.repository import (
+    Repository,
+    VerifyReport,
+    is_valid_backup_id,
+    validate_backup_type,
+)
+from src.infra.backup.sources import (
+    check_layout,
+    finish_directory,
+    make_directory,
+    make_hardlink,
+    make_symlink,
+    remove_database_companions,
+    restore_owner,
+    restore_path,
+    write_file,
+)
 from src.infra.backup.status import record_verify
 from src.infra.backup.values import ENCODING_NAME, decode_value, to_jsonable
 
@@ -162,39 +178,14 @@ class RecoveryManager:
         names = [f"{e.name}.json" if e.kind == "data" else e.name for e in manifest.entries]
         try:
             planned = [restore_path(root, name) for name in names]
+            check_layout([(name, e.kind) for name, e in zip(names, manifest.entries, strict=True)])
         except InvalidInputError as exc:
             raise RecoveryError(f"backup {backup_id} cannot be restored safely: {exc}") from exc
         if len(set(planned)) != len(planned):
             raise RecoveryError(f"backup {backup_id}: two entries would restore to the same path")
         result = RestoreResult(backup_id, root)
-        expected: list[tuple[Path, Entry, bytes | None]] = []
         try:
-            for entry, name in zip(manifest.entries, names, strict=True):
-                if entry.kind == "data":
-                    text = _json_text(decode_value(repository.read_entry(entry)))
-                    path = write_file(root, name, [text])
-                    expected.append((path, entry, text))
-                else:
-                    path = write_file(
-                        root,
-                        name,
-                        repository.iter_entry(entry),
-                        mode=entry.mode,
-                        mtime_ns=entry.mtime_ns,
-                    )
-                    expected.append((path, entry, None))
-                result.written.append(path)
-                result.bytes_written += path.stat().st_size
-            if verify:
-                for path, entry, written_text in expected:
-                    same = (
-                        path.read_bytes() == written_text
-                        if written_text is not None
-                        else repository.file_matches_entry(path, entry)
-                    )
-                    if not same:
-                        raise IntegrityError(f"restored {path} differs from backup {backup_id}")
-                result.verified = True
+            _restore_entries(repository, manifest.entries, root, result, verify=verify)
         except RecoveryError:
             raise
         except BackupError as exc:
@@ -316,6 +307,82 @@ class RecoveryManager:
         if backup_type is not None:
             validate_backup_type(backup_type)
         return self.manager.list_backups(backup_type)
+
+
+def _restore_entries(
+    repository: Repository,
+    entries: Sequence[Entry],
+    root: Path,
+    result: RestoreResult,
+    *,
+    verify: bool,
+) -> None:
+    """Write entries below ``root`` in an order that never writes through a link:
+    directories, then data and files, then hard links, then symbolic links; directory
+    modes and mtimes last (deepest first), so writing below them does not change them."""
+    dirs = [e for e in entries if e.kind == "dir"]
+    files: dict[str, Path] = {}
+    expected: list[tuple[Path, Entry, bytes | None]] = []
+    written = result.written
+    for entry in dirs:
+        written.append(make_directory(root, entry.name))
+    for entry in entries:
+        owner = restore_owner(entry.uid, entry.gid)
+        if entry.kind == "data":
+            text = _json_text(decode_value(repository.read_entry(entry)))
+            path = write_file(root, f"{entry.name}.json", [text])
+            expected.append((path, entry, text))
+        elif entry.kind == "file":
+            if entry.origin == "sqlite":
+                remove_database_companions(root, restore_path(root, entry.name))
+            path = write_file(
+                root,
+                entry.name,
+                repository.iter_entry(entry),
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                owner=owner,
+            )
+            files[entry.name] = path
+            expected.append((path, entry, None))
+        else:
+            continue
+        written.append(path)
+        result.bytes_written += path.lstat().st_size
+    by_name = {e.name: e for e in entries}
+    for entry in entries:
+        if entry.kind == "hardlink" and entry.target is not None:
+            path = make_hardlink(root, entry.name, files[entry.target])
+            expected.append((path, by_name[entry.target], None))
+            written.append(path)
+    for entry in entries:
+        if entry.kind == "symlink" and entry.target is not None:
+            owner = restore_owner(entry.uid, entry.gid)
+            written.append(
+                make_symlink(root, entry.name, entry.target, mtime_ns=entry.mtime_ns, owner=owner)
+            )
+    for entry in sorted(dirs, key=lambda e: e.name.count("/"), reverse=True):
+        finish_directory(
+            restore_path(root, entry.name),
+            mode=entry.mode,
+            mtime_ns=entry.mtime_ns,
+            owner=restore_owner(entry.uid, entry.gid),
+        )
+    if verify:
+        for path, entry, written_text in expected:
+            same = (
+                path.read_bytes() == written_text
+                if written_text is not None
+                else repository.file_matches_entry(path, entry)
+            )
+            if not same:
+                raise IntegrityError(f"restored {path} differs from the backup")
+        for entry in entries:
+            if entry.kind == "symlink":
+                path = restore_path(root, entry.name)
+                if not path.is_symlink() or os.readlink(path) != entry.target:
+                    raise IntegrityError(f"restored link {path} differs from the backup")
+        result.verified = True
 
 
 def _check_decodes(entry: Entry, content: bytes) -> None:

@@ -13,11 +13,12 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import msgspec
 
@@ -45,11 +46,13 @@ from src.infra.backup.errors import (
 from src.infra.backup.locks import HOSTNAME, Lease
 from src.infra.backup.manifest import (
     COLLECTION_PREFIX,
-    FORMAT_VERSION,
     JSON_ERRORS,
+    REPO_FORMAT_VERSION,
+    UNSIGNED,
     ChunkRef,
     Collection,
     Entry,
+    EntryKind,
     ListRef,
     Manifest,
     RepoConfig,
@@ -58,6 +61,7 @@ from src.infra.backup.manifest import (
     decode_chunk_list,
     encode_checked,
     encode_chunk_list,
+    manifest_format,
     open_manifest,
     seal_manifest,
 )
@@ -125,12 +129,21 @@ class DataInput:
     encoding: str
 
 
-@dataclass(frozen=True)
-class FileInput:
-    """A file entry to store: its name in the backup and where it is now."""
+class EntrySource(Protocol):
+    """Something that stores itself as one entry of a backup: the archiver's files,
+    links, directories, databases and command outputs. The repository only chunks and
+    stores what a source hands to the :class:`SnapshotWriter`; it never reads the file
+    system itself."""
 
-    name: str
-    path: Path
+    @property
+    def name(self) -> str:
+        """The entry's name in the backup."""
+        ...
+
+    def store(self, writer: SnapshotWriter) -> Entry | None:
+        """Store the entry through ``writer`` and describe it; ``None`` leaves it out (the
+        source has told ``writer.warn`` why)."""
+        ...
 
 
 @dataclass
@@ -166,6 +179,71 @@ class _Pending:
     pending_bytes: int = 0
     new_chunks: int = 0
     added_bytes: int = 0
+
+
+class SnapshotWriter:
+    """What an :class:`EntrySource` sees of the backup being written: chunk and store a
+    stream, reuse the previous backup's entry, build the entry, report a warning."""
+
+    def __init__(
+        self, repository: Repository, pending: _Pending, parent: Manifest | None
+    ) -> None:
+        self._repository = repository
+        self._pending = pending
+        self._parent = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
+        self.warnings: list[str] = []
+
+    def previous(self, name: str) -> Entry | None:
+        """The file entry of this name in the parent backup, if any."""
+        return self._parent.get(name)
+
+    def reuse(self, previous: Entry) -> list[ChunkRef] | None:
+        """The chunks of ``previous`` if every one of them is known to be stored (then the
+        file need not be read again), else ``None``."""
+        try:
+            refs = self._repository.entry_refs(previous)
+        except (IntegrityError, StorageError):
+            return None
+        pending = self._pending
+        if not all(ref.id in pending.known for ref in refs):
+            return None
+        pending.referenced.update((ref.id, ref.stored) for ref in refs)
+        return refs
+
+    def store_stream(self, stream: BinaryIO, size_hint: int) -> list[ChunkRef]:
+        """Chunk ``stream`` to its end (content-defined cuts), store the new chunks and
+        return the references; ``size_hint`` (the expected size) only picks the cutting."""
+        repository, pending = self._repository, self._pending
+        refs = []
+        for chunk in repository.chunker.split_stream(stream, size_hint):
+            refs.append(repository._store_chunk(chunk, pending))
+            if pending.pending_bytes >= _FLUSH_BYTES:
+                repository._flush(pending)
+        return refs
+
+    def store_blocks(self, stream: BinaryIO, block: int) -> list[ChunkRef]:
+        """Like :meth:`store_stream`, with fixed cuts every ``block`` bytes (for page-structured
+        files such as databases, where a changed page then changes exactly one chunk)."""
+        repository, pending = self._repository, self._pending
+        refs = []
+        while chunk := stream.read(block):
+            refs.append(repository._store_chunk(chunk, pending))
+            if pending.pending_bytes >= _FLUSH_BYTES:
+                repository._flush(pending)
+        if not refs:
+            refs.append(repository._store_chunk(b"", pending))
+        return refs
+
+    def entry(
+        self, name: str, kind: EntryKind, size: int, refs: list[ChunkRef], **meta: object
+    ) -> Entry:
+        """The manifest entry for stored ``refs`` (large ones through chunk-list blobs)."""
+        return self._repository._entry(name, kind, size, refs, self._pending, **meta)
+
+    def warn(self, message: str) -> None:
+        """Record a warning (it names the file) in the backup's manifest, and log it."""
+        log.warning("%s", message)
+        self.warnings.append(message)
 
 
 class Repository:
@@ -264,7 +342,7 @@ class Repository:
             header, keys = create_encryption(passphrase(), aead=encryption, cache_key=repository_id)
             header_json = header.to_json()
         config = RepoConfig(
-            format=FORMAT_VERSION,
+            format=REPO_FORMAT_VERSION,
             repository_id=repository_id,
             created_utc=datetime.now(timezone.utc),
             hash="blake3-256",
@@ -564,19 +642,22 @@ class Repository:
     # -- verifying -------------------------------------------------------------------------
 
     def file_matches_entry(self, path: Path, entry: Entry) -> bool:
-        """Whether the file at ``path`` holds exactly the entry's content (re-chunked and
-        hashed, compared with the manifest's chunk ids)."""
-        expected = [ref.id for ref in self.entry_refs(entry)]
+        """Whether the file at ``path`` holds exactly the entry's content: each chunk's byte
+        range is read and hashed and compared with the manifest's chunk id (so it holds for
+        any way the entry was cut: content-defined, page-aligned, a command's stream)."""
+        refs = self.entry_refs(entry)
         try:
             with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size != entry.size:
+                if os.fstat(handle.fileno()).st_size != entry.size:
                     return False
                 codec = self._codec
-                actual = [codec.chunk_id(c) for c in self.chunker.split_stream(handle, size)]
+                for ref in refs:
+                    piece = handle.read(ref.size)
+                    if len(piece) != ref.size or codec.chunk_id(piece) != ref.id:
+                        return False
+                return handle.read(1) == b""
         except OSError:
             return False
-        return actual == expected
 
     def verify_snapshot(
         self,
@@ -629,15 +710,19 @@ class Repository:
     def create_snapshot(
         self,
         backup_type: str,
-        entries: Iterable[DataInput | FileInput],
+        entries: Iterable[DataInput | EntrySource],
         *,
         tags: dict[str, str] | None = None,
         note: str | None = None,
         base_dir: str | None = None,
         progress: ProgressCallback | None = None,
         commit_as: tuple[str, datetime] | None = None,
+        warnings: Sequence[str] = (),
     ) -> Manifest:
         """Store the entries as a new backup and return its committed manifest.
+
+        ``warnings`` (found before storing, e.g. while listing sources) are recorded in the
+        manifest with those the entry sources report while they are stored.
 
         ``commit_as`` (an import) fixes the backup id and time: the manifest is then written
         exclusively once, never with a suffix (:class:`ObjectExistsError` if the id exists).
@@ -657,6 +742,7 @@ class Repository:
                 base_dir=base_dir,
                 progress=progress,
                 commit_as=commit_as,
+                warnings=warnings,
             )
         finally:
             lease.release()
@@ -664,7 +750,7 @@ class Repository:
     def _create_snapshot(
         self,
         backup_type: str,
-        entries: Iterable[DataInput | FileInput],
+        entries: Iterable[DataInput | EntrySource],
         lease: Lease,
         *,
         tags: dict[str, str] | None,
@@ -672,6 +758,7 @@ class Repository:
         base_dir: str | None,
         progress: ProgressCallback | None,
         commit_as: tuple[str, datetime] | None = None,
+        warnings: Sequence[str] = (),
     ) -> Manifest:
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
@@ -679,7 +766,8 @@ class Repository:
         for cid in self._collected_chunks():
             known.pop(cid, None)
         pending = _Pending(known=known, lease=lease)
-        parent_files = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
+        writer = SnapshotWriter(self, pending, parent)
+        writer.warnings.extend(warnings)
         stored_entries: list[Entry] = []
         for item in entries:
             lease.renew_if_due()
@@ -695,9 +783,11 @@ class Repository:
                 if progress:
                     progress(len(item.payload))
             else:
-                stored_entries.append(self._store_file(item, parent_files.get(item.name), pending))
-                if progress:
-                    progress(stored_entries[-1].size)
+                stored = item.store(writer)
+                if stored is not None:
+                    stored_entries.append(stored)
+                    if progress:
+                        progress(stored.size)
             if pending.pending_bytes >= _FLUSH_BYTES:
                 self._flush(pending)
         self._flush(pending)
@@ -706,7 +796,15 @@ class Repository:
             self._revalidate(pending.referenced)
         stats = self._stats(stored_entries, pending)
         return self._commit(
-            backup_type, stored_entries, stats, tags or {}, note, parent, base_dir, commit_as
+            backup_type,
+            stored_entries,
+            stats,
+            tags or {},
+            note,
+            parent,
+            base_dir,
+            commit_as,
+            warnings=writer.warnings,
         )
 
     def _collected_chunks(self) -> set[str]:
@@ -804,7 +902,7 @@ class Repository:
     def _entry(
         self,
         name: str,
-        kind: str,
+        kind: EntryKind,
         size: int,
         refs: list[ChunkRef],
         pending: _Pending,
@@ -826,37 +924,6 @@ class Repository:
                 self._chunk_lists[ref.id] = group
             lists.append(ListRef(ref.id, len(group), ref.size, ref.stored))
         return Entry(name=name, kind=kind, size=size, chunks=inline, lists=lists, **meta)  # type: ignore[arg-type]
-
-    def _store_file(self, item: FileInput, previous: Entry | None, pending: _Pending) -> Entry:
-        try:
-            with open(item.path, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                meta = {
-                    "path": item.name,
-                    "mode": st.st_mode & 0o7777,
-                    "mtime_ns": st.st_mtime_ns,
-                    "ctime_ns": st.st_ctime_ns,
-                    "ino": st.st_ino,
-                }
-                if previous is not None and _unchanged(previous, st):
-                    refs = self.entry_refs(previous)
-                    if all(ref.id in pending.known for ref in refs):
-                        pending.referenced.update((ref.id, ref.stored) for ref in refs)
-                        return self._entry(item.name, "file", st.st_size, refs, pending, **meta)
-                refs = [
-                    self._store_chunk(chunk, pending)
-                    for chunk in self.chunker.split_stream(handle, st.st_size)
-                ]
-                if pending.pending_bytes >= _FLUSH_BYTES:
-                    self._flush(pending)
-        except FileNotFoundError:
-            raise InvalidInputError(
-                f"source file vanished during the backup: {item.path}"
-            ) from None
-        except OSError as exc:
-            raise StorageError(f"cannot read source file {item.path}: {exc.strerror}") from exc
-        size = sum(ref.size for ref in refs)
-        return self._entry(item.name, "file", size, refs, pending, **meta)
 
     def _flush(self, pending: _Pending) -> None:
         if pending.lease is not None:
@@ -881,7 +948,7 @@ class Repository:
         backup_id: str,
         time_utc: datetime,
         backup_type: str,
-        entries: Iterable[DataInput | FileInput],
+        entries: Iterable[DataInput | EntrySource],
         *,
         tags: dict[str, str] | None = None,
         note: str | None = None,
@@ -916,6 +983,8 @@ class Repository:
         parent: Manifest | None,
         base_dir: str | None,
         fixed: tuple[str, datetime] | None = None,
+        *,
+        warnings: list[str] | None = None,
     ) -> Manifest:
         """Write the manifest exclusively under a fresh id (or the fixed id and time of an
         import): the backup's commit point."""
@@ -927,7 +996,7 @@ class Repository:
             if fixed:
                 backup_id = fixed[0]
             manifest = Manifest(
-                format=FORMAT_VERSION,
+                format=manifest_format(entries, warnings or []),
                 backup_id=backup_id,
                 backup_type=backup_type,
                 time_utc=now,
@@ -940,6 +1009,8 @@ class Repository:
                 base_dir=base_dir,
                 entries=entries,
                 stats=stats,
+                warnings=warnings or [],
+                checksum=UNSIGNED,
             )
             raw = encode_checked(manifest)
             stored = seal_manifest(raw, self.keys, backup_id) if self.keys else raw
@@ -1104,15 +1175,6 @@ def _next_id(backup_id: str) -> str:
     if match and match.group(2):
         return f"{backup_id[: match.start(2) - 1]}_{int(match.group(2)) + 1}"
     return f"{backup_id}_2"
-
-
-def _unchanged(previous: Entry, st: os.stat_result) -> bool:
-    return (
-        previous.size == st.st_size
-        and previous.mtime_ns == st.st_mtime_ns
-        and previous.ctime_ns == st.st_ctime_ns
-        and previous.ino == st.st_ino
-    )
 
 
 def _is_hex_id(cid: str) -> bool:

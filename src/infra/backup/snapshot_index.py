@@ -44,6 +44,7 @@ class Summary(msgspec.Struct, frozen=True, array_like=True):
     stats: Stats
     data_keys: tuple[str, ...]
     file_paths: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 class IndexedSummary(msgspec.Struct, frozen=True, array_like=True):
@@ -58,6 +59,7 @@ class _IndexFile(msgspec.Struct, frozen=True, array_like=True):
     entries: list[IndexedSummary]
 
 
+_PATH_KINDS = ("file", "hardlink", "symlink")  # directories are not listed as files
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(_IndexFile)
 
@@ -75,7 +77,8 @@ def summarize(manifest: Manifest) -> Summary:
         compression=manifest.compression,
         stats=manifest.stats,
         data_keys=tuple(e.name for e in manifest.entries if e.kind == "data"),
-        file_paths=tuple(e.name for e in manifest.entries if e.kind == "file"),
+        file_paths=tuple(e.name for e in manifest.entries if e.kind in _PATH_KINDS),
+        warnings=tuple(manifest.warnings),
     )
 
 

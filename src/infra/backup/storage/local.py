@@ -52,10 +52,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_temp_file(directory: Path, data: bytes | Iterable[bytes], *, sync: bool = True) -> Path:
+def write_temp_file(
+    directory: Path, data: bytes | Iterable[bytes], *, sync: bool = True, tag: str = ""
+) -> Path:
     """Write ``data`` (bytes, or an iterable of pieces) to a new temporary file in
-    ``directory`` (fsync'ed unless ``sync=False``) and return its path."""
-    temp = directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    ``directory`` (fsync'ed unless ``sync=False``) and return its path. The name is
+    ``.tmp-<tag><16 hex>``; the store's own files have no tag, restores name their writer
+    (see ``restore_temp.py``)."""
+    temp = directory / f"{TEMP_PREFIX}{tag}{secrets.token_hex(8)}"
     pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:
