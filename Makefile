@@ -43,11 +43,14 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 SIZE_MB ?= 1024
+DB_SIZE_MB ?= 200
 bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
 	$(PY) -m bench.many_backups
 	$(PY) -m bench.s3
+	$(PY) -m bench.sqlite_live --size-mb $(DB_SIZE_MB)
+	$(PY) -m bench.sqlite_backup --size-mb $(DB_SIZE_MB)
 
 bench-restore: $(STAMP)  ## Back up and restore a mixed tree of SIZE_MB, against cp -a
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)

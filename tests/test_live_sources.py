@@ -71,9 +71,10 @@ def committed(progress: Path) -> tuple[int, float]:
 
 @contextmanager
 def writer(db: Path, mode: str, pace: float) -> Iterator[Path]:
-    """A real process committing transactions into ``db`` until the block ends."""
-    progress = db.with_suffix(".progress")
-    script = db.parent / "writer.py"
+    """A real process committing transactions into ``db`` until the block ends (its script
+    and progress file live outside the backed-up directory)."""
+    progress = db.parent.parent / f"{db.name}.progress"
+    script = db.parent.parent / "writer.py"
     script.write_text(WRITER)
     process = subprocess.Popen(
         [sys.executable, str(script), str(db), mode, str(pace), str(progress)]

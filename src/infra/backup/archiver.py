@@ -50,10 +50,11 @@ RETRY_BACKOFF_SECONDS = (0.02, 0.1, 0.3)
 RACY_WINDOW_NS = 1_000_000_000
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-# Database copies are cut at fixed, page-aligned offsets (a multiple of every SQLite page
-# size up to 64 KiB): a changed page then changes exactly one chunk. Measured against
-# content-defined cuts in docs/PERFORMANCE.md.
-DATABASE_BLOCK = 64 * 1024
+# Database copies are cut at fixed offsets aligned with pages of every SQLite page size, so a
+# changed page changes only its own chunk (content-defined cuts shift around a change). The
+# size is chosen by measurement (docs/PERFORMANCE.md): smaller chunks save bytes per change
+# but put more chunk references into every manifest.
+DATABASE_BLOCK = 16 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
@@ -140,7 +141,9 @@ class FileInput:
                         head = handle.read(len(SQLITE_HEADER))
                         handle.seek(0)
                         if head == SQLITE_HEADER:
-                            return DatabaseInput(self.name, self.path, self.sqlite).store(writer)
+                            entry = DatabaseInput(self.name, self.path, self.sqlite).store(writer)
+                            self.stored = entry is not None and entry.kind == "file"
+                            return entry
                 started = time.time_ns()
                 refs = writer.store_stream(handle, before.st_size)
                 after = os.fstat(fd)

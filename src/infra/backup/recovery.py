@@ -161,9 +161,14 @@ class RecoveryManager:
         self, backup_id: str, target: str | Path, *, verify: bool = False
     ) -> RestoreResult:
         """Write a backup out below ``target``: data entries as ``<key>.json`` (readable JSON),
-        files under their relative paths with mode and mtime, each verified and atomic.
+        files under their relative paths with mode and mtime, each verified and atomic;
+        symbolic links as links, directories with their mode and mtime, hard links as links,
+        owners when running as root. A database's stale ``-wal``/``-shm``/``-journal`` files
+        in ``target`` are removed before its copy is written.
 
-        Every path is checked before anything is written; nothing lands outside ``target``.
+        Every path is checked before anything is written; nothing lands outside ``target``,
+        and nothing is written through a symbolic link (an entry below a link or file entry
+        of the backup is refused up front).
         With ``verify``, every restored file is read back and checked against the backup
         (:class:`IntegrityError` if one differs).
         """
@@ -324,8 +329,8 @@ def _restore_entries(
     files: dict[str, Path] = {}
     expected: list[tuple[Path, Entry, bytes | None]] = []
     written = result.written
-    for entry in dirs:
-        written.append(make_directory(root, entry.name))
+    for entry in dirs:  # directories are not counted as written files
+        make_directory(root, entry.name)
     for entry in entries:
         owner = restore_owner(entry.uid, entry.gid)
         if entry.kind == "data":

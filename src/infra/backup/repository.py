@@ -91,7 +91,7 @@ CHUNKS_PER_LIST = 32
 # after a listing had to read at least this many manifests.
 INDEX_MIN_UNKNOWN = 16
 INDEX_REWRITE_UNKNOWN = 64
-_FLUSH_BYTES = 64 * 1024 * 1024
+_FLUSH_BYTES = 16 * 1024 * 1024  # pending new chunks held in memory before a put_many
 ProgressCallback = Callable[[int], None]
 _SortKey = tuple[datetime, tuple[str, int, str]]
 PassphraseSource = Callable[[], str]

@@ -186,35 +186,54 @@ def _walk(
     stack = [path]
     while stack:
         directory = stack.pop()
-        try:
-            with os.scandir(directory) as listing:
-                children = sorted(listing, key=lambda e: e.name)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            warnings.append(f"{directory}: its contents are not backed up: cannot list it "
-                            f"({exc.strerror})")
-            continue
         subdirs = []
+        for child_path, child_st in _list_directory(directory, warnings):
+            yield child_path, child_st
+            if (
+                stat.S_ISDIR(child_st.st_mode)
+                and not child_path.name.startswith(TEMP_PREFIX)
+                and not _excluded(entry_name(child_path, root), exclude)
+            ):
+                subdirs.append(child_path)
+        stack.extend(reversed(subdirs))
+
+
+def _list_directory(
+    directory: Path, warnings: list[str]
+) -> list[tuple[Path, os.stat_result]]:
+    """The entries of ``directory`` with their ``lstat``, sorted by name. The directory is
+    opened without following a link (one swapped for a link after it was listed is not
+    entered), and its entries are stat'ed relative to that open directory."""
+    found: list[tuple[Path, os.stat_result]] = []
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        warnings.append(
+            f"{directory}: its contents are not backed up: cannot list it ({exc.strerror})"
+        )
+        return found
+    try:
+        with os.scandir(fd) as listing:
+            children = sorted(listing, key=lambda e: e.name)
         for child in children:
-            child_path = Path(child.path)
+            child_path = directory / child.name
             try:
-                child_st = child.stat(follow_symlinks=False)
+                found.append((child_path, child.stat(follow_symlinks=False)))
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 warnings.append(
                     f"{child_path}: not backed up: cannot read its attributes ({exc.strerror})"
                 )
-                continue
-            yield child_path, child_st
-            if (
-                stat.S_ISDIR(child_st.st_mode)
-                and not child.name.startswith(TEMP_PREFIX)
-                and not _excluded(entry_name(child_path, root), exclude)
-            ):
-                subdirs.append(child_path)
-        stack.extend(reversed(subdirs))
+    except OSError as exc:
+        warnings.append(
+            f"{directory}: its contents are not backed up: cannot list it ({exc.strerror})"
+        )
+    finally:
+        os.close(fd)
+    return found
 
 
 def restore_path(target: Path, name: str) -> Path:
