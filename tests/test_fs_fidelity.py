@@ -4,6 +4,7 @@ restore never writes through a symbolic link, whatever a hostile manifest says."
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -246,9 +247,7 @@ def _hostile_backup(manager: BackupManager, outside: Path, tmp_path: Path) -> st
     return manifest.backup_id
 
 
-def test_hostile_manifest_link_then_file_below_it_is_refused(
-    tmp_path: Path, outside: Path
-) -> None:
+def test_hostile_manifest_link_then_file_below_it_is_refused(tmp_path: Path, outside: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     manager = BackupManager(
@@ -310,3 +309,21 @@ def test_in_place_restore_recreates_links_and_directories(tmp_path: Path, outsid
     assert result.pre_restore_id is not None
     RecoveryManager(manager).restore_in_place(result.pre_restore_id)
     assert os.readlink(state / "current.json") == "big.bin"
+
+
+def test_cat_of_a_link_and_a_hard_link(tmp_path: Path, outside: Path, run_cli: CliRunner) -> None:
+    state = make_tree(tmp_path, outside)
+    (tmp_path / "config.toml").write_text(
+        '[backup]\nbackup_path = "./repo"\nsources = ["state/"]\nretention_days = 0\n'
+    )
+    created = run_cli("create", "--json", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    backup_id = json.loads(created.stdout)["backup_id"]
+    link = run_cli("cat", backup_id, "state/current.json", cwd=tmp_path)
+    assert link.returncode == 0 and link.stdout == "data.json\n"
+    hard = run_cli("cat", backup_id, "state/big.bin", "--json", cwd=tmp_path)  # hard-link name
+    assert hard.returncode == 0, hard.stderr
+    assert base64.b64decode(json.loads(hard.stdout)["base64"]) == (state / "big.bin").read_bytes()
+    directory = run_cli("cat", backup_id, "state/empty", cwd=tmp_path)
+    assert directory.returncode == 2 and "is a directory" in directory.stderr
+    assert (state / "big.bin").exists()

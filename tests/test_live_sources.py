@@ -222,9 +222,7 @@ REWRITER = textwrap.dedent(
 
 
 def versions_in(content: bytes) -> set[int]:
-    return {
-        int.from_bytes(content[i : i + 8], "little") for i in range(0, len(content), 4096)
-    }
+    return {int.from_bytes(content[i : i + 8], "little") for i in range(0, len(content), 4096)}
 
 
 def test_file_rewritten_while_read_is_untorn_or_flagged(tmp_path: Path) -> None:

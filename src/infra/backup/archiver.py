@@ -182,19 +182,32 @@ class FileInput:
         # A racy or changed file keeps no ctime: the next backup then never trusts its stat
         # and reads it again (its content may have changed without its stat changing).
         self.stored = True
-        return writer.entry(
+        return _file_entry(
+            writer,
             self.name,
-            "file",
-            sum(ref.size for ref in refs),
+            st,
             refs,
-            path=self.name,
-            mode=st.st_mode & 0o7777,
-            mtime_ns=st.st_mtime_ns,
             ctime_ns=None if (changed or racy) else st.st_ctime_ns,
-            ino=st.st_ino,
             changed=changed,
-            **_owner(st),
         )
+
+
+def _file_entry(
+    writer: SnapshotWriter, name: str, st: os.stat_result, refs: list[ChunkRef], **meta: object
+) -> Entry:
+    """A file entry for stored ``refs``, with the file's mode, mtime, inode and owner."""
+    return writer.entry(
+        name,
+        "file",
+        sum(ref.size for ref in refs),
+        refs,
+        path=name,
+        mode=st.st_mode & 0o7777,
+        mtime_ns=st.st_mtime_ns,
+        ino=st.st_ino,
+        **_owner(st),
+        **meta,
+    )
 
 
 def _unreadable(path: Path, exc: OSError) -> str:
@@ -239,18 +252,18 @@ class DatabaseInput:
         except OSError as exc:
             writer.warn(_unreadable(self.path, exc))
             return None
-        return writer.entry(
-            self.name,
-            "file",
-            sum(ref.size for ref in refs),
-            refs,
-            path=self.name,
-            mode=st.st_mode & 0o7777,
-            mtime_ns=st.st_mtime_ns,
-            ino=st.st_ino,
-            origin="sqlite",
-            **_owner(st),
-        )
+        return _file_entry(writer, self.name, st, refs, origin="sqlite")
+
+
+def _attributes_entry(
+    writer: SnapshotWriter,
+    name: str,
+    kind: Literal["symlink", "dir", "hardlink"],
+    st: os.stat_result,
+    **meta: object,
+) -> Entry:
+    """An entry without content of its own: a link, a directory, a hard link."""
+    return writer.entry(name, kind, 0, [], path=name, mtime_ns=st.st_mtime_ns, **_owner(st), **meta)
 
 
 @dataclass(frozen=True)
@@ -271,16 +284,7 @@ class SymlinkInput:
         except OSError as exc:
             writer.warn(_unreadable(self.path, exc))
             return None
-        return writer.entry(
-            self.name,
-            "symlink",
-            0,
-            [],
-            path=self.name,
-            target=target,
-            mtime_ns=st.st_mtime_ns,
-            **_owner(st),
-        )
+        return _attributes_entry(writer, self.name, "symlink", st, target=target)
 
 
 @dataclass(frozen=True)
@@ -293,17 +297,7 @@ class DirInput:
 
     def store(self, writer: SnapshotWriter) -> Entry | None:
         """Record the directory as it was listed."""
-        st = self.st
-        return writer.entry(
-            self.name,
-            "dir",
-            0,
-            [],
-            path=self.name,
-            mode=st.st_mode & 0o7777,
-            mtime_ns=st.st_mtime_ns,
-            **_owner(st),
-        )
+        return _attributes_entry(writer, self.name, "dir", self.st, mode=self.st.st_mode & 0o7777)
 
 
 @dataclass(frozen=True)
@@ -326,16 +320,8 @@ class HardlinkInput:
             return None
         if not self.primary.stored or (now.st_dev, now.st_ino) != (self.st.st_dev, self.st.st_ino):
             return FileInput(self.name, self.path, sqlite=self.sqlite).store(writer)
-        return writer.entry(
-            self.name,
-            "hardlink",
-            0,
-            [],
-            path=self.name,
-            target=self.primary.name,
-            mode=now.st_mode & 0o7777,
-            mtime_ns=now.st_mtime_ns,
-            **_owner(now),
+        return _attributes_entry(
+            writer, self.name, "hardlink", now, target=self.primary.name, mode=now.st_mode & 0o7777
         )
 
 
@@ -438,9 +424,7 @@ class CommandInput:
         )
 
 
-def command_inputs(
-    commands: Iterable[CommandSourceSettings], cwd: Path
-) -> list[EntrySource]:
+def command_inputs(commands: Iterable[CommandSourceSettings], cwd: Path) -> list[EntrySource]:
     """Entry sources for the configured command sources (``[[backup.command_sources]]``),
     run in ``cwd``."""
     return [CommandInput(settings, cwd) for settings in commands]

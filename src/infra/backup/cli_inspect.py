@@ -20,7 +20,7 @@ from src.infra.backup.diff import (
     diff_against_sources,
     diff_backups,
 )
-from src.infra.backup.errors import BackupNotFoundError, CorruptDataError
+from src.infra.backup.errors import BackupNotFoundError, CorruptDataError, InvalidInputError
 from src.infra.backup.manifest import Entry, Manifest
 from src.infra.backup.values import to_jsonable
 
@@ -88,7 +88,7 @@ def _print_diff(result: DiffResult) -> None:
 def find_entry(manifest: Manifest, name: str) -> Entry:
     """The entry called ``name`` (a data entry first if a file has the same name), or the
     data entry ``<key>`` for ``<key>.json`` as ``list``/``show`` and ``restore`` name it."""
-    for kind in ("data", "file"):
+    for kind in ("data", "file", "hardlink", "symlink", "dir"):
         for entry in manifest.entries:
             if entry.kind == kind and entry.name == name:
                 return entry
@@ -121,6 +121,16 @@ def cat(ctx: Context, backup_id: str, entry_name: str) -> None:
         value = decode_entry(repository, manifest, entry)
         click.echo(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False))
         return
+    if entry.kind == "dir":
+        raise InvalidInputError(f"{entry.name!r} is a directory in backup {backup_id}")
+    if entry.kind == "symlink":  # its content is its text
+        if ctx.as_json:
+            emit_json({"name": entry.name, "kind": "symlink", "target": entry.target})
+        else:
+            click.echo(entry.target)
+        return
+    if entry.kind == "hardlink":  # the content of the file it links to
+        entry = find_entry(manifest, entry.target or "")
     if ctx.as_json:
         content = repository.read_entry(entry)
         emit_json(

@@ -715,9 +715,7 @@ def _data_key(name: str, where: str) -> str:
         raise InvalidExportError(f"{where}: {exc}") from None
 
 
-def _our_entries(
-    meta: dict[str, Any], where: str
-) -> list[_DataItem | _FileItem | RecordedEntry]:
+def _our_entries(meta: dict[str, Any], where: str) -> list[_DataItem | _FileItem | RecordedEntry]:
     entries = meta.get("entries")
     encoding = meta.get("encoding") or {}
     if not isinstance(entries, list) or not isinstance(encoding, dict):

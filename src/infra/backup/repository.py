@@ -185,9 +185,7 @@ class SnapshotWriter:
     """What an :class:`EntrySource` sees of the backup being written: chunk and store a
     stream, reuse the previous backup's entry, build the entry, report a warning."""
 
-    def __init__(
-        self, repository: Repository, pending: _Pending, parent: Manifest | None
-    ) -> None:
+    def __init__(self, repository: Repository, pending: _Pending, parent: Manifest | None) -> None:
         self._repository = repository
         self._pending = pending
         self._parent = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}

@@ -198,9 +198,7 @@ def _walk(
         stack.extend(reversed(subdirs))
 
 
-def _list_directory(
-    directory: Path, warnings: list[str]
-) -> list[tuple[Path, os.stat_result]]:
+def _list_directory(directory: Path, warnings: list[str]) -> list[tuple[Path, os.stat_result]]:
     """The entries of ``directory`` with their ``lstat``, sorted by name. The directory is
     opened without following a link (one swapped for a link after it was listed is not
     entered), and its entries are stat'ed relative to that open directory."""
@@ -381,21 +379,33 @@ def make_symlink(
         _ensure_safe_dir(target, destination.parent)
         if destination.is_dir() and not destination.is_symlink():
             raise InvalidInputError(f"cannot restore link {destination}: a directory is there")
-        temp = destination.parent / f"{TEMP_PREFIX}{restore_temp_tag()}{secrets.token_hex(8)}"
-        os.symlink(link_text, temp)
-        try:
+
+        def create(temp: Path) -> None:
+            os.symlink(link_text, temp)
             if owner is not None:
                 os.chown(temp, *owner, follow_symlinks=False)
             if mtime_ns is not None:
                 os.utime(temp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-            os.replace(temp, destination)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(destination.parent)
+
+        _swap_into_place(destination, create)
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
     return destination
+
+
+def _swap_into_place(destination: Path, create: Callable[[Path], None]) -> None:
+    """``create`` a link under a temporary name beside ``destination`` (named like the
+    restore's temp files, so a killed restore's leftover is swept), rename it over
+    ``destination`` and make that durable; the temporary never outlives a failure."""
+    temp = destination.parent / f"{TEMP_PREFIX}{restore_temp_tag()}{secrets.token_hex(8)}"
+    try:
+        create(temp)
+        os.replace(temp, destination)
+    except BaseException:
+        if os.path.lexists(temp):
+            temp.unlink()
+        raise
+    fsync_dir(destination.parent)
 
 
 def make_hardlink(target: Path, name: str, existing: Path) -> Path:
@@ -408,14 +418,7 @@ def make_hardlink(target: Path, name: str, existing: Path) -> Path:
             raise InvalidInputError(f"cannot link {destination} to {existing}: not a file")
         if destination.is_dir() and not destination.is_symlink():
             raise InvalidInputError(f"cannot restore {destination}: a directory is there")
-        temp = destination.parent / f"{TEMP_PREFIX}{restore_temp_tag()}{secrets.token_hex(8)}"
-        os.link(existing, temp, follow_symlinks=False)
-        try:
-            os.replace(temp, destination)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(destination.parent)
+        _swap_into_place(destination, lambda temp: os.link(existing, temp, follow_symlinks=False))
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
     return destination
