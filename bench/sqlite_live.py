@@ -17,11 +17,15 @@ Builds a trades database of about N MB (default 200) in WAL mode under ``/tmp`` 
    journal rows and a counter per transaction; WAL at full speed, with and without its
    automatic checkpoints inside the timed commit, and at 50 commits/s; rollback journal at
    50 commits/s and full speed): ``capture_sqlite`` against a plain read of the files (the
-   database and its ``-wal``/``-journal``, as a file backup would read them): time, the
-   writer's worst commit latency during the copy (and alone, "idle"), copies that fail
-   ``integrity_check`` or hold torn transactions, and the capture's peak memory above the
-   process baseline (peak RSS of a child process, its high-water mark reset before the
-   capture).
+   database and its ``-wal``/``-journal``, as a file backup would read them); for WAL both
+   ways of copying (``WAL_METHODS``: in one step, and paced: steps of 4 MiB under the held
+   read snapshot, the copy flushed to disk every ``WAL_SYNC_BYTES``), in alternating order.
+   Time, the writer's worst commit latency during the copy (and alone, "idle"), the writer's
+   commits during the copy (in WAL mode, what its next checkpoint folds back after the
+   capture), copies that fail ``integrity_check`` or hold torn transactions, and the
+   capture's peak memory above the process baseline (peak RSS of a child process, its
+   high-water mark reset before the capture). Dirty pages are flushed (``os.sync``) before
+   each writer starts, so that its first checkpoint does not flush the database just built.
 
 Nothing is asserted: the figures are printed as tables (``--json`` for JSON). The working
 directory is removed afterwards unless ``--keep``.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import os
 import random
 import resource
 import shutil
@@ -43,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +57,7 @@ import blake3
 import msgspec
 import zstandard
 
+from src.infra.backup import sqlite_source
 from src.infra.backup.chunking import NEW_REPOSITORY_CHUNKER, Chunker, split_fixed
 from src.infra.backup.manifest import ChunkRef, ListRef, encode_chunk_list
 from src.infra.backup.repository import CHUNKS_PER_LIST
@@ -540,25 +547,58 @@ def plain_read(db: Path, into: Path) -> Path:
 
 
 @dataclass
+class Runs:
+    """The rounds of one copy method."""
+
+    seconds: list[float] = field(default_factory=list)
+    worst_ms: list[float] = field(default_factory=list)  # the writer's worst commit
+    results: list[str] = field(default_factory=list)  # check_copy's verdicts
+    commits: list[int] = field(default_factory=list)  # the writer's commits during the copy
+    steps: list[int] = field(default_factory=list)
+    restarts: list[int] = field(default_factory=list)
+
+
+@dataclass
 class LiveFigures:
-    """One journal mode and writer rate: plain reads against captures."""
+    """One journal mode and writer rate: plain reads against captures (WAL: one-step and
+    paced copies, each round in alternating order)."""
 
     mode: str
     writer: str
     rounds: int
     autocheckpoint: int
-    plain_s: list[float] = field(default_factory=list)
-    plain_worst_ms: list[float] = field(default_factory=list)
-    plain_results: list[str] = field(default_factory=list)
-    capture_s: list[float] = field(default_factory=list)
-    capture_worst_ms: list[float] = field(default_factory=list)
-    capture_results: list[str] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    restarts: list[int] = field(default_factory=list)
+    runs: dict[str, Runs] = field(default_factory=dict)  # by method
     idle_worst_ms: float = 0.0
     commits_per_s: float = 0.0
     quick_check_s: float = 0.0
     peak_mib: float | None = None
+
+
+#: WAL copies compared: the whole copy in one step, and paced (steps of 4 MiB under the
+#: held read snapshot, the copy flushed to disk every ``WAL_SYNC_BYTES``).
+WAL_METHODS = {"one step": 0, "paced": 4 * MIB}
+
+
+@contextmanager
+def wal_copy(step_bytes: int | None) -> Iterator[None]:
+    """Captures inside the block copy WAL databases in steps of ``step_bytes`` (0: one step;
+    None: as ``sqlite_source`` is configured)."""
+    saved = sqlite_source.WAL_STEP_BYTES
+    if step_bytes is not None:
+        sqlite_source.WAL_STEP_BYTES = step_bytes
+    try:
+        yield
+    finally:
+        sqlite_source.WAL_STEP_BYTES = saved
+
+
+def capture_method(step_bytes: int | None) -> str:
+    """The method's name, marked "(default)" when it is what ``capture_sqlite`` does."""
+    if step_bytes is None:
+        return "capture"
+    default = (step_bytes > 0) == (sqlite_source.WAL_STEP_BYTES > 0)
+    name = next(name for name, value in WAL_METHODS.items() if value == step_bytes)
+    return f"{name} (default)" if default else name
 
 
 def measure_live(
@@ -577,8 +617,14 @@ def measure_live(
     conn.execute(f"PRAGMA journal_mode={mode}")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    # Nothing left for the writer's first sync to flush (the database was built unsynced).
+    os.sync()
     rate = "full speed" if not pause else f"{1 / pause:.0f}/s"
     figures = LiveFigures(mode, rate, rounds, autocheckpoint)
+    methods: list[int | None] = list(WAL_METHODS.values()) if mode == "wal" else [None]
+    plain = figures.runs["plain"] = Runs()
+    for step_bytes in methods:
+        figures.runs[capture_method(step_bytes)] = Runs()
     writer = Writer(db, work / "writer-state", pause, autocheckpoint)
     try:
         began, first = time.monotonic(), writer.last()
@@ -587,33 +633,41 @@ def measure_live(
             writer.new_epoch()
             started = time.perf_counter()
             restored = plain_read(db, work / f"plain-{round_}")
-            figures.plain_s.append(time.perf_counter() - started)
-            figures.plain_worst_ms.append(writer.worst_ms())
-            figures.plain_results.append(check_copy(restored, before))
+            plain.seconds.append(time.perf_counter() - started)
+            plain.commits.append(writer.last() - before)
+            plain.worst_ms.append(writer.worst_ms())
+            plain.results.append(check_copy(restored, before))
             shutil.rmtree(restored.parent)
-
-            before = writer.last()
-            writer.new_epoch()
-            started = time.perf_counter()
-            with capture_sqlite(db, temp_dir=work) as capture:
-                figures.capture_s.append(time.perf_counter() - started)
-                figures.capture_worst_ms.append(writer.worst_ms())
-                figures.capture_results.append(check_copy(capture.path, before))
-                figures.steps.append(capture.steps)
-                figures.restarts.append(capture.restarts)
-                if round_ == 0:
-                    figures.quick_check_s = time_quick_check(capture.path)
+            order = methods if round_ % 2 == 0 else methods[::-1]
+            for step_bytes in order:
+                runs = figures.runs[capture_method(step_bytes)]
+                time.sleep(0.2)
+                before = writer.last()
+                writer.new_epoch()
+                started = time.perf_counter()
+                with wal_copy(step_bytes), capture_sqlite(db, temp_dir=work) as capture:
+                    runs.seconds.append(time.perf_counter() - started)
+                    runs.commits.append(writer.last() - before)
+                    runs.worst_ms.append(writer.worst_ms())
+                    runs.results.append(check_copy(capture.path, before))
+                    runs.steps.append(capture.steps)
+                    runs.restarts.append(capture.restarts)
+                    if round_ == 0 and step_bytes == methods[0]:
+                        figures.quick_check_s = time_quick_check(capture.path)
+            outcomes = [
+                f"{name} {runs.results[-1]}"
+                + (f" ({runs.steps[-1]} steps, {runs.restarts[-1]} restarts)" if runs.steps else "")
+                for name, runs in figures.runs.items()
+            ]
             print(
-                f"  {mode} {figures.writer}: round {round_ + 1}/{rounds} "
-                f"plain {figures.plain_results[-1]}; capture {figures.capture_results[-1]} "
-                f"({capture.steps} steps, {capture.restarts} restarts)",
+                f"  {mode} {figures.writer}: round {round_ + 1}/{rounds} " + "; ".join(outcomes),
                 flush=True,
             )
         figures.commits_per_s = (writer.last() - first) / (time.monotonic() - began)
         # The writer alone, for as long as a capture took.
         time.sleep(0.3)
         writer.new_epoch()
-        time.sleep(max(figures.capture_s))
+        time.sleep(max(max(runs.seconds) for runs in figures.runs.values()))
         figures.idle_worst_ms = writer.worst_ms()
         if memory:
             figures.peak_mib = measure_memory(db)
@@ -729,27 +783,30 @@ def _count(results: list[str], kind: str) -> int:
 def print_live(size_mb: float, figures: list[LiveFigures]) -> None:
     print(f"\nLive copies of the {size_mb:.0f} MB database while a writer commits")
     print(
-        f"{'mode':<7} {'writer':<22} {'commits/s':>9} {'method':<8} {'median s':>8} "
-        f"{'max s':>6} {'worst commit ms':>16} {'corrupt':>8} {'torn':>5} "
-        f"{'steps':>6} {'restarts':>8} {'peak MiB':>8}"
+        f"{'mode':<7} {'writer':<22} {'commits/s':>9} {'method':<18} {'median s':>8} "
+        f"{'max s':>6} {'worst commit ms':>16} {'median':>7} {'commits':>8} {'corrupt':>8} "
+        f"{'torn':>5} {'steps':>6} {'restarts':>8} {'peak MiB':>8}"
     )
     for f in figures:
-        for method, seconds, worst, results in (
-            ("plain", f.plain_s, f.plain_worst_ms, f.plain_results),
-            ("capture", f.capture_s, f.capture_worst_ms, f.capture_results),
-        ):
-            ours = method == "capture"
+        for method, runs in f.runs.items():
+            ours = method != "plain"
+            peak = f"{f.peak_mib:.1f}" if ours and f.peak_mib is not None else ""
             print(
-                f"{f.mode:<7} {_writer(f):<22} {f.commits_per_s:>9.0f} {method:<8} "
-                f"{statistics.median(seconds):>8.2f} {max(seconds):>6.2f} "
-                f"{max(worst):>16.1f} "
-                f"{_count(results, 'corrupt'):>4}/{len(results):<3} {_count(results, 'torn'):>5} "
-                f"{max(f.steps) if ours else '':>6} {max(f.restarts) if ours else '':>8} "
-                f"{(f'{f.peak_mib:.1f}' if ours and f.peak_mib is not None else ''):>8}"
+                f"{f.mode:<7} {_writer(f):<22} {f.commits_per_s:>9.0f} {method:<18} "
+                f"{statistics.median(runs.seconds):>8.2f} {max(runs.seconds):>6.2f} "
+                f"{max(runs.worst_ms):>16.1f} {statistics.median(runs.worst_ms):>7.1f} "
+                f"{statistics.median(runs.commits):>8.0f} "
+                f"{_count(runs.results, 'corrupt'):>4}/{len(runs.results):<3} "
+                f"{_count(runs.results, 'torn'):>5} "
+                f"{max(runs.steps) if ours else '':>6} {max(runs.restarts) if ours else '':>8} "
+                f"{peak if method.startswith(('capture', 'one step')) else '':>8}"
             )
-        print(f"{'':<7} {'':<22} {'':>9} {'idle':<8} {'':>8} {'':>6} {f.idle_worst_ms:>16.1f}")
+        print(f"{'':<7} {'':<22} {'':>9} {'idle':<18} {'':>8} {'':>6} {f.idle_worst_ms:>16.1f}")
     checks = ", ".join(f"{f.mode} {f.quick_check_s:.2f} s" for f in figures)
-    print(f"(capture times include the copy's quick_check: {checks})")
+    print(
+        "(worst commit: the worst of the rounds, median: of the rounds' worst; commits: median"
+        f" commits during a copy; capture times include the copy's quick_check: {checks})"
+    )
 
 
 def run(size_mb: int, rounds: int, work: Path) -> dict[str, Any]:

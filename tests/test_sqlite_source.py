@@ -10,6 +10,7 @@ capture started. Timings are printed (``-s``), never asserted.
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import sqlite3
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from src.infra.backup import sqlite_source
+from src.infra.backup.chunking import split_fixed
+from src.infra.backup.errors import InvalidInputError
 from src.infra.backup.sqlite_source import (
     SQLITE_HEADER,
     STEP_BYTES,
@@ -193,6 +197,7 @@ def test_wal_captures_are_consistent_and_never_block_the_writer(tmp_path: Path) 
     make_database(db, "wal", filler_mb=24)
     temp_dir = tmp_path / "tmp"
     temp_dir.mkdir()
+    assert sqlite_source.WAL_STEP_BYTES == 0  # the default: one step
     with writer(db, tmp_path / "state", pause=0) as running:
         results = capture_repeatedly(db, running, 12, temp_dir)
         report("WAL, writer at full speed", results, running)
@@ -202,6 +207,73 @@ def test_wal_captures_are_consistent_and_never_block_the_writer(tmp_path: Path) 
         assert capture.page_size == 4096 and capture.size % 4096 == 0
     # The writer kept committing while the copies were taken.
     assert sum(during for _, during in results) >= 1
+
+
+class SnapshotProbe:
+    """Hooks into the stepwise WAL copy after each step: records the writer's last reported
+    commit after the first step of each capture and waits there for three more commits; with
+    ``abandon_after``, abandons the stepwise copy after that many steps (the rest is then
+    copied in one step)."""
+
+    def __init__(self, running: Writer, abandon_after: int = 0) -> None:
+        self.running = running
+        self.abandon_after = abandon_after
+        self.first_step: list[int] = []  # per capture
+        self.steps = 0
+        self.flush = sqlite_source._Flusher.step
+
+    def after_step(self, flusher: sqlite_source._Flusher) -> None:
+        if self.steps == 0:
+            self.first_step.append(self.running.last())
+            self.running.wait_for(self.first_step[-1] + 3)  # commits between two steps
+        self.steps += 1
+        if self.steps == self.abandon_after:
+            raise sqlite_source._AttemptAbandonedError
+        self.flush(flusher)
+
+
+@pytest.mark.parametrize("abandon_after", [0, 3], ids=["paced", "abandoned-then-one-step"])
+def test_stepwise_wal_captures_copy_the_snapshot_taken_when_they_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, abandon_after: int
+) -> None:
+    """The capture holds its read transaction across the steps: the writer commits between
+    two steps (always after the first, at full speed between most others), yet the copy never
+    restarts and is the snapshot read right after BEGIN (every transaction committed before
+    the capture started, whole transactions only, none committed after the first step)."""
+    step_bytes = 64 * 1024
+    monkeypatch.setattr(sqlite_source, "WAL_STEP_BYTES", step_bytes)
+    monkeypatch.setattr(sqlite_source, "WAL_SYNC_BYTES", 4 * step_bytes)
+    db = tmp_path / "live.db"
+    make_database(db, "wal", filler_mb=8)
+    temp_dir = tmp_path / "tmp"
+    temp_dir.mkdir()
+    results = []
+    with writer(db, tmp_path / "state", pause=0) as running:
+        probe = SnapshotProbe(running, abandon_after)
+
+        def after_step(flusher: sqlite_source._Flusher) -> None:
+            probe.after_step(flusher)
+
+        monkeypatch.setattr(sqlite_source._Flusher, "step", after_step)
+        for _ in range(4):
+            probe.steps = 0
+            before = running.last()
+            with capture_sqlite(db, temp_dir=temp_dir) as capture:
+                ended = running.last()
+                last = check_copy(capture, before)  # every commit reported before the start
+            results.append((capture, ended - before))
+            # One transaction may be committed but not reported yet at the first step; three
+            # more were committed before the copy went on.
+            assert last <= probe.first_step[-1] + 1 < ended
+            assert capture.journal_mode == "wal" and capture.restarts == 0
+            pages = -(-capture.size // step_bytes)
+            if abandon_after:
+                assert capture.steps == abandon_after + 1 < pages  # the rest in one step
+            else:
+                assert capture.steps == pages > 1
+        report(f"WAL, steps of {step_bytes // 1024} KiB, writer at full speed", results, running)
+    assert len(probe.first_step) == 4
+    assert list(temp_dir.iterdir()) == []
 
 
 def test_rollback_journal_captures_at_50_commits_per_second(tmp_path: Path) -> None:
@@ -355,17 +427,47 @@ def test_files_that_are_not_databases(tmp_path: Path) -> None:
     ):
         pass
 
+    # A missing file vanished: FileNotFoundError (the archiver warns so), not a capture error.
     missing = tmp_path / "missing.db"
     assert not looks_like_sqlite(missing)
-    with (
-        pytest.raises(SqliteCaptureError, match="does not exist"),
-        capture_sqlite(missing, temp_dir=tmp_path),
-    ):
+    with pytest.raises(FileNotFoundError), capture_sqlite(missing, temp_dir=tmp_path):
         pass
     assert not missing.exists()  # never created
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["notes.txt", "sqlcipher.db", "empty.db", "short.db", "dir.db"]
     )
+
+
+def test_a_database_that_vanishes_before_sqlite_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gone.db"
+    make_database(db, "wal", filler_mb=1)
+    check_file = sqlite_source._check_file
+
+    def check_then_vanish(path: Path) -> None:
+        check_file(path)
+        path.unlink()
+
+    monkeypatch.setattr(sqlite_source, "_check_file", check_then_vanish)
+    with (
+        pytest.raises(FileNotFoundError) as raised,
+        capture_sqlite(db, temp_dir=tmp_path),
+    ):
+        pass
+    assert raised.value.filename == str(db)
+    assert not db.exists()  # never created again
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_missing_temp_dir_is_a_capture_error_not_a_vanished_database(tmp_path: Path) -> None:
+    db = tmp_path / "db.db"
+    make_database(db, "wal", filler_mb=1)
+    with (
+        pytest.raises(SqliteCaptureError, match="cannot create a temporary copy"),
+        capture_sqlite(db, temp_dir=tmp_path / "missing"),
+    ):
+        pass
 
 
 UNREADABLE_CHILD = r"""
@@ -447,3 +549,31 @@ def test_the_copy_is_removed_when_the_block_raises(tmp_path: Path) -> None:
         raise RuntimeError("caller failed")
     assert not capture.path.exists()
     assert list(temp_dir.iterdir()) == []
+
+
+def test_invalid_arguments(tmp_path: Path) -> None:
+    db = tmp_path / "db.db"
+    make_database(db, "delete", filler_mb=1)
+    for kwargs in ({"integrity": "thorough"}, {"busy_timeout": -1.0}):
+        with pytest.raises(InvalidInputError), capture_sqlite(db, **kwargs):  # type: ignore[arg-type]
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.db"]
+
+
+def test_split_fixed_cuts_page_aligned_chunks(tmp_path: Path) -> None:
+    db = tmp_path / "db.db"
+    make_database(db, "delete", filler_mb=1)
+    data = db.read_bytes()
+    with open(db, "rb") as handle:
+        chunks = list(split_fixed(handle, len(data), 16384))
+    assert b"".join(chunks) == data
+    assert all(len(chunk) == 16384 for chunk in chunks[:-1]) and 0 < len(chunks[-1]) <= 16384
+    assert [len(c) for c in split_fixed(io.BytesIO(b"x" * 10_000), 9_000, 4096)] == [
+        4096,
+        4096,
+        808,
+    ]
+    assert [len(c) for c in split_fixed(io.BytesIO(b"x" * 100), 4096, 4096)] == [100]
+    assert list(split_fixed(io.BytesIO(b""), 0, 4096)) == [b""]
+    with pytest.raises(InvalidInputError):
+        list(split_fixed(io.BytesIO(b"x"), 1, 0))

@@ -9,21 +9,46 @@ committed before the capture started, and only whole transactions.
 
 How the copy is taken depends on the source's journal mode:
 
-* **WAL**: readers never block the writer, so the copy is taken in one step (``pages=-1``)
-  from one read snapshot. A stepwise copy would restart from scratch whenever the bot
-  commits between two steps, and with a busy bot it would never finish.
+* **WAL**: readers never block the writer. The capture's connection opens a read transaction
+  (``BEGIN``, then a read, which takes the snapshot) and holds it until the copy is done, so
+  the copy is exactly that snapshot. By default the copy is taken in one step (``pages=-1``).
+  Holding the snapshot also makes a stepwise copy possible (:data:`WAL_STEP_BYTES`, flushing
+  the copy to disk as it grows, :data:`WAL_SYNC_BYTES`): without it SQLite restarts a
+  stepwise copy whenever another connection commits between two steps, with it the source's
+  pages stay those of the snapshot and the copy never restarts (should it all the same, the
+  rest is copied in one step). The stepwise copy is not the default because
+  ``bench/sqlite_live.py`` shows no gain from it: the writer's commits are no faster at a
+  low commit rate, and at full speed they are slower, since the copy takes longer. What made
+  the writer wait was the sync of the whole copy described below, which is no longer done.
+  While the snapshot is held, the writer's checkpoints cannot fold the transactions committed
+  since into the database, so its WAL grows for as long as the copy takes; its next
+  checkpoint after the capture folds all of that back at once (the longer the copy, the
+  longer that checkpoint).
 * **Rollback journal** (delete, truncate, persist, ...): a reader's SHARED lock blocks the
   writer's commit for as long as it is held, so the copy is taken in steps of
-  :data:`STEP_BYTES`, pausing between steps so that the writer gets in. A commit between
-  two steps makes SQLite restart the copy; after :data:`MAX_RESTARTS` restarts the steps
-  grow (:data:`ESCALATION`) and finally the rest is copied in one step, so the capture always
-  terminates (the writer then waits for that one step).
+  :data:`STEP_BYTES`, pausing between steps so that the writer gets in, without holding a
+  read transaction across them (that would block the writer for the whole copy). A commit
+  between two steps makes SQLite restart the copy; after :data:`MAX_RESTARTS` restarts the
+  steps grow (:data:`ESCALATION`) and finally the rest is copied in one step, so the capture
+  always terminates (the writer then waits for that one step).
+
+The copy is a temporary file, read once and removed: apart from the flushes of a stepwise
+WAL copy, it is never synced. Its header still
+marks it as a WAL database when the source is one; switching it to journal mode DELETE
+checkpoints it, and with SQLite's default synchronous setting that would sync the whole copy
+to disk, a burst of writes that the writer's own next sync (at its checkpoints) would queue
+behind. Unsynced, a copy removed soon after the capture mostly never reaches the disk.
 
 Lock waits are bounded by ``busy_timeout``: a read or copy step that finds the database locked
 is retried every millisecond (:data:`BUSY_RETRY_SLEEP`), and when none could run for
 ``busy_timeout`` seconds the capture raises :class:`SqliteCaptureError`.
-Stepwise copying stops after ``STEPWISE_BUDGET * busy_timeout`` seconds (the rest is copied
-in one step).
+Stepwise copying of rollback-journal databases stops after ``STEPWISE_BUDGET *
+busy_timeout`` seconds (the rest is copied in one step); a stepwise WAL copy never restarts
+and needs no such bound.
+
+A database that does not exist (also one that vanishes before SQLite opened it) raises
+:class:`FileNotFoundError`, not :class:`SqliteCaptureError`: callers tell a vanished file
+from one that cannot be captured.
 
 The source is only read: the capture opens it with ``mode=rw`` (never creating a missing
 file), falling back to ``mode=ro`` when writing is not permitted, and issues no writes. As
@@ -39,6 +64,7 @@ file: the capture reports ``"wal"`` for WAL databases and its own connection's m
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
@@ -55,11 +81,17 @@ from src.infra.backup.errors import BackupError, InvalidInputError
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 #: Rollback-journal modes: bytes copied per backup step (``STEP_BYTES // page_size`` pages,
-#: 1024 pages of 4 KiB). A step holds the read lock, so it bounds the writer's wait; measured
-#: by ``bench/sqlite_live.py``.
+#: 1024 pages of 4 KiB). A step holds the read lock, so it bounds the writer's wait: 4 ms per
+#: step (16 ms for 16 MiB, 65 ms for 64 MiB), measured by ``bench/sqlite_live.py``.
 STEP_BYTES = 4 * 1024 * 1024
 #: Pause between two steps (seconds), so that a writer about to commit gets in.
 STEP_PAUSE = 0.002
+#: WAL mode: bytes copied per backup step while the capture holds its read snapshot
+#: (``WAL_STEP_BYTES // page_size`` pages); 0, the default: the whole copy in one step.
+WAL_STEP_BYTES = 0
+#: WAL mode, stepwise copies: the copy is flushed to disk (``fdatasync``) each time it grew by
+#: this many bytes (0: never).
+WAL_SYNC_BYTES = 4 * 1024 * 1024
 #: Restarts tolerated at the normal step size before the steps grow.
 MAX_RESTARTS = 3
 #: Step-size multipliers tried (one restart each) after :data:`MAX_RESTARTS`, before the
@@ -141,8 +173,10 @@ def capture_sqlite(
     errors. The copy is checked with ``PRAGMA quick_check`` (``integrity_check`` when
     ``integrity="full"``). ``busy_timeout`` (seconds) bounds each wait for a lock.
 
-    Raises :class:`SqliteCaptureError` when the database cannot be captured: it is missing,
-    unreadable, not an SQLite database (or encrypted), damaged, or locked past the timeout.
+    Raises :class:`FileNotFoundError` when the database does not exist (also when it
+    vanishes before SQLite opened it), and :class:`SqliteCaptureError` when it cannot be
+    captured: unreadable, not an SQLite database (or encrypted), damaged, or locked past the
+    timeout.
     """
     if integrity not in ("quick", "full"):
         raise InvalidInputError(f"integrity must be 'quick' or 'full', not {integrity!r}")
@@ -164,6 +198,8 @@ def capture_sqlite(
             _finish_copy(path, copy, integrity)
             size = copy.stat().st_size
         except sqlite3.Error as exc:
+            if not os.path.exists(path):  # removed after the check: SQLite cannot open it
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path)) from exc
             raise SqliteCaptureError(_describe(path, exc, busy_timeout)) from exc
         yield SqliteCapture(
             path=copy,
@@ -181,7 +217,8 @@ def capture_sqlite(
 
 
 def _check_file(path: Path) -> None:
-    """Raise a clear :class:`SqliteCaptureError` unless ``path`` is a readable SQLite file."""
+    """Raise a clear :class:`SqliteCaptureError` unless ``path`` is a readable SQLite file
+    (:class:`FileNotFoundError` when it does not exist)."""
     prefix = f"cannot capture SQLite database {path}"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -189,8 +226,8 @@ def _check_file(path: Path) -> None:
             raise SqliteCaptureError(f"{prefix}: it is {kind}")
         with open(path, "rb") as handle:
             header = handle.read(len(SQLITE_HEADER))
-    except FileNotFoundError as exc:
-        raise SqliteCaptureError(f"{prefix}: it does not exist") from exc
+    except FileNotFoundError:
+        raise  # vanished: not a capture error (callers tell a missing file from others)
     except OSError as exc:
         raise SqliteCaptureError(f"{prefix}: cannot read it ({exc.strerror or exc})") from exc
     if header != SQLITE_HEADER:
@@ -215,21 +252,78 @@ def _copy(path: Path, copy: Path, busy_timeout: float) -> tuple[int, str, int, i
             target.execute(f"PRAGMA cache_size=-{COPY_CACHE_KIB}")
             run = _BackupRun(path, source, target, busy_timeout)
             if journal_mode == "wal":
-                plan = [(-1, 0)]
+                _copy_wal(run, copy, page_size)
             else:
-                base = max(1, STEP_BYTES // page_size)
-                plan = [(base, MAX_RESTARTS), *((base * grow, 1) for grow in ESCALATION)]
-                plan.append((-1, 0))
-            for pages, restarts_allowed in plan:
-                if pages > 0 and time.monotonic() >= run.stepwise_until:
-                    continue
-                if run.attempt(pages, restarts_allowed):
-                    break
+                _copy_rollback(run, page_size)
         finally:
             target.close()
     finally:
         source.close()
     return page_size, journal_mode, run.steps, run.restarts
+
+
+def _copy_wal(run: _BackupRun, copy: Path, page_size: int) -> None:
+    """WAL source: copy the read snapshot that the source connection holds open, in one
+    step or (:data:`WAL_STEP_BYTES`) in steps, flushing the copy as it grows. Should a
+    stepwise copy restart all the same, the rest is copied in one step (same snapshot)."""
+    source, busy_timeout = run.source, run.busy_timeout
+    # BEGIN is deferred: the read starts the transaction and takes the snapshot.
+    source.execute("BEGIN")
+    _read(source, "SELECT count(*) FROM sqlite_master", busy_timeout)
+    if WAL_STEP_BYTES <= 0:
+        run.attempt(-1, 0)
+    else:
+        with _Flusher(copy, WAL_SYNC_BYTES) as flusher:
+            pages = max(1, WAL_STEP_BYTES // page_size)
+            if not run.attempt(pages, 1, after_step=flusher.step, budget=False):
+                run.attempt(-1, 0)
+    source.execute("COMMIT")
+
+
+def _copy_rollback(run: _BackupRun, page_size: int) -> None:
+    """Rollback-journal source: steps of :data:`STEP_BYTES`, restarting when the writer
+    commits between two steps, growing (:data:`ESCALATION`) and finally one step."""
+    base = max(1, STEP_BYTES // page_size)
+    plan = [(base, MAX_RESTARTS), *((base * grow, 1) for grow in ESCALATION), (-1, 0)]
+    for pages, restarts_allowed in plan:
+        if pages > 0 and time.monotonic() >= run.stepwise_until:
+            continue
+        if run.attempt(pages, restarts_allowed, after_step=_pause_between_steps):
+            break
+
+
+def _pause_between_steps() -> None:
+    time.sleep(STEP_PAUSE)
+
+
+class _Flusher:
+    """Flushes the copy to disk each time it grew by ``every`` bytes (0: never), through a
+    descriptor of its own, so that little of it waits in the page cache to be written."""
+
+    def __init__(self, copy: Path, every: int) -> None:
+        self.copy = copy
+        self.every = every
+        self.fd = -1
+        self.flushed = 0
+
+    def __enter__(self) -> _Flusher:
+        self.fd = os.open(self.copy, os.O_RDONLY)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+    def step(self) -> None:
+        """After a backup step: flush when the copy grew enough since the last flush."""
+        if self.every <= 0:
+            return
+        size = os.fstat(self.fd).st_size
+        if size - self.flushed >= self.every:
+            _fdatasync(self.fd)
+            self.flushed = size
+
+
+_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # macOS: no fdatasync
 
 
 def _open_source(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -305,21 +399,35 @@ class _BackupRun:
         self.steps = 0
         self.restarts = 0
 
-    def attempt(self, pages: int, restarts_allowed: int) -> bool:
-        """Copy with steps of ``pages`` pages (-1: all at once). False when abandoned after
-        ``restarts_allowed`` restarts or at the end of the stepwise budget."""
+    def attempt(
+        self,
+        pages: int,
+        restarts_allowed: int,
+        *,
+        after_step: Callable[[], None] | None = None,
+        budget: bool = True,
+    ) -> bool:
+        """Copy with steps of ``pages`` pages (-1: all at once), calling ``after_step``
+        between two steps. False when abandoned after ``restarts_allowed`` restarts or, with
+        ``budget``, at the end of the stepwise budget."""
         try:
             self.source.backup(
                 self.target,
                 pages=pages,
-                progress=self._monitor(pages, restarts_allowed),
+                progress=self._monitor(pages, restarts_allowed, after_step, budget),
                 sleep=BUSY_RETRY_SLEEP,
             )
         except _AttemptAbandonedError:
             return False
         return True
 
-    def _monitor(self, pages: int, restarts_allowed: int) -> Callable[[int, int, int], None]:
+    def _monitor(
+        self,
+        pages: int,
+        restarts_allowed: int,
+        after_step: Callable[[], None] | None,
+        budget: bool,
+    ) -> Callable[[int, int, int], None]:
         last: tuple[int, int] | None = None  # (pages copied, page count) after the last step
         restarts_here = 0
 
@@ -344,9 +452,10 @@ class _BackupRun:
             last = (copied, total)
             if status == _DONE or pages < 0:
                 return
-            if restarts_here >= restarts_allowed or now >= self.stepwise_until:
+            if restarts_here >= restarts_allowed or (budget and now >= self.stepwise_until):
                 raise _AttemptAbandonedError
-            time.sleep(STEP_PAUSE)
+            if after_step is not None:
+                after_step()
 
         return progress
 
@@ -356,6 +465,9 @@ def _finish_copy(path: Path, copy: Path, integrity: str) -> None:
     connection = sqlite3.connect(copy, isolation_level=None)
     try:
         connection.execute(f"PRAGMA cache_size=-{COPY_CACHE_KIB}")
+        # A copy of a WAL database is marked WAL in its header: switching it to DELETE
+        # checkpoints it, which must not flush the whole copy to disk (a temporary file).
+        connection.execute("PRAGMA synchronous=OFF")
         mode = str(connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0]).lower()
         if mode != "delete":
             raise SqliteCaptureError(
