@@ -327,3 +327,14 @@ def test_cat_of_a_link_and_a_hard_link(tmp_path: Path, outside: Path, run_cli: C
     directory = run_cli("cat", backup_id, "state/empty", cwd=tmp_path)
     assert directory.returncode == 2 and "is a directory" in directory.stderr
     assert (state / "big.bin").exists()
+
+
+def test_the_repository_inside_a_source_is_never_backed_up(tmp_path: Path) -> None:
+    (tmp_path / "bot.json").write_text("{}\n")
+    manager = tree_manager(tmp_path, ["."])  # the repository is ./repo, inside the source
+    first = manager.create_backup(None, include_files=True)
+    second = manager.create_backup(None, include_files=True)
+    for backup_id in (first, second):
+        names = {e.name for e in manager.repository.read_manifest(backup_id).entries}
+        assert names == {"bot.json"}
+        assert manager.get_backup_info(backup_id).warnings == []

@@ -286,6 +286,15 @@ class BackupConfig:
         return Path(self.backup_path).expanduser().absolute()
 
     @property
+    def own_directories(self) -> tuple[Path, ...]:
+        """The local repository and fallback directories: never backed up as sources (a
+        source ``"."`` would otherwise store the repository inside itself)."""
+        own = [] if self.is_s3 else [self.repository_path]
+        if self.fallback_path is not None and not is_s3_url(os.fspath(self.fallback_path)):
+            own.append(Path(self.fallback_path).expanduser().absolute())
+        return tuple(own)
+
+    @property
     def repository_location(self) -> str:
         """Where the repository is, for messages: a directory or an ``s3://`` URL."""
         return os.fspath(self.backup_path) if self.is_s3 else str(self.repository_path)

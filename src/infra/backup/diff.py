@@ -408,6 +408,7 @@ def diff_against_sources(
             config.source_root,
             exclude=config.exclude,
             include_secrets=config.include_secrets,
+            skip=config.own_directories,
         )
     }
     backed_up = {e.name: e for e in manifest.entries if e.kind == "file"}

@@ -300,6 +300,7 @@ def plan_in_place(
             config.source_root,
             exclude=config.exclude,
             include_secrets=secrets_ok,
+            skip=config.own_directories,
         )
         for item in current:
             path = Path(os.path.normpath(item.path))

@@ -492,6 +492,7 @@ class BackupManager:
                 self.config.source_root,
                 exclude=self.config.exclude,
                 include_secrets=self.config.include_secrets,
+                skip=self.config.own_directories,
             )
             warnings = scan.warnings
             entries.extend(entry_sources(scan.items, sqlite=self.config.sqlite_options))

@@ -107,19 +107,22 @@ def scan_sources(
     *,
     exclude: Sequence[str] = (),
     include_secrets: bool = False,
+    skip: Sequence[Path] = (),
 ) -> SourceScan:
     """Every file, directory and symbolic link the sources name (directories recursively,
     links never followed), and a warning for each special file (FIFO, socket, device: never
     opened, so a FIFO cannot block a backup) and each directory that cannot be listed.
 
-    Temporary files of an interrupted restore (``.tmp-*``) are never selected. The root
+    Temporary files of an interrupted restore (``.tmp-*``) are never selected, nor anything
+    in or below ``skip`` (the repository itself, when it lies inside a source). The root
     directory itself is not an entry.
     """
     scan = SourceScan()
     found: dict[str, SourceItem] = {}
     root = Path(os.path.normpath(root))
+    skipped = {Path(os.path.normpath(p)) for p in skip}
     for source in sources:
-        for path, st in _expand(source, root, scan.warnings, exclude):
+        for path, st in _expand(source, root, scan.warnings, exclude, skipped):
             if path == root:
                 continue
             name = entry_name(path, root)
@@ -145,34 +148,37 @@ def collect_sources(
     *,
     exclude: Sequence[str] = (),
     include_secrets: bool = False,
+    skip: Sequence[Path] = (),
 ) -> list[SourceItem]:
     """The regular files the sources name, sorted, without duplicates, secrets or excludes."""
-    scan = scan_sources(sources, root, exclude=exclude, include_secrets=include_secrets)
+    scan = scan_sources(sources, root, exclude=exclude, include_secrets=include_secrets, skip=skip)
     return [item for item in scan.items if item.kind == "file"]
 
 
 def _expand(
-    source: str, root: Path, warnings: list[str], exclude: Sequence[str]
+    source: str, root: Path, warnings: list[str], exclude: Sequence[str], skip: set[Path]
 ) -> Iterable[tuple[Path, os.stat_result]]:
     pattern = Path(source).expanduser()
     absolute = pattern if pattern.is_absolute() else root / pattern
     if glob.has_magic(source):
         matches = sorted(glob.glob(str(absolute), recursive=True))
         for match in matches:
-            yield from _walk(Path(os.path.normpath(match)), root, warnings, exclude)
+            yield from _walk(Path(os.path.normpath(match)), root, warnings, exclude, skip)
         return
     absolute = Path(os.path.normpath(absolute))
     if not os.path.lexists(absolute):
         log.warning("backup source %s does not exist; skipped", absolute)
         return
-    yield from _walk(absolute, root, warnings, exclude)
+    yield from _walk(absolute, root, warnings, exclude, skip)
 
 
 def _walk(
-    path: Path, root: Path, warnings: list[str], exclude: Sequence[str]
+    path: Path, root: Path, warnings: list[str], exclude: Sequence[str], skip: set[Path]
 ) -> Iterable[tuple[Path, os.stat_result]]:
     """``path`` itself and, for a directory, everything below it (links not followed;
-    excluded directories not entered)."""
+    excluded and skipped directories not entered)."""
+    if path in skip or any(parent in skip for parent in path.parents):
+        return
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -188,6 +194,8 @@ def _walk(
         directory = stack.pop()
         subdirs = []
         for child_path, child_st in _list_directory(directory, warnings):
+            if child_path in skip:
+                continue
             yield child_path, child_st
             if (
                 stat.S_ISDIR(child_st.st_mode)
