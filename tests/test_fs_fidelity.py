@@ -338,3 +338,26 @@ def test_the_repository_inside_a_source_is_never_backed_up(tmp_path: Path) -> No
         names = {e.name for e in manager.repository.read_manifest(backup_id).entries}
         assert names == {"bot.json"}
         assert manager.get_backup_info(backup_id).warnings == []
+
+
+@pytest.mark.parametrize("fmt", ["dir", "tar.gz"])
+def test_export_and_import_keep_links_and_directories(
+    tmp_path: Path, outside: Path, fmt: str
+) -> None:
+    from src.infra.backup.exporting import export_backup, import_backup
+
+    make_tree(tmp_path, outside)
+    manager = tree_manager(tmp_path)
+    backup_id = manager.create_backup(None, include_files=True)
+    exported = export_backup(manager, backup_id, tmp_path / "exports", fmt=fmt)  # type: ignore[arg-type]
+    if fmt == "dir":  # plain files only: the link is described, never written as a link
+        assert not any(p.is_symlink() for p in exported.rglob("*"))
+    other = BackupManager(BackupConfig(backup_path=str(tmp_path / "other"), retention_days=0))
+    import_backup(other, exported)
+    target = tmp_path / "restored"
+    RecoveryManager(other).restore_to_directory(backup_id, target)
+    out = target / "state"
+    assert os.readlink(out / "current.json") == "data.json"
+    assert (out / "empty" / "deeper").is_dir()
+    assert stat.S_IMODE((out / "empty").stat().st_mode) == 0o750
+    assert (out / "big.bin").read_bytes() == (tmp_path / "state" / "big.bin").read_bytes()
