@@ -5,6 +5,7 @@ The seed's API::
     from src.infra.backup import BackupManager, BackupConfig, RecoveryManager, RecoveryError
 """
 
+from src.infra.backup._version import __version__
 from src.infra.backup.check import CheckReport
 from src.infra.backup.config import BackupConfig, load_backup_config
 from src.infra.backup.errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "StorageError",
     "UnsupportedValueError",
     "WrongPassphraseError",
+    "__version__",
     "get_backup_manager",
     "get_recovery_manager",
     "load_backup_config",

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from src.infra.backup._version import __version__
 from src.infra.backup.check import CheckReport
 from src.infra.backup.config import load_backup_config, parse_duration
 from src.infra.backup.crypto import AEAD_ALGORITHMS, DEFAULT_AEAD, read_passphrase
@@ -194,6 +195,7 @@ def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int],
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="peak-backup")
 @click.option(
     "--config",
     "config_path",

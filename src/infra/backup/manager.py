@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from src.infra.backup.archiver import command_inputs, entry_sources
@@ -206,6 +207,14 @@ class BackupManager:
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
         self._replicas = ReplicaCoordinator(self)
+
+    @property
+    def backup_dir(self) -> Path:
+        """The repository directory (``backup_path``, absolute) of a local repository. The
+        original implementation kept one folder per backup below it; here it holds the
+        repository (see the README's compatibility notes). An S3 repository has no local
+        directory: :class:`ConfigError` naming its URL."""
+        return self.config.repository_path
 
     @property
     def repository(self) -> Repository:
