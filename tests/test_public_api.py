@@ -30,5 +30,5 @@ def test_backup_dir_of_a_local_repository(tmp_path: Path) -> None:
 
 def test_backup_dir_of_an_s3_repository_says_there_is_none() -> None:
     manager = BackupManager(BackupConfig(backup_path="s3://bucket/bots/one"))
-    with pytest.raises(ConfigError, match="s3://bucket/bots/one.*not a local directory"):
+    with pytest.raises(ConfigError, match=r"s3://bucket/bots/one.*not a local directory"):
         _ = manager.backup_dir
