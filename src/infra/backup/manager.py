@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -295,10 +296,11 @@ class BackupManager:
         started = time.monotonic()
         arguments = dict(tags=tags, note=note, include_files=include_files, progress=progress)
         hooks = self.config.hooks
-        warnings = WarningCounter()
+        # Only after hooks need the count of logged warnings: nothing extra on a plain backup.
+        warnings = WarningCounter() if hooks.after else None
         result: Manifest | Exception | None = None  # what the after hooks are told
         try:
-            with warnings:
+            with warnings if warnings is not None else contextlib.nullcontext():
                 if hooks.before:
                     try:
                         validate_backup_type(backup_type)  # refuse a bad call before any hook
@@ -345,7 +347,7 @@ class BackupManager:
             result = exc
             raise
         finally:
-            if hooks.after and result is not None:
+            if warnings is not None and result is not None:
                 run_hooks(
                     hooks.after,
                     phase="after",
