@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from src.infra.backup.chunking import split_fixed
 from src.infra.backup.manifest import ChunkRef, Entry
 from src.infra.backup.repository import EntrySource, SnapshotWriter
 from src.infra.backup.sources import SourceItem
@@ -238,7 +239,7 @@ class DatabaseInput:
                 capture_sqlite(self.path, integrity=self.sqlite.check) as capture,
                 open(capture.path, "rb") as handle,
             ):
-                refs = writer.store_blocks(handle, DATABASE_BLOCK)
+                refs = writer.store_chunks(split_fixed(handle, capture.size, DATABASE_BLOCK))
         except FileNotFoundError:
             writer.warn(f"{self.path}: not backed up: it vanished before it could be read")
             return None

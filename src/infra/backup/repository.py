@@ -211,25 +211,17 @@ class SnapshotWriter:
     def store_stream(self, stream: BinaryIO, size_hint: int) -> list[ChunkRef]:
         """Chunk ``stream`` to its end (content-defined cuts), store the new chunks and
         return the references; ``size_hint`` (the expected size) only picks the cutting."""
-        repository, pending = self._repository, self._pending
-        refs = []
-        for chunk in repository.chunker.split_stream(stream, size_hint):
-            refs.append(repository._store_chunk(chunk, pending))
-            if pending.pending_bytes >= _FLUSH_BYTES:
-                repository._flush(pending)
-        return refs
+        return self.store_chunks(self._repository.chunker.split_stream(stream, size_hint))
 
-    def store_blocks(self, stream: BinaryIO, block: int) -> list[ChunkRef]:
-        """Like :meth:`store_stream`, with fixed cuts every ``block`` bytes (for page-structured
-        files such as databases, where a changed page then changes exactly one chunk)."""
+    def store_chunks(self, chunks: Iterable[bytes | memoryview]) -> list[ChunkRef]:
+        """Store chunks cut by the caller (e.g. page-aligned ones, ``chunking.split_fixed``)
+        and return their references, flushing to the store as they accumulate."""
         repository, pending = self._repository, self._pending
         refs = []
-        while chunk := stream.read(block):
+        for chunk in chunks:
             refs.append(repository._store_chunk(chunk, pending))
             if pending.pending_bytes >= _FLUSH_BYTES:
                 repository._flush(pending)
-        if not refs:
-            refs.append(repository._store_chunk(b"", pending))
         return refs
 
     def entry(
