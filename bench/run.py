@@ -93,7 +93,7 @@ def open_ours(path: Path, *, encryption: str = "none") -> Impl:
 
 def open_ours_encrypted(path: Path) -> Impl:
     """The same on an encrypted repository (the default AEAD, keyed chunk ids)."""
-    from src.infra.backup.crypto import DEFAULT_AEAD
+    from src.infra.backup.format.crypto import DEFAULT_AEAD
 
     return open_ours(path, encryption=DEFAULT_AEAD)
 
@@ -205,7 +205,7 @@ def peak_memory(create: Callable[[State, str], str], state: State) -> dict[str, 
 def _encoder() -> tuple[str, Callable[[Any], bytes]]:
     """``values.encode_value`` of our package if importable, else compact JSON."""
     try:
-        from src.infra.backup.values import encode_value
+        from src.infra.backup.format.values import encode_value
     except ImportError:
 
         def compact_json(value: Any) -> bytes:
@@ -218,7 +218,7 @@ def _encoder() -> tuple[str, Callable[[Any], bytes]]:
         """``encode_value`` as bytes, whatever buffer type it returns."""
         return bytes(encode_value(value))
 
-    return "src.infra.backup.values.encode_value", encode
+    return "src.infra.backup.format.values.encode_value", encode
 
 
 def serialized_size(state: State) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.workload import TradingDay
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
-from src.infra.backup.replication import open_replica, sync
+from src.infra.backup.repository.replication import open_replica, sync
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.s3 import S3Options

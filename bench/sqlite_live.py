@@ -57,15 +57,15 @@ import blake3
 import msgspec
 import zstandard
 
-from src.infra.backup import sqlite_source
-from src.infra.backup.chunking import NEW_REPOSITORY_CHUNKER, Chunker, split_fixed
-from src.infra.backup.manifest import ChunkRef, ListRef, encode_chunk_list
-from src.infra.backup.repository import CHUNKS_PER_LIST
-from src.infra.backup.sqlite_source import (
+from src.infra.backup.files import sqlite_source
+from src.infra.backup.files.sqlite_source import (
     COPY_CACHE_KIB,
     SOURCE_CACHE_KIB,
     capture_sqlite,
 )
+from src.infra.backup.format.chunking import NEW_REPOSITORY_CHUNKER, Chunker, split_fixed
+from src.infra.backup.format.manifest import ChunkRef, ListRef, encode_chunk_list
+from src.infra.backup.repository.repository import CHUNKS_PER_LIST
 
 MB = 1_000_000
 MIB = 1024 * 1024

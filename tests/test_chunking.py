@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.chunking import NEW_REPOSITORY_CHUNKER, Chunker, ChunkerParams
-from src.infra.backup.manifest import RepoConfig, decode_checked, encode_checked
-from src.infra.backup.values import encode_value
+from src.infra.backup.format.chunking import NEW_REPOSITORY_CHUNKER, Chunker, ChunkerParams
+from src.infra.backup.format.manifest import RepoConfig, decode_checked, encode_checked
+from src.infra.backup.format.values import encode_value
 
 
 def trades(count: int, seed: int = 7) -> list[dict[str, object]]:

@@ -399,7 +399,7 @@ def test_newer_repository_format_exit_4(
 ) -> None:
     import msgspec
 
-    from src.infra.backup.manifest import RepoConfig, decode_checked, encode_checked
+    from src.infra.backup.format.manifest import RepoConfig, decode_checked, encode_checked
 
     root, _ids = project
     path = root / "backups" / "repo.json"

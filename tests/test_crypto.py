@@ -15,8 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.infra.backup import crypto
-from src.infra.backup.crypto import (
+from src.infra.backup.errors import (
+    BackupError,
+    CorruptDataError,
+    InvalidInputError,
+    PassphraseRequiredError,
+    WrongPassphraseError,
+)
+from src.infra.backup.format import crypto
+from src.infra.backup.format.crypto import (
     AEAD_ALGORITHMS,
     EncryptionHeader,
     KdfParams,
@@ -25,13 +32,6 @@ from src.infra.backup.crypto import (
     read_passphrase,
     rewrap,
     unlock,
-)
-from src.infra.backup.errors import (
-    BackupError,
-    CorruptDataError,
-    InvalidInputError,
-    PassphraseRequiredError,
-    WrongPassphraseError,
 )
 
 

@@ -25,8 +25,8 @@ from src.infra.backup import (
     RecoveryManager,
     UnsupportedValueError,
 )
-from src.infra.backup.manifest import Manifest, RepoConfig, decode_checked, encode_checked
-from src.infra.backup.retention import SnapshotRef, apply_retention_days
+from src.infra.backup.format.manifest import Manifest, RepoConfig, decode_checked, encode_checked
+from src.infra.backup.policy.retention import SnapshotRef, apply_retention_days
 
 # -- helpers -----------------------------------------------------------------------------------
 

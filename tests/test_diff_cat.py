@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.infra.backup import BackupConfig, BackupManager, BackupNotFoundError, InvalidInputError
-from src.infra.backup.diff import (
+from src.infra.backup.app.diff import (
     Change,
     DiffResult,
     diff_against_sources,
@@ -33,7 +33,7 @@ from src.infra.backup.diff import (
     render_value,
     values_equal,
 )
-from src.infra.backup.values import decode_value, encode_value
+from src.infra.backup.format.values import decode_value, encode_value
 
 # --------------------------------------------------------------------------- diff_values
 

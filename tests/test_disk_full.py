@@ -21,7 +21,7 @@ import pytest
 from conftest import CliRunner
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager, StorageError
-from src.infra.backup.check import check_repository
+from src.infra.backup.repository.check import check_repository
 
 TMPFS_SIZE = "8m"
 STEP = 512 * 1024

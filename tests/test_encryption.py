@@ -40,9 +40,9 @@ from src.infra.backup import (
     RecoveryManager,
     load_backup_config,
 )
-from src.infra.backup.crypto import AEAD_ALGORITHMS
 from src.infra.backup.errors import PassphraseRequiredError, WrongPassphraseError
-from src.infra.backup.manifest import RepoConfig, decode_checked, encode_checked
+from src.infra.backup.format.crypto import AEAD_ALGORITHMS
+from src.infra.backup.format.manifest import RepoConfig, decode_checked, encode_checked
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager, exporting
-from src.infra.backup.exporting import (
+from src.infra.backup.app.exporting import (
     BackupExistsError,
     InvalidExportError,
     UnsafeArchiveError,

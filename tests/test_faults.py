@@ -36,12 +36,12 @@ import pytest
 from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
 
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
-from src.infra.backup.blobs import chunk_key
-from src.infra.backup.check import check_repository
 from src.infra.backup.errors import RepositoryBusyError, RepositoryNotFoundError
-from src.infra.backup.gc import Collection, fossil_key
-from src.infra.backup.locks import LeaseRecord
-from src.infra.backup.repository import Repository
+from src.infra.backup.format.blobs import chunk_key
+from src.infra.backup.repository.check import check_repository
+from src.infra.backup.repository.gc import Collection, fossil_key
+from src.infra.backup.repository.locks import LeaseRecord
+from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore
 
 pytestmark = pytest.mark.timeout(240)

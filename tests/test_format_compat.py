@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.recovery import RecoveryManager
+from src.infra.backup.app.recovery import RecoveryManager
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 FIXTURE_DIR = DATA_DIR / "format1"

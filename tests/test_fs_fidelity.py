@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryError, RecoveryManager
-from src.infra.backup.archiver import FileInput, RecordedEntry, entry_sources
 from src.infra.backup.cli import EXIT_WARNINGS
-from src.infra.backup.manifest import FORMAT_VERSION
-from src.infra.backup.sources import scan_sources
+from src.infra.backup.files.archiver import FileInput, RecordedEntry, entry_sources
+from src.infra.backup.files.sources import scan_sources
+from src.infra.backup.format.manifest import FORMAT_VERSION
 from tests.conftest import CliRunner
 
 IS_ROOT = os.geteuid() == 0
@@ -344,7 +344,7 @@ def test_the_repository_inside_a_source_is_never_backed_up(tmp_path: Path) -> No
 def test_export_and_import_keep_links_and_directories(
     tmp_path: Path, outside: Path, fmt: str
 ) -> None:
-    from src.infra.backup.exporting import export_backup, import_backup
+    from src.infra.backup.app.exporting import export_backup, import_backup
 
     make_tree(tmp_path, outside)
     manager = tree_manager(tmp_path)

@@ -36,12 +36,9 @@ from src.infra.backup import (
     FormatVersionError,
     RecoveryManager,
 )
-from src.infra.backup.blobs import MAGIC, BlobCodec, chunk_id, chunk_key
-from src.infra.backup.check import check_repository
 from src.infra.backup.errors import CorruptDataError
-from src.infra.backup.gc import Collection
-from src.infra.backup.locks import LeaseRecord
-from src.infra.backup.manifest import (
+from src.infra.backup.format.blobs import MAGIC, BlobCodec, chunk_id, chunk_key
+from src.infra.backup.format.manifest import (
     FORMAT_VERSION,
     REPO_FORMAT_VERSION,
     ChunkRef,
@@ -53,9 +50,12 @@ from src.infra.backup.manifest import (
     encode_checked,
     encode_chunk_list,
 )
-from src.infra.backup.repository import Repository
+from src.infra.backup.format.values import ENCODING_NAME, encode_value
+from src.infra.backup.repository.check import check_repository
+from src.infra.backup.repository.gc import Collection
+from src.infra.backup.repository.locks import LeaseRecord
+from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore
-from src.infra.backup.values import ENCODING_NAME, encode_value
 
 pytestmark = pytest.mark.timeout(240)  # a hang fails instead of blocking the suite
 # derandomize: the same examples on every run, so a failure here is reproducible and a fix

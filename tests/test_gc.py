@@ -38,9 +38,9 @@ from src.infra.backup import (
     RecoveryManager,
     RepositoryBusyError,
 )
-from src.infra.backup.gc import COLLECTION_BATCH, prune, referenced_chunks
-from src.infra.backup.locks import HOSTNAME, ExclusiveLock, Lease, LeaseRecord
-from src.infra.backup.repository import BACKUP_LEASE_KIND
+from src.infra.backup.repository.gc import COLLECTION_BATCH, prune, referenced_chunks
+from src.infra.backup.repository.locks import HOSTNAME, ExclusiveLock, Lease, LeaseRecord
+from src.infra.backup.repository.repository import BACKUP_LEASE_KIND
 from src.infra.backup.storage import local as local_store_module
 from src.infra.backup.storage.local import LocalStore
 
@@ -608,7 +608,7 @@ HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
     from datetime import timedelta
-    from src.infra.backup.locks import ExclusiveLock
+    from src.infra.backup.repository.locks import ExclusiveLock
     from src.infra.backup.storage.local import LocalStore
     ExclusiveLock(LocalStore(sys.argv[1]), "prune", timedelta(minutes=30)).acquire()
     print("locked", flush=True)

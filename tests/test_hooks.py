@@ -24,10 +24,10 @@ from src.infra.backup import (
     RecoveryManager,
     load_backup_config,
 )
-from src.infra.backup.config import CommandSourceSettings, HookCommand, HooksSettings
+from src.infra.backup.app.config import CommandSourceSettings, HookCommand, HooksSettings
+from src.infra.backup.app.hooks import open_command_source, run_hooks
 from src.infra.backup.errors import CommandSourceError, HookError
-from src.infra.backup.hooks import open_command_source, run_hooks
-from src.infra.backup.status import BackupOutcome
+from src.infra.backup.monitoring.status import BackupOutcome
 
 PY = sys.executable
 MISSING_PROGRAM = "peak-backup-no-such-program-7f3a"

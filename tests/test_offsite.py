@@ -16,10 +16,10 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import ConfigError
-from src.infra.backup.replication import open_replica
-from src.infra.backup.repository import DataInput
+from src.infra.backup.format.values import ENCODING_NAME, encode_value
+from src.infra.backup.repository.replication import open_replica
+from src.infra.backup.repository.repository import DataInput
 from src.infra.backup.storage.s3 import S3Store
-from src.infra.backup.values import ENCODING_NAME, encode_value
 from tests.conftest import PROJECT_ROOT, S3Bucket, create_bucket, run_cli_process
 from tools.s3_server import SeaweedS3
 

@@ -20,8 +20,8 @@ from src.infra.backup import (
     InvalidInputError,
     RecoveryManager,
 )
-from src.infra.backup.manifest import encode_checked
-from src.infra.backup.pointintime import parse_moment, select_between
+from src.infra.backup.format.manifest import encode_checked
+from src.infra.backup.policy.point_in_time import parse_moment, select_between
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UTC = timezone.utc

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryError, RecoveryManager
-from src.infra.backup.in_place import ABSENT_KEY, PRE_RESTORE_TYPE, matches_filters
-from src.infra.backup.manifest import encode_checked
+from src.infra.backup.files.in_place import ABSENT_KEY, PRE_RESTORE_TYPE, matches_filters
+from src.infra.backup.format.manifest import encode_checked
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def test_delete_with_a_pre_restore_backup_stays_within_what_it_covers(
     assert manager.get_backup_info(pre_p).file_paths == ["state/a.txt"]
     assert manager.load_backup(pre_p)[ABSENT_KEY] == ["state/d.txt"]
 
-    caplog.set_level("WARNING", logger="src.infra.backup.in_place")
+    caplog.set_level("WARNING", logger="src.infra.backup.files.in_place")
     plan = recovery.restore_in_place(pre_p, delete=True, dry_run=True)
     assert plan.paths("delete") == [state / "d.txt"]  # the absent file only
     assert plan.notes and "pre_restore" in plan.notes[0]

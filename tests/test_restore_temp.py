@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager, restore_temp
-from src.infra.backup.restore_temp import (
+from src.infra.backup.files.restore_temp import (
     HOST_TAG,
     clean_stale_temps,
     restore_temp_tag,

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.config import load_backup_config, parse_retention
+from src.infra.backup.app.config import load_backup_config, parse_retention
 from src.infra.backup.errors import ConfigError
-from src.infra.backup.repository import DataInput
-from src.infra.backup.retention import (
+from src.infra.backup.format.values import ENCODING_NAME, encode_value
+from src.infra.backup.policy.retention import (
     COUNT_RULES,
     DEFAULT_POLICY,
     Decision,
@@ -27,7 +27,7 @@ from src.infra.backup.retention import (
     SnapshotRef,
     apply_policy,
 )
-from src.infra.backup.values import ENCODING_NAME, encode_value
+from src.infra.backup.repository.repository import DataInput
 from tests.conftest import CliRunner
 
 BERLIN = "Europe/Berlin"

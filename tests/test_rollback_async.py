@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import src.infra.backup.manager as manager_module
+import src.infra.backup.app.manager as manager_module
 from src.infra.backup import (
     BackupConfig,
     BackupManager,
@@ -23,7 +23,7 @@ from src.infra.backup import (
     RecoveryManager,
     UnsupportedValueError,
 )
-from src.infra.backup.rollback import RollbackGuard, rollback_on_error
+from src.infra.backup.app.rollback import RollbackGuard, rollback_on_error
 
 
 class TradeFailedError(Exception):

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
+from src.infra.backup.app.scheduler import BackupScheduler
 from src.infra.backup.errors import BackupError, ConfigError
-from src.infra.backup.metrics import metrics_available
-from src.infra.backup.scheduler import BackupScheduler
+from src.infra.backup.monitoring.metrics import metrics_available
 from tests.conftest import MAIN_SCRIPT, cli_env
 
 ROOT = Path(__file__).resolve().parents[1]

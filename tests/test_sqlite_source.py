@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from src.infra.backup import sqlite_source
-from src.infra.backup.chunking import split_fixed
 from src.infra.backup.errors import InvalidInputError
-from src.infra.backup.sqlite_source import (
+from src.infra.backup.files import sqlite_source
+from src.infra.backup.files.sqlite_source import (
     SQLITE_HEADER,
     STEP_BYTES,
     SqliteCapture,
@@ -35,6 +34,7 @@ from src.infra.backup.sqlite_source import (
     capture_sqlite,
     looks_like_sqlite,
 )
+from src.infra.backup.format.chunking import split_fixed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 K = 5  # rows per transaction
@@ -473,7 +473,9 @@ def test_a_missing_temp_dir_is_a_capture_error_not_a_vanished_database(tmp_path:
 UNREADABLE_CHILD = r"""
 import sys
 from pathlib import Path
-from src.infra.backup.sqlite_source import SqliteCaptureError, capture_sqlite, looks_like_sqlite
+from src.infra.backup.files.sqlite_source import (
+    SqliteCaptureError, capture_sqlite, looks_like_sqlite,
+)
 unreadable, read_only, temp = (Path(arg) for arg in sys.argv[1:4])
 print("looks", looks_like_sqlite(unreadable))
 try:

@@ -19,16 +19,16 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ConfigError, UnsupportedValueError
-from src.infra.backup.health import BackupHealthCheck, check_backup_health
-from src.infra.backup.logging_setup import configure_logging
-from src.infra.backup.metrics import (
+from src.infra.backup.monitoring.health import BackupHealthCheck, check_backup_health
+from src.infra.backup.monitoring.logging_setup import configure_logging
+from src.infra.backup.monitoring.metrics import (
     BackupMetrics,
     instrument,
     metrics_available,
     start_http_server,
     write_textfile,
 )
-from src.infra.backup.status import (
+from src.infra.backup.monitoring.status import (
     BackupOutcome,
     collect_status,
     current_host,
@@ -370,8 +370,8 @@ def test_everything_works_without_prometheus_client(repo_dir: Path) -> None:
 import sys
 sys.modules["prometheus_client"] = None  # as if not installed
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.health import check_backup_health
-from src.infra.backup import metrics
+from src.infra.backup.monitoring.health import check_backup_health
+from src.infra.backup.monitoring import metrics
 manager = BackupManager(BackupConfig(backup_path={str(repo_dir)!r}, retention_days=0))
 manager.create_backup({{"a": 1}})
 assert check_backup_health(manager).status == "yellow"
@@ -423,7 +423,7 @@ def test_json_log_lines_carry_structured_fields(
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     by_outcome = {line.get("outcome"): line for line in lines if "outcome" in line}
     created = by_outcome["created"]
-    assert created["level"] == "INFO" and created["logger"] == "src.infra.backup.manager"
+    assert created["level"] == "INFO" and created["logger"] == "src.infra.backup.app.manager"
     assert created["backup_type"] == "daily" and created["backup_id"].startswith("daily_")
     assert created["size_bytes"] > 0 and created["duration_ms"] >= 0
     failed = by_outcome["failed"]

@@ -16,8 +16,8 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, InvalidInputError
-from src.infra.backup.replication import lag, open_replica, sync
-from src.infra.backup.repository import Repository
+from src.infra.backup.repository.replication import lag, open_replica, sync
+from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.s3 import S3Store
 from tests.conftest import MAIN_SCRIPT, S3Bucket, cli_env, run_cli_process

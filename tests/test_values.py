@@ -1,4 +1,4 @@
-"""Tests of ``src.infra.backup.values``: lossless typed encoding without pickle."""
+"""Tests of ``src.infra.backup.format.values``: lossless typed encoding without pickle."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import src.infra.backup.values as values_mod
+import src.infra.backup.format.values as values_mod
 from src.infra.backup.errors import CorruptDataError, UnsupportedValueError
-from src.infra.backup.values import (
+from src.infra.backup.format.values import (
     ENCODING_NAME,
     decode_value,
     encode_value,
@@ -861,7 +861,7 @@ def test_hostile_nesting_does_not_crash_the_interpreter() -> None:
     script = textwrap.dedent(
         f"""
         import threading, ormsgpack
-        from src.infra.backup.values import decode_value
+        from src.infra.backup.format.values import decode_value
         from src.infra.backup.errors import CorruptDataError
 
         def bomb(levels):
@@ -902,7 +902,7 @@ def test_hostile_nesting_does_not_crash_the_interpreter() -> None:
 def test_import_does_not_import_numpy_or_pandas() -> None:
     script = (
         "import sys\n"
-        "import src.infra.backup.values as v\n"
+        "import src.infra.backup.format.values as v\n"
         "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules, 'imported'\n"
         "assert v.decode_value(v.encode_value({1: (2, 3)})) == {1: (2, 3)}\n"
         "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules, 'used'\n"
@@ -928,7 +928,7 @@ def test_works_without_numpy_and_pandas() -> None:
         import sys
         sys.modules["numpy"] = None  # makes any import of them fail
         sys.modules["pandas"] = None
-        import src.infra.backup.values as v
+        import src.infra.backup.format.values as v
         from src.infra.backup.errors import CorruptDataError
         value = {{1: (2, {{3}}), "d": __import__("decimal").Decimal("1.5")}}
         assert v.decode_value(v.encode_value(value)) == value

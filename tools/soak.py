@@ -73,9 +73,9 @@ from src.infra.backup import (
     RecoveryManager,
     RepositoryBusyError,
 )
-from src.infra.backup import gc as gc_module
-from src.infra.backup.check import CheckReport
-from src.infra.backup.locks import ExclusiveLock
+from src.infra.backup.repository import gc as gc_module
+from src.infra.backup.repository.check import CheckReport
+from src.infra.backup.repository.locks import ExclusiveLock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOAK_FORMAT = 1

@@ -6,8 +6,9 @@ The seed's API::
 """
 
 from src.infra.backup._version import __version__
-from src.infra.backup.check import CheckReport
-from src.infra.backup.config import BackupConfig, load_backup_config
+from src.infra.backup.app.config import BackupConfig, load_backup_config
+from src.infra.backup.app.manager import BackupInfo, BackupManager, get_backup_manager
+from src.infra.backup.app.recovery import RecoveryManager, RestoreResult, get_recovery_manager
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -24,9 +25,8 @@ from src.infra.backup.errors import (
     UnsupportedValueError,
     WrongPassphraseError,
 )
-from src.infra.backup.gc import PruneReport
-from src.infra.backup.manager import BackupInfo, BackupManager, get_backup_manager
-from src.infra.backup.recovery import RecoveryManager, RestoreResult, get_recovery_manager
+from src.infra.backup.repository.check import CheckReport
+from src.infra.backup.repository.gc import PruneReport
 
 __all__ = [
     "BackupConfig",

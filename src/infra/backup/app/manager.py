@@ -1,0 +1,771 @@
+"""``BackupManager``: the seed's API (create, list, load, delete) plus retention."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from src.infra.backup.app.config import BackupConfig, load_backup_config
+from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
+from src.infra.backup.app.offsite import ReplicaCoordinator, ReplicaLag
+from src.infra.backup.errors import (
+    BackupError,
+    BackupNotFoundError,
+    ConfigError,
+    CorruptDataError,
+    InvalidInputError,
+    PassphraseRequiredError,
+    RepositoryBusyError,
+    RepositoryNotFoundError,
+    StorageError,
+    WrongPassphraseError,
+)
+from src.infra.backup.files.archiver import command_inputs, entry_sources
+from src.infra.backup.files.sources import scan_sources
+from src.infra.backup.format.crypto import read_passphrase
+from src.infra.backup.format.index import Summary, summarize
+from src.infra.backup.format.manifest import Manifest
+from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value
+from src.infra.backup.monitoring.status import (
+    BackupHook,
+    BackupOutcome,
+    record_failure,
+    record_success,
+)
+from src.infra.backup.policy.retention import (
+    Decision,
+    apply_policy,
+    apply_retention_days,
+)
+from src.infra.backup.repository.check import CheckReport, check_repository, parse_subset
+from src.infra.backup.repository.gc import PruneReport, prune
+from src.infra.backup.repository.repository import (
+    DataInput,
+    EntrySource,
+    ProgressCallback,
+    Repository,
+    id_sort_key,
+    is_valid_backup_id,
+    validate_backup_type,
+)
+
+log = logging.getLogger(__name__)
+
+ENTRY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+MAX_TAG_VALUE = 256
+MAX_NOTE = 4096
+
+
+class BackupInfo:
+    """Metadata of one backup, as ``list_backups()`` returns it (a read-only view of the
+    backup's summary; attributes are computed when read, so listing stays cheap).
+
+    Sizes: ``size_bytes`` is the stored (compressed) size of everything the backup references,
+    i.e. what it would occupy on its own; ``logical_bytes`` is what a restore produces;
+    ``added_bytes`` is what this backup added to the repository (its new chunks; the rest was
+    shared with earlier backups). ``timestamp`` is local time without a zone (as in the seed);
+    ``timestamp_utc`` is aware.
+    """
+
+    __slots__ = ("_summary",)
+
+    def __init__(self, summary: Summary) -> None:
+        self._summary = summary
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> BackupInfo:
+        """Describe the backup of a manifest."""
+        return cls(summarize(manifest))
+
+    @property
+    def backup_id(self) -> str:
+        return self._summary.backup_id
+
+    @property
+    def backup_type(self) -> str:
+        return self._summary.backup_type
+
+    @property
+    def timestamp(self) -> datetime:
+        return self._summary.time_utc.astimezone().replace(tzinfo=None)
+
+    @property
+    def timestamp_utc(self) -> datetime:
+        return self._summary.time_utc.astimezone(timezone.utc)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._summary.stats.stored_bytes
+
+    @property
+    def logical_bytes(self) -> int:
+        return self._summary.stats.logical_bytes
+
+    @property
+    def added_bytes(self) -> int:
+        return self._summary.stats.added_bytes
+
+    @property
+    def compressed(self) -> bool:
+        return self._summary.compression != "none"
+
+    @property
+    def files(self) -> list[str]:
+        """Data entries as ``<key>.json`` (the seed's layout), then file paths."""
+        return [f"{key}.json" for key in self._summary.data_keys] + list(self._summary.file_paths)
+
+    @property
+    def data_keys(self) -> list[str]:
+        return list(self._summary.data_keys)
+
+    @property
+    def file_paths(self) -> list[str]:
+        return list(self._summary.file_paths)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return dict(self._summary.tags)
+
+    @property
+    def note(self) -> str | None:
+        return self._summary.note
+
+    @property
+    def host(self) -> str:
+        return self._summary.host
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the backup could not capture as asked (a file that vanished, could not be
+        read or kept changing, a special file left out, a database stored as raw bytes), one
+        line each naming the file; empty for a clean backup."""
+        return list(self._summary.warnings)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackupInfo) and other._summary == self._summary
+
+    def __hash__(self) -> int:
+        return hash((self.backup_id, self._summary.time_utc))
+
+    def __repr__(self) -> str:
+        return (
+            f"BackupInfo(backup_id={self.backup_id!r}, backup_type={self.backup_type!r}, "
+            f"timestamp={self.timestamp!r}, size_bytes={self.size_bytes})"
+        )
+
+
+def validate_entry_name(name: object) -> str:
+    """Data keys become entry names and ``<key>.json`` files: keep them filename-safe."""
+    if not isinstance(name, str) or not ENTRY_NAME_PATTERN.match(name):
+        raise InvalidInputError(
+            f"invalid data key {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter, digit or '_'"
+        )
+    return name
+
+
+def _validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise InvalidInputError(f"tags must be a mapping of str to str, not {type(tags).__name__}")
+    checked = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY_PATTERN.match(key):
+            raise InvalidInputError(f"invalid tag name {key!r}: use letters, digits, '_-.'")
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or "\0" in value:
+            raise InvalidInputError(f"invalid value for tag {key!r}: a string of at most 256 chars")
+        checked[key] = value
+    return checked
+
+
+class BackupManager:
+    """Creates, lists, loads and deletes backups in one repository.
+
+    ``BackupManager()`` uses the ``[backup]`` table of the config file (``config.toml`` or
+    ``$PEAK_TRADE_CONFIG_PATH``), else the defaults, so the CLI, a scheduler and library code
+    agree on one repository.
+    """
+
+    def __init__(
+        self,
+        config: BackupConfig | None = None,
+        *,
+        passphrase: str | Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_backup_config()
+        # For encrypted repositories: a passphrase (then the repository must be encrypted),
+        # or a function returning it; by default $PEAK_BACKUP_PASSWORD, then [backup]
+        # password_file, then a terminal prompt.
+        self._passphrase_source = passphrase
+        self._repository: Repository | None = None
+        self._auto_prune_thread: threading.Thread | None = None
+        self._last_auto_prune = float("-inf")
+        # Called after every create_backup attempt (metrics.py adds one); see status.py.
+        self.hooks: list[BackupHook] = []
+        self._replicas = ReplicaCoordinator(self)
+
+    @property
+    def backup_dir(self) -> Path:
+        """The repository directory (``backup_path``, absolute) of a local repository. The
+        original implementation kept one folder per backup below it; here it holds the
+        repository (see the README's compatibility notes). An S3 repository has no local
+        directory: :class:`ConfigError` naming its URL."""
+        return self.config.repository_path
+
+    @property
+    def repository(self) -> Repository:
+        """The repository, opened on first use; :class:`RepositoryNotFoundError` if there is
+        none yet (reading never creates one; :meth:`create_backup` does)."""
+        return self.open_repository(create=False)
+
+    def open_repository(self, *, create: bool) -> Repository:
+        """Open the repository (once per manager), creating it if ``create`` and missing."""
+        if self._repository is None:
+            store = self.config.open_store()
+            try:
+                repository = Repository.open(
+                    store,
+                    compression=self.config.compression_setting,
+                    passphrase=self._passphrase,
+                    encryption=self.config.encryption,
+                    create=create and self.config.fallback_path is None,
+                )
+            except RepositoryNotFoundError:
+                if not create:
+                    raise
+                repository = self._replicas.create_primary(store)
+            if self.config.encryption != "none" and not repository.encrypted:
+                raise ConfigError(
+                    f"[backup] encryption = {self.config.encryption!r}, but the repository at "
+                    f"{store.location} is not encrypted (encryption is chosen when a "
+                    "repository is created: use a new backup_path)"
+                )
+            if isinstance(self._passphrase_source, str) and not repository.encrypted:
+                # A passphrase given outright means the caller expects encryption: refuse to
+                # write in the clear (e.g. to a repo.json whose encryption was stripped).
+                raise ConfigError(
+                    f"a passphrase was given, but the repository at {store.location} is not "
+                    "encrypted; refusing to store backups unencrypted"
+                )
+            self._repository = repository
+            if self.config.fallback_path is not None:
+                self._replicas.prepare_fallback(repository)
+        return self._repository
+
+    def _passphrase(self) -> str:
+        source = self._passphrase_source
+        if isinstance(source, str):
+            return source
+        if source is not None:
+            return source()
+        return read_passphrase(password_file=self.config.password_file)
+
+    # -- create ----------------------------------------------------------------------------
+
+    def create_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Back up ``data`` (a mapping of names to values) and the configured file sources.
+
+        Returns the new backup's id, ``<type>_<YYYYmmdd_HHMMSS>`` (with ``_2``, ``_3`` ... when
+        that id is taken). Values are checked before anything is written; an unsupported value
+        raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
+        backing up the configured ``sources`` when there are any. After the backup, retention
+        (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
+        The outcome (success or :class:`BackupError`) is recorded best-effort in the run
+        history (``status.py``) and passed to ``self.hooks``.
+
+        ``[backup.hooks]``: the ``before`` commands run first (with ``PEAK_BACKUP_TYPE``); one
+        that fails fails the backup with :class:`HookError` before anything is written. The
+        ``after`` commands run last, after the outcome is recorded, on success and on failure
+        (``PEAK_BACKUP_OUTCOME`` and friends, see ``hooks.outcome_environment``); their
+        failures are only logged. Internal snapshots (``pre_restore``) do not run hooks.
+        """
+        started = time.monotonic()
+        arguments = dict(tags=tags, note=note, include_files=include_files, progress=progress)
+        hooks = self.config.hooks
+        # Only after hooks need the count of logged warnings: nothing extra on a plain backup.
+        warnings = WarningCounter() if hooks.after else None
+        result: Manifest | Exception | None = None  # what the after hooks are told
+        try:
+            with warnings if warnings is not None else contextlib.nullcontext():
+                if hooks.before:
+                    try:
+                        validate_backup_type(backup_type)  # refuse a bad call before any hook
+                        run_hooks(
+                            hooks.before,
+                            phase="before",
+                            timeout=hooks.timeout,
+                            env={"PEAK_BACKUP_TYPE": backup_type},
+                            cwd=self.config.source_root,
+                        )
+                    except BackupError as exc:
+                        self._record_outcome(backup_type, started, error=exc)
+                        raise
+                try:
+                    manifest = self._create_backup(
+                        data,
+                        backup_type,
+                        **arguments,  # type: ignore[arg-type]
+                    )
+                except StorageError as exc:
+                    rescued = self._replicas.backup_to_fallback(
+                        exc,
+                        lambda fallback: self._create_backup(
+                            data,
+                            backup_type,
+                            target=fallback,
+                            **arguments,  # type: ignore[arg-type]
+                        ),
+                    )
+                    if rescued is None:
+                        self._record_outcome(backup_type, started, error=exc)
+                        raise
+                    self._record_outcome(backup_type, started, manifest=rescued)
+                    result = rescued
+                    return rescued.backup_id
+                except BackupError as exc:
+                    self._record_outcome(backup_type, started, error=exc)
+                    raise
+                self._record_outcome(backup_type, started, manifest=manifest)
+                result = manifest
+                self._replicas.after_commit()
+                return manifest.backup_id
+        except Exception as exc:
+            result = exc
+            raise
+        finally:
+            if warnings is not None and result is not None:
+                run_hooks(
+                    hooks.after,
+                    phase="after",
+                    timeout=hooks.timeout,
+                    env=outcome_environment(
+                        backup_type=backup_type,
+                        backup_id=result.backup_id if isinstance(result, Manifest) else None,
+                        error=result if isinstance(result, Exception) else None,
+                        warnings=warnings.total(
+                            result.warnings if isinstance(result, Manifest) else ()
+                        ),
+                        duration_seconds=time.monotonic() - started,
+                    ),
+                    cwd=self.config.source_root,
+                )
+
+    # -- off-site and fallback (offsite.ReplicaCoordinator does the work) --------------------
+
+    def flush_offsite(self, timeout: float | None = None) -> bool:
+        """Wait until the off-site replica has every backup made so far (``timeout``
+        seconds, default ``flush_timeout``); ``True`` when it has. Without
+        ``[backup.offsite]``, ``True`` at once."""
+        return self._replicas.flush_offsite(timeout)
+
+    def flush_fallback(self, timeout: float) -> bool:
+        """Wait until fallback backups asked to move back have moved (``True`` when nothing
+        is pending)."""
+        return self._replicas.flush_sync_back(timeout)
+
+    def offsite_lag(self) -> ReplicaLag | None:
+        """Backups the off-site replica lacks and should have (``None`` without
+        ``[backup.offsite]``); an unreachable replica is reported in ``error``."""
+        return self._replicas.offsite_lag()
+
+    def fallback_lag(self) -> ReplicaLag | None:
+        """Backups in ``fallback_path`` the repository lacks (``None`` without a fallback
+        repository)."""
+        return self._replicas.fallback_lag()
+
+    def _record_outcome(
+        self,
+        backup_type: str,
+        started: float,
+        *,
+        manifest: Manifest | None = None,
+        error: BackupError | None = None,
+    ) -> None:
+        """Log, record in the status file and run the hooks; never raises."""
+        duration = time.monotonic() - started
+        fields: dict[str, Any] = {
+            "backup_type": backup_type,
+            "duration_ms": round(duration * 1000, 3),
+            "outcome": "created" if manifest is not None else "failed",
+        }
+        repository = self._repository
+        if manifest is not None:
+            fields.update(backup_id=manifest.backup_id, size_bytes=manifest.stats.stored_bytes)
+            log.info(
+                "backup %s created: %d entries, %d bytes, %d new bytes",
+                manifest.backup_id,
+                len(manifest.entries),
+                manifest.stats.logical_bytes,
+                manifest.stats.added_bytes,
+                extra=fields,
+            )
+        else:
+            log.info("backup of type %s failed: %s", backup_type, error, extra=fields)
+            # Refused input (an invalid type or value) is the caller's mistake, reported by
+            # the exception; like every refused input it writes nothing to the repository.
+            if isinstance(error, InvalidInputError):
+                repository = None
+            elif not isinstance(error, WrongPassphraseError | PassphraseRequiredError):
+                try:  # a failure before the repository was opened; skip if there is none
+                    repository = repository or self.open_repository(create=False)
+                except BackupError:
+                    repository = None
+        if repository is not None:
+            if manifest is not None:
+                record_success(
+                    repository.store,
+                    backup_type,
+                    manifest.backup_id,
+                    time=manifest.time_utc,
+                    duration_seconds=duration,
+                    size_bytes=manifest.stats.stored_bytes,
+                )
+            elif error is not None:
+                record_failure(repository.store, backup_type, error)
+        outcome = BackupOutcome(
+            backup_type=backup_type,
+            ok=manifest is not None,
+            duration_seconds=duration,
+            time=manifest.time_utc if manifest is not None else datetime.now(timezone.utc),
+            backup_id=manifest.backup_id if manifest is not None else None,
+            size_bytes=manifest.stats.stored_bytes if manifest is not None else None,
+            added_bytes=manifest.stats.added_bytes if manifest is not None else None,
+            error=str(error) if error is not None else None,
+        )
+        try:
+            validate_backup_type(backup_type)
+        except BackupError:
+            return  # not a backup type: nothing to count it under
+        for hook in list(self.hooks):
+            try:
+                hook(outcome)
+            except Exception:  # a monitoring hook must never fail a backup
+                log.warning("backup hook %r failed", hook, exc_info=True)
+
+    def _create_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+        target: Repository | None = None,
+    ) -> Manifest:
+        """Back up ``data`` (a mapping of names to values) and the configured file sources
+        (into ``target`` instead of the repository for a fallback backup: no retention).
+
+        Returns the new backup's id, ``<type>_<YYYYmmdd_HHMMSS>`` (with ``_2``, ``_3`` ... when
+        that id is taken). Values are checked before anything is written; an unsupported value
+        raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
+        backing up the configured ``sources`` when there are any. After the backup, retention
+        (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
+        """
+        validate_backup_type(backup_type)
+        checked_tags = _validate_tags(tags)
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+            raise InvalidInputError("note must be a string of at most 4096 characters")
+        if data is not None and not isinstance(data, Mapping):
+            raise InvalidInputError(
+                f"data must be a dict of names to values, not {type(data).__name__}"
+            )
+        entries: list[DataInput | EntrySource] = []
+        for key, value in (data or {}).items():
+            validate_entry_name(key)
+            payload = encode_value(value, root=f"data[{json.dumps(key)}]")
+            entries.append(DataInput(key, payload, ENCODING_NAME))
+        files = include_files if include_files is not None else self.config.has_file_sources
+        warnings: list[str] = []
+        if files:
+            repository = target or self.open_repository(create=True)
+            if self.config.include_secrets and not repository.encrypted:
+                raise ConfigError(
+                    "include_secrets = true, but the repository is not encrypted: secrets "
+                    "files are only backed up into an encrypted repository"
+                )
+            scan = scan_sources(
+                self.config.sources,
+                self.config.source_root,
+                exclude=self.config.exclude,
+                include_secrets=self.config.include_secrets,
+                skip=self.config.own_directories,
+            )
+            warnings = scan.warnings
+            entries.extend(entry_sources(scan.items, sqlite=self.config.sqlite_options))
+            entries.extend(command_inputs(self.config.command_sources, self.config.source_root))
+        manifest = (target or self.open_repository(create=True)).create_snapshot(
+            backup_type,
+            entries,
+            tags=checked_tags,
+            note=note,
+            base_dir=str(self.config.source_root) if files else None,
+            progress=progress,
+            warnings=warnings,
+        )
+        if target is None and (self.config.retention is not None or self.config.retention_days > 0):
+            try:
+                self._retain_after_create(manifest.backup_id)
+            except BackupError as exc:  # the backup itself is committed and safe
+                log.warning("retention after backup %s failed: %s", manifest.backup_id, exc)
+        return manifest
+
+    def _retain_after_create(self, new_id: str) -> None:
+        """Retention on the path of every backup, kept cheap with thousands of backups: plan
+        on a names-only listing (what this process knows of each id), and re-plan on a
+        validated listing only if a backup to forget was replaced since it was read."""
+        repository = self.repository
+        summaries = repository.list_summaries(validate=False)
+        if self.config.retention is None and summaries:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=self.config.retention_days)
+            if summaries[-1].time_utc >= cutoff:  # the oldest is young enough: nothing to do
+                return
+        decisions: list[Decision] | None = self._plan(summaries, protect=[new_id])
+        forget = [d.backup_id for d in decisions or () if not d.keep]
+        if not all(repository.summary_is_current(backup_id) for backup_id in forget):
+            decisions = None  # apply_retention plans again on a validated listing
+        self.apply_retention(protect=[new_id], decisions=decisions)
+
+    async def acreate_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """:meth:`create_backup` for asyncio code: the whole backup (encoding, chunking,
+        writing, retention) runs in a worker thread (``asyncio.to_thread``), so the event
+        loop keeps running meanwhile.
+
+        The values are encoded **in the worker thread**: the caller must not mutate ``data``
+        (or anything inside it) until this returns; pass a copy if other tasks may change it.
+        ``progress`` is called from the worker thread.
+        """
+        import asyncio
+
+        return await asyncio.to_thread(
+            self.create_backup,
+            data,
+            backup_type,
+            tags=tags,
+            note=note,
+            include_files=include_files,
+            progress=progress,
+        )
+
+    # -- read ------------------------------------------------------------------------------
+
+    def list_backups(self, backup_type: str | None = None) -> list[BackupInfo]:
+        """All readable backups, newest first, optionally of one type."""
+        if backup_type is not None:
+            validate_backup_type(backup_type)
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return []  # nothing backed up yet
+        return [
+            BackupInfo(s)
+            for s in repository.list_summaries()
+            if backup_type is None or s.backup_type == backup_type
+        ]
+
+    def get_backup_info(self, backup_id: str) -> BackupInfo:
+        """Metadata of one backup; :class:`BackupNotFoundError` if there is none."""
+        return BackupInfo.from_manifest(self.repository.read_manifest(backup_id))
+
+    def load_backup(self, backup_id: str) -> dict[str, Any]:
+        """The data entries of a backup as Python values, every chunk verified."""
+        repository = self.repository
+        manifest = repository.read_manifest(backup_id)
+        data = {}
+        for entry in manifest.entries:
+            if entry.kind != "data":
+                continue
+            if entry.encoding != ENCODING_NAME:
+                raise CorruptDataError(
+                    f"backup {backup_id}, entry {entry.name!r}: unknown value encoding "
+                    f"{entry.encoding!r} (this version reads {ENCODING_NAME})"
+                )
+            data[entry.name] = decode_value(repository.read_entry(entry))
+        return data
+
+    # -- delete ----------------------------------------------------------------------------
+
+    def delete_backup(self, backup_id: str, *, force: bool = False) -> None:
+        """Delete a backup. Refuses to delete the last good backup unless ``force=True``.
+
+        Its chunks stay until garbage collection reclaims those no other backup uses.
+        """
+        repository = self.repository
+        if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
+            raise BackupNotFoundError(f"backup not found: {backup_id}")
+        # A damaged backup can always go; a good one only if another good one remains.
+        if not force and repository.verify_snapshot(backup_id, read_data=False).ok:
+            others = sorted(
+                (i for i in repository.snapshot_ids() if i != backup_id),
+                key=id_sort_key,
+                reverse=True,
+            )
+            if not any(repository.verify_snapshot(i, read_data=False).ok for i in others):
+                raise BackupError(
+                    f"refusing to delete {backup_id}: it is the last good backup "
+                    "(pass force=True, or --force on the command line)"
+                )
+        repository.delete_snapshot(backup_id)
+        log.info(
+            "backup %s deleted",
+            backup_id,
+            extra={
+                "backup_id": backup_id,
+                "backup_type": re.sub(r"_\d{8}_\d{6}(?:_\d+)?$", "", backup_id),
+                "outcome": "deleted",
+            },
+        )
+
+    def prune(
+        self,
+        *,
+        dry_run: bool = False,
+        grace: timedelta | None = None,
+        lock_wait: float = 0.0,
+    ) -> PruneReport:
+        """Garbage-collect chunks no backup references (two phases, see ``gc.py``):
+        returns what was collected, deleted and freed. ``RepositoryBusyError`` if another
+        prune runs (``lock_wait`` seconds to wait for it)."""
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return PruneReport(dry_run=dry_run)  # nothing backed up yet: nothing to collect
+        started = time.monotonic()
+        report = prune(
+            repository,
+            grace=grace if grace is not None else self.config.grace,
+            dry_run=dry_run,
+            lock_wait=lock_wait,
+        )
+        log.info(
+            "prune: %d chunks deleted, %d bytes freed",
+            report.deleted,
+            report.freed_bytes,
+            extra={
+                "duration_ms": round((time.monotonic() - started) * 1000, 3),
+                "size_bytes": report.freed_bytes,
+                "outcome": "pruned" if not dry_run else "prune_dry_run",
+            },
+        )
+        return report
+
+    def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
+        """Check the whole repository (see ``check.py``); ``subset`` as ``verify
+        --read-data-subset`` (``1/10``, ``10%``, ``50M``)."""
+        repository = self.repository
+        selector = None
+        if subset is not None:
+            total = sum(info.size for info in repository.store.list_info("chunks/"))
+            selector = parse_subset(subset, total)
+        return check_repository(repository, read_data=read_data, subset=selector)
+
+    def _prune_in_background(self) -> None:
+        """After retention deleted backups: collect garbage without delaying the caller, at
+        most once per grace period per process."""
+        now = time.monotonic()
+        if (
+            not self.config.auto_prune
+            or now - self._last_auto_prune < self.config.grace.total_seconds()
+        ):
+            return
+        if self._auto_prune_thread is not None and self._auto_prune_thread.is_alive():
+            return
+        self._last_auto_prune = now
+
+        def run() -> None:
+            try:
+                report = self.prune()
+                log.info(
+                    "automatic prune: %d chunks collected, %d deleted, %d bytes freed",
+                    report.fossilized,
+                    report.deleted,
+                    report.freed_bytes,
+                )
+            except RepositoryBusyError:
+                log.info("automatic prune skipped: another prune is running")
+            except BackupError as exc:
+                log.warning("automatic prune failed: %s", exc)
+
+        self._auto_prune_thread = threading.Thread(
+            target=run, name="peak-backup-prune", daemon=True
+        )
+        self._auto_prune_thread.start()
+
+    def plan_retention(self, *, protect: Sequence[str] = ()) -> list[Decision]:
+        """What retention would do now: one :class:`Decision` (keep or forget, and every rule
+        that keeps it) per backup, newest first. Uses ``[backup.retention]`` when configured,
+        else ``retention_days``; ``protect`` names backups kept whatever the policy."""
+        try:
+            repository = self.repository
+        except RepositoryNotFoundError:
+            return []
+        return self._plan(repository.list_summaries(), protect=protect)
+
+    def _plan(self, snapshots: Sequence[Summary], *, protect: Sequence[str]) -> list[Decision]:
+        now = datetime.now(timezone.utc)
+        if self.config.retention is None:
+            return apply_retention_days(snapshots, self.config.retention_days, now, protect=protect)
+        return apply_policy(snapshots, self.config.retention, now, protect=protect)
+
+    def apply_retention(
+        self,
+        *,
+        protect: Sequence[str] | None = None,
+        decisions: Sequence[Decision] | None = None,
+        auto_prune: bool = True,
+    ) -> list[str]:
+        """Delete the backups retention forgets (``decisions``, else :meth:`plan_retention`);
+        returns the deleted ids. ``auto_prune``: then collect garbage in the background."""
+        if decisions is None:
+            decisions = self.plan_retention(protect=protect or ())
+        deleted = []
+        for decision in decisions:
+            if not decision.keep:
+                try:
+                    self.repository.delete_snapshot(decision.backup_id)
+                except BackupNotFoundError:
+                    continue  # deleted concurrently
+                deleted.append(decision.backup_id)
+                log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+        if deleted and auto_prune:
+            self._prune_in_background()
+        return deleted
+
+
+_default_manager: BackupManager | None = None
+
+
+def get_backup_manager() -> BackupManager:
+    """A process-wide ``BackupManager()`` built from the config file, created on first use."""
+    global _default_manager
+    if _default_manager is None:
+        _default_manager = BackupManager()
+    return _default_manager

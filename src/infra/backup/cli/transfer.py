@@ -1,0 +1,206 @@
+"""``export`` and ``import`` (backups as plain files) and ``sync`` (to and from replicas).
+
+Registered on the ``peak-backup`` group by importing this module (``cli.py`` does that at its
+end), so the commands share ``--json``, ``--config``, exit codes and error handling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import cast
+
+import click
+
+from src.infra.backup.app.exporting import (
+    EXPORT_FORMATS,
+    ExportFormat,
+    export_backup,
+    import_backup,
+)
+from src.infra.backup.app.offsite import move_back
+from src.infra.backup.cli import (
+    Context,
+    _json_option,
+    delayed_progress,
+    emit_json,
+    human_size,
+    info_json,
+    main,
+    stdout,
+)
+from src.infra.backup.errors import RepositoryNotFoundError
+from src.infra.backup.repository.replication import Lag, lag, open_replica, sync
+from src.infra.backup.repository.repository import Repository
+
+
+@main.command(name="export")
+@click.argument("backup_id")
+@click.option(
+    "--to",
+    "to_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Write the export to DIR/<backup_id>/ (or DIR/<backup_id>.tar.gz).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(EXPORT_FORMATS)),
+    default="dir",
+    show_default=True,
+    help="A folder of plain files, or one tar.gz archive of that folder.",
+)
+@click.option("--gzip", "use_gzip", is_flag=True, help="Write data entries as <key>.json.gz.")
+@_json_option
+@click.pass_obj
+def export_command(ctx: Context, backup_id: str, to_dir: str, fmt: str, use_gzip: bool) -> None:
+    """Write a backup as plain files: <key>.json per data entry (plus a hidden lossless
+    .<key>.msgpack), file sources under their paths, and metadata.json."""
+    with delayed_progress(ctx, "exporting"):
+        path = export_backup(
+            ctx.manager, backup_id, to_dir, fmt=cast(ExportFormat, fmt), gzip=use_gzip
+        )
+    if ctx.as_json:
+        emit_json(
+            {
+                "exported": True,
+                "backup_id": backup_id,
+                "path": str(path),
+                "format": fmt,
+                "gzip": use_gzip,
+            }
+        )
+    else:
+        stdout.print(f"Exported {backup_id} to {path}")
+
+
+@main.command(name="import")
+@click.argument("source", type=click.Path(exists=False))
+@_json_option
+@click.pass_obj
+def import_command(ctx: Context, source: str) -> None:
+    """Import an export (folder or .tar.gz) or a seed-style backup folder, keeping its id
+    and timestamp."""
+    manager = ctx.manager
+    with delayed_progress(ctx, "importing") as progress:
+        backup_id = import_backup(manager, source, progress=progress)
+    info = manager.get_backup_info(backup_id)
+    if ctx.as_json:
+        emit_json({"imported": True, "source": source, **info_json(info)})
+    else:
+        stdout.print(
+            f"Imported {backup_id} ({info.timestamp:%Y-%m-%d %H:%M:%S}, "
+            f"{len(info.files)} entries) from {source}"
+        )
+
+
+@main.command(name="sync")
+@click.option("--to", "to_location", metavar="LOCATION", help="Copy into this repository.")
+@click.option("--from", "from_location", metavar="LOCATION", help="Copy from this repository.")
+@click.option(
+    "--backup", "backup_ids", multiple=True, metavar="ID", help="Only these backups (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would be copied (the lag).")
+@click.option("--verify", is_flag=True, help="Read every copied backup back and verify it.")
+@click.option(
+    "--move",
+    is_flag=True,
+    help="Delete each backup from the source once it has arrived (drains a fallback_path); "
+    "a backup whose id is taken by another backup arrives under the next free id.",
+)
+@_json_option
+@click.pass_obj
+def sync_command(
+    ctx: Context,
+    to_location: str | None,
+    from_location: str | None,
+    backup_ids: tuple[str, ...],
+    dry_run: bool,
+    verify: bool,
+    move: bool,
+) -> None:
+    """Copy the backups a replica lacks (only missing chunks; resumable), e.g.
+    `sync --to s3://bucket/prefix`, or back with `sync --from s3://...`. LOCATION is a
+    directory or an s3:// URL ([backup.s3] says how to reach it). The configured repository is
+    the other side unless both are given."""
+    if not to_location and not from_location:
+        raise click.UsageError("give --to LOCATION, --from LOCATION, or both")
+    manager = ctx.manager
+    config = manager.config
+
+    def opened(location: str | None, *, create: bool) -> Repository:
+        if location is None:
+            return manager.open_repository(create=create)
+        return Repository.open(
+            config.store_at(location),
+            compression=config.compression_setting,
+            passphrase=ctx.passphrase,
+            create=False,
+        )
+
+    source = opened(from_location, create=False)
+    target = config.store_at(to_location) if to_location else config.open_store()
+    try:
+        destination = open_replica(source, target, create=not dry_run)
+    except RepositoryNotFoundError:  # a dry run against a replica that does not exist yet
+        destination = None
+    if dry_run:
+        pending = lag(source, destination) if destination else _everything(source)
+        _print_lag(ctx, source, target.location, pending, dry_run=True)
+        return
+    assert destination is not None
+    with delayed_progress(ctx, "syncing") as progress:
+        report = sync(
+            source,
+            destination,
+            backup_ids=backup_ids or None,
+            verify=verify,
+            progress=lambda _id, _blobs, size: progress(size),
+            rename=move,
+        )
+    if move:
+        move_back(source, report, config.grace)
+    if ctx.as_json:
+        emit_json(asdict(report))
+        return
+    stdout.print(
+        f"Synced {len(report.copied)} backups ({report.blobs_copied} blobs, "
+        f"{human_size(report.bytes_copied)}) from {report.source} to {report.destination} "
+        f"in {report.seconds:.1f} s" + (f", {report.verified} verified" if verify else ""),
+        highlight=False,
+    )
+    for old, new in report.renamed.items():
+        stdout.print(f"{old} arrived as {new} (its id was taken there)", highlight=False)
+    for backup_id in report.conflicts:
+        stdout.print(
+            f"[yellow]{backup_id} not copied: a different backup has that id there "
+            "(use --move to store it under a new id)[/yellow]"
+        )
+    _print_lag(ctx, source, report.destination, report.lag, dry_run=False)
+
+
+def _everything(source: Repository) -> Lag:
+    summaries = source.list_summaries()
+    return Lag(
+        backups=[s.backup_id for s in reversed(summaries)],
+        bytes=sum(s.stats.added_bytes for s in summaries),
+        oldest_utc=summaries[-1].time_utc.isoformat() if summaries else None,
+    )
+
+
+def _print_lag(
+    ctx: Context, source: Repository, destination: str, pending: Lag, *, dry_run: bool
+) -> None:
+    if ctx.as_json:
+        emit_json({"source": source.store.location, "destination": destination, **asdict(pending)})
+        return
+    if not pending.backups:
+        stdout.print(f"{destination} is up to date with {source.store.location}", highlight=False)
+        return
+    verb = "Would copy" if dry_run else "Not yet copied:"
+    stdout.print(
+        f"{verb} {len(pending.backups)} backups ({human_size(pending.bytes)}"
+        + (f" in {pending.blobs} blobs" if pending.blobs else "")
+        + f"), oldest from {pending.oldest_utc}",
+        highlight=False,
+    )

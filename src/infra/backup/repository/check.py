@@ -1,0 +1,179 @@
+"""``check``: examine the whole repository and say what is damaged and what it affects.
+
+Damage is a missing or corrupt chunk (or chunk list), or a manifest that cannot be read.
+Orphaned chunks (referenced by no backup: left by a failed backup or by deletions, reclaimed by
+``prune``) and temp leftovers of crashed writes are reported but are not damage.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from src.infra.backup.errors import (
+    CorruptDataError,
+    IntegrityError,
+    InvalidInputError,
+    StorageError,
+)
+from src.infra.backup.format.manifest import ChunkRef
+from src.infra.backup.repository.repository import Repository
+
+
+@dataclass
+class CheckReport:
+    """The findings of :func:`check_repository`."""
+
+    backups: int = 0
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    damaged_manifests: dict[str, str] = field(default_factory=dict)
+    missing_chunks: dict[str, list[str]] = field(default_factory=dict)
+    corrupt_chunks: dict[str, list[str]] = field(default_factory=dict)
+    orphaned_chunks: int = 0
+    orphaned_bytes: int = 0
+    fossils: int = 0
+    temp_leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """No damage (orphans and temp leftovers are not damage)."""
+        return not (self.damaged_manifests or self.missing_chunks or self.corrupt_chunks)
+
+    @property
+    def affected_backups(self) -> list[str]:
+        """Backups that cannot be fully restored."""
+        affected = set(self.damaged_manifests)
+        for users in (*self.missing_chunks.values(), *self.corrupt_chunks.values()):
+            affected.update(users)
+        return sorted(affected)
+
+    def to_json(self) -> dict[str, object]:
+        """The ``--json`` form."""
+        return {
+            "clean": self.clean,
+            "backups": self.backups,
+            "chunks_checked": self.chunks_checked,
+            "bytes_checked": self.bytes_checked,
+            "damaged_manifests": self.damaged_manifests,
+            "missing_chunks": self.missing_chunks,
+            "corrupt_chunks": self.corrupt_chunks,
+            "affected_backups": self.affected_backups,
+            "orphaned_chunks": self.orphaned_chunks,
+            "orphaned_bytes": self.orphaned_bytes,
+            "fossils": self.fossils,
+            "temp_leftovers": self.temp_leftovers,
+        }
+
+
+ChunkSelector = Callable[[str], bool]
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_subset(spec: str, total_bytes: int, day: int | None = None) -> ChunkSelector:
+    """Which chunks ``--read-data-subset`` reads: deterministic, so that successive days
+    read different slices and every chunk is read within a cycle.
+
+    ``n/m`` is slice n of m (by chunk id). ``p%`` and a size (``50M``, ``1G``) pick the slice
+    count m from the percentage or from the repository size, and slice ``day % m``, where
+    ``day`` is the number of days since 1970 (UTC): ten daily runs of ``10%`` read it all.
+    """
+    text = spec.strip().upper()
+    day = day if day is not None else int(time.time() // 86400)
+    try:
+        if "/" in text:
+            n_text, m_text = text.split("/", 1)
+            n, m = int(n_text), int(m_text)
+            if not 1 <= n <= m:
+                raise ValueError
+            index, slices = n - 1, m
+        elif text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            slices = max(1, round(100 / percent))
+            index = day % slices
+        else:
+            match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)I?B?", text)
+            if not match:
+                raise ValueError
+            size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+            if size <= 0:
+                raise ValueError
+            slices = max(1, math.ceil(total_bytes / size))
+            index = day % slices
+    except ValueError:
+        raise InvalidInputError(
+            f"invalid --read-data-subset {spec!r}: use n/m (e.g. 1/10), a percentage (10%) "
+            "or a size (50M)"
+        ) from None
+    return lambda cid: int(cid[:8], 16) % slices == index
+
+
+def check_repository(
+    repo: Repository, *, read_data: bool = True, subset: ChunkSelector | None = None
+) -> CheckReport:
+    """Check every manifest and chunk list, and every chunk: read and hashed with
+    ``read_data`` (only those ``subset`` selects, if given), else only checked present."""
+    report = CheckReport()
+    manifests = repo.list_snapshots()
+    report.backups = len(manifests)
+    report.damaged_manifests = repo.damaged_snapshots()
+    # chunk id -> (a ref to read it with, the backups using it)
+    users: dict[str, tuple[ChunkRef, list[str]]] = {}
+    for manifest in manifests:
+        for entry in manifest.entries:
+            for lref in entry.lists:
+                ref = ChunkRef(lref.id, lref.size, lref.stored)
+                users.setdefault(lref.id, (ref, []))[1].append(manifest.backup_id)
+            try:
+                refs = repo.entry_refs(entry, fresh=True)
+            except CorruptDataError as exc:
+                _record(report.corrupt_chunks, _list_id(exc), manifest.backup_id)
+                continue
+            except IntegrityError as exc:
+                _record(report.missing_chunks, _list_id(exc), manifest.backup_id)
+                continue
+            for ref in refs:
+                users.setdefault(ref.id, (ref, []))[1].append(manifest.backup_id)
+    present = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list_info("chunks/")}
+    fossils = {info.key.rsplit("/", 1)[-1] for info in repo.store.list_info("fossils/")}
+    report.fossils = len(fossils)
+    for cid, (ref, backups) in users.items():
+        if cid not in present and cid not in fossils:
+            report.missing_chunks.setdefault(cid, []).extend(sorted(set(backups)))
+            continue
+        report.chunks_checked += 1
+        if not read_data or (subset is not None and not subset(cid)):
+            continue
+        try:
+            report.bytes_checked += len(repo.read_chunk(ref))
+        except CorruptDataError:
+            report.corrupt_chunks.setdefault(cid, []).extend(sorted(set(backups)))
+        except (IntegrityError, StorageError):
+            report.missing_chunks.setdefault(cid, []).extend(sorted(set(backups)))
+    for cid, size in present.items():
+        if cid not in users:
+            report.orphaned_chunks += 1
+            report.orphaned_bytes += size
+    report.temp_leftovers = sorted(info.key for info in repo.store.list_temporary())
+    return report
+
+
+def _list_id(exc: Exception) -> str:
+    """The chunk-list id an error message names (``chunk list <id>: ...``), else the text."""
+    text = str(exc)
+    for word in text.replace(":", " ").split():
+        if len(word) == 64 and all(c in "0123456789abcdef" for c in word):
+            return word
+    return text
+
+
+def _record(where: dict[str, list[str]], cid: str, backup_id: str) -> None:
+    where.setdefault(cid, []).append(backup_id)
+
+
+__all__ = ["CheckReport", "check_repository"]

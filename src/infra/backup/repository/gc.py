@@ -1,0 +1,276 @@
+"""Garbage collection (``prune``): reclaim chunks no backup references, never blocking a backup.
+
+Backups take no lock, so a backup may be deduplicating against a chunk at the very moment that
+chunk becomes unreferenced. Collection therefore has two phases ("fossil collection"):
+
+1. **Collect**: chunks that no manifest references and that are older than the grace period
+   are moved from ``chunks/`` to ``fossils/``. The move is recorded in
+   ``gc/collection-<time>.json`` before it starts, and the record is re-dated when it ends.
+   Readers look in ``fossils/`` when a chunk is missing from ``chunks/``, so nothing becomes
+   unreadable.
+2. **Delete**, in the same or a later run, once the collection is older than the grace period
+   **and** every backup that started before the collection's (end) time, give or take a clock
+   skew, has finished (its lease is gone, expired, or held by a dead PID on this host):
+   fossils that a manifest now references are moved back; the rest are deleted.
+
+Why that is safe: a backup reads the pending collection records after taking its lease and
+never reuses their chunks unseen (it writes them again if they are not in ``chunks/``). So a
+backup that started after a collection was recorded cannot come to depend on its fossils, and
+one that started before holds a lease that keeps them. A backup that outlives its lease
+re-checks its chunks before it commits. Only one prune runs at a time (an exclusive lock); a
+second one gets :class:`RepositoryBusyError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import msgspec
+
+from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError
+from src.infra.backup.format.blobs import chunk_key
+from src.infra.backup.format.manifest import COLLECTION_PREFIX, JSON_ERRORS, Collection
+from src.infra.backup.repository.locks import ExclusiveLock, LeaseInfo, list_leases, utcnow
+from src.infra.backup.repository.repository import BACKUP_LEASE_KIND, FOSSIL_PREFIX, Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = timedelta(hours=1)
+COLLECTION_BATCH = 64  # chunk ids per collection record (about 4.3 KB)
+PRUNE_LOCK_TTL = timedelta(minutes=30)
+# Leases are compared with times from other hosts: tolerate this much clock skew.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass
+class PruneReport:
+    """What a prune did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool
+    referenced_chunks: int = 0
+    fossilized: int = 0
+    fossilized_bytes: int = 0
+    deleted: int = 0
+    deleted_bytes: int = 0
+    resurrected: int = 0
+    temp_removed: int = 0
+    temp_bytes: int = 0
+    stale_leases_removed: int = 0
+    postponed: list[str] = field(default_factory=list)
+
+    @property
+    def freed_bytes(self) -> int:
+        """Bytes deleted for good (fossil deletions and temp leftovers)."""
+        return self.deleted_bytes + self.temp_bytes
+
+
+def fossil_key(cid: str) -> str:
+    """Where a collected chunk waits for deletion."""
+    return f"{FOSSIL_PREFIX}{cid[:2]}/{cid}"
+
+
+def referenced_chunks(repo: Repository) -> dict[str, list[str]]:
+    """Every chunk id (incl. chunk-list blobs) any backup references -> those backups.
+
+    Raises :class:`IntegrityError` when a manifest or a chunk list cannot be read: then the
+    references are unknown and nothing may be collected.
+    """
+    repo.list_snapshots()
+    damaged = repo.damaged_snapshots()
+    if damaged:
+        names = ", ".join(sorted(damaged))
+        raise IntegrityError(
+            f"cannot tell which chunks are in use: damaged manifests ({names}); "
+            "run `check`, then delete or repair them"
+        )
+    users: dict[str, list[str]] = {}
+    for manifest in repo.list_snapshots():
+        for entry in manifest.entries:
+            for lref in entry.lists:
+                users.setdefault(lref.id, []).append(manifest.backup_id)
+            for ref in repo.entry_refs(entry):
+                users.setdefault(ref.id, []).append(manifest.backup_id)
+    return users
+
+
+def prune(
+    repo: Repository,
+    *,
+    grace: timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    lock_wait: float = 0.0,
+) -> PruneReport:
+    """Collect unreferenced chunks and delete those collected long enough ago."""
+    report = PruneReport(dry_run=dry_run)
+    lock = None
+    if not dry_run:
+        lock = ExclusiveLock(repo.store, "prune", PRUNE_LOCK_TTL).acquire(lock_wait)
+    renew = lock.renew_if_due if lock is not None else _nothing
+    try:
+        # Temp leftovers first: on a full disk they may be what makes room for the rest.
+        _remove_temporary(repo, report, grace)
+
+        def delete_at_once(key: str) -> None:
+            # With no grace period a batch can go right away, which frees space batch by
+            # batch: prune must work on a full disk, since it is how space is freed.
+            leases = list_leases(repo.store, BACKUP_LEASE_KIND)
+            _delete_collected(repo, report, leases, utcnow(), grace, renew, only=[key])
+
+        immediate = grace <= timedelta(0) and not dry_run
+        _collect(repo, report, utcnow(), grace, renew, delete_at_once if immediate else None)
+        # Leases are read after the collection was recorded: a backup that started since
+        # sees the record (and avoids its fossils); one that started before holds a lease
+        # that keeps the fossils until it has finished.
+        leases = list_leases(repo.store, BACKUP_LEASE_KIND)
+        _delete_collected(repo, report, leases, utcnow(), grace, renew)
+        _remove_stale_leases(repo, report, leases)
+    finally:
+        if lock is not None:
+            lock.release()
+    return report
+
+
+def _nothing() -> None:
+    return None
+
+
+def _delete_collected(
+    repo: Repository,
+    report: PruneReport,
+    leases: list[LeaseInfo],
+    now: datetime,
+    grace: timedelta,
+    renew: Callable[[], None],
+    only: list[str] | None = None,
+) -> None:
+    """Phase 2: delete (or bring back) the fossils of collections old enough (of the
+    records ``only`` names, if given)."""
+    users: dict[str, list[str]] | None = None
+    keys = only if only is not None else sorted(repo.store.list(COLLECTION_PREFIX))
+    for key in keys:
+        try:
+            collection = msgspec.json.decode(repo.store.get(key), type=Collection)
+        except (KeyError, *JSON_ERRORS) as exc:
+            raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
+        if collection.time > now - grace:
+            report.postponed.append(f"{key}: younger than the grace period ({grace})")
+            continue
+        blocking = [
+            lease
+            for lease in leases
+            if lease.is_live(now) and lease.record.started < collection.time + CLOCK_SKEW
+        ]
+        if blocking:
+            holder = blocking[0].record
+            report.postponed.append(
+                f"{key}: a backup that started before it is still running "
+                f"({holder.host} pid {holder.pid})"
+            )
+            continue
+        if users is None:
+            users = referenced_chunks(repo)
+        for cid in collection.fossils:
+            renew()
+            fossil = fossil_key(cid)
+            try:
+                size = repo.store.size(fossil)
+            except KeyError:
+                continue  # a crash before it was moved, or already handled
+            if cid in users:
+                report.resurrected += 1
+                if not report.dry_run:
+                    _resurrect(repo, cid)
+            else:
+                report.deleted += 1
+                report.deleted_bytes += size
+                if not report.dry_run:
+                    repo.store.delete(fossil)
+        if not report.dry_run:
+            repo.store.delete(key)
+
+
+def _resurrect(repo: Repository, cid: str) -> None:
+    if repo.store.exists(chunk_key(cid)):
+        repo.store.delete(fossil_key(cid))  # a backup wrote it again meanwhile
+    else:
+        repo.store.move(fossil_key(cid), chunk_key(cid))
+
+
+def _collect(
+    repo: Repository,
+    report: PruneReport,
+    now: datetime,
+    grace: timedelta,
+    renew: Callable[[], None],
+    after_batch: Callable[[str], None] | None,
+) -> None:
+    """Phase 1: move unreferenced chunks older than the grace period to ``fossils/``, in
+    batches with a record each (small records fit even on a nearly full disk)."""
+    users = referenced_chunks(repo)
+    report.referenced_chunks = len(users)
+    cutoff = now.timestamp() - grace.total_seconds()
+    candidates = []
+    for info in repo.store.list_info("chunks/"):
+        cid = info.key.rsplit("/", 1)[-1]
+        if cid not in users and info.mtime <= cutoff:
+            candidates.append((cid, info.size))
+    if not candidates:
+        return
+    report.fossilized += len(candidates)
+    report.fossilized_bytes += sum(size for _, size in candidates)
+    if report.dry_run:
+        # What a real run would free once the collection is old enough.
+        report.deleted += len(candidates)
+        report.deleted_bytes += sum(size for _, size in candidates)
+        return
+    stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
+    batch, start, number = COLLECTION_BATCH, 0, 0
+    while start < len(candidates):
+        key = f"{COLLECTION_PREFIX}collection-{stamp}-{number:05d}.json"
+        fossils = [cid for cid, _ in candidates[start : start + batch]]
+        # Recorded (durably) before the moves: no fossil is ever unaccounted for, and every
+        # backup that starts from now on sees the record and avoids these chunks.
+        try:
+            repo.store.put(key, msgspec.json.encode(Collection(time=utcnow(), fossils=fossils)))
+        except DiskFullError:
+            if batch == 1:
+                raise
+            batch = max(1, batch // 8)  # a smaller record fits; each batch frees space
+            continue
+        start, number = start + len(fossils), number + 1
+        for cid in fossils:
+            renew()
+            try:
+                repo.store.move(chunk_key(cid), fossil_key(cid))
+            except KeyError:
+                continue
+        if after_batch is not None:
+            after_batch(key)
+
+
+def _remove_temporary(repo: Repository, report: PruneReport, grace: timedelta) -> None:
+    """Temp files of interrupted writes, older than the grace period (at least a minute, so
+    a write in progress is never touched)."""
+    cutoff = time.time() - max(grace.total_seconds(), 60.0)
+    for info in repo.store.list_temporary():
+        if info.mtime <= cutoff:
+            report.temp_removed += 1
+            report.temp_bytes += info.size
+            if not report.dry_run:
+                repo.store.delete_temporary(info.key)
+
+
+def _remove_stale_leases(
+    repo: Repository, report: PruneReport, leases: Iterable[LeaseInfo]
+) -> None:
+    """Leases whose backup died (dead PID on this host) or expired."""
+    now = utcnow()
+    for lease in leases:
+        if not lease.is_live(now):
+            report.stale_leases_removed += 1
+            if not report.dry_run:
+                repo.store.delete(lease.key, durable=False)
