@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager, exporting
+from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
+from src.infra.backup.app import exporting
 from src.infra.backup.app.exporting import (
     BackupExistsError,
     InvalidExportError,

@@ -37,9 +37,9 @@ from faulty_store import FAULT_KINDS, FaultKind, FaultyStore
 
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
 from src.infra.backup.errors import RepositoryBusyError, RepositoryNotFoundError
-from src.infra.backup.format.blobs import chunk_key
+from src.infra.backup.format.layout import chunk_key, fossil_key
+from src.infra.backup.format.manifest import Collection
 from src.infra.backup.repository.check import check_repository
-from src.infra.backup.repository.gc import Collection, fossil_key
 from src.infra.backup.repository.locks import LeaseRecord
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore

@@ -37,11 +37,13 @@ from src.infra.backup import (
     RecoveryManager,
 )
 from src.infra.backup.errors import CorruptDataError
-from src.infra.backup.format.blobs import MAGIC, BlobCodec, chunk_id, chunk_key
+from src.infra.backup.format.blobs import MAGIC, BlobCodec, chunk_id
+from src.infra.backup.format.layout import chunk_key
 from src.infra.backup.format.manifest import (
     FORMAT_VERSION,
     REPO_FORMAT_VERSION,
     ChunkRef,
+    Collection,
     Entry,
     Manifest,
     RepoConfig,
@@ -52,7 +54,6 @@ from src.infra.backup.format.manifest import (
 )
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.check import check_repository
-from src.infra.backup.repository.gc import Collection
 from src.infra.backup.repository.locks import LeaseRecord
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from src.infra.backup import BackupConfig, BackupManager, RecoveryManager, restore_temp
+from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
+from src.infra.backup.files import restore_temp
 from src.infra.backup.files.restore_temp import (
     HOST_TAG,
     clean_stale_temps,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.format.index import INDEX_KEY, decode_index, summarize
+from src.infra.backup.format.index import decode_index, summarize
+from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.repository import INDEX_REWRITE_UNKNOWN, DataInput, Repository
 from src.infra.backup.storage.local import LocalStore

@@ -19,6 +19,7 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ConfigError, UnsupportedValueError
+from src.infra.backup.format.layout import status_key
 from src.infra.backup.monitoring.health import BackupHealthCheck, check_backup_health
 from src.infra.backup.monitoring.logging_setup import configure_logging
 from src.infra.backup.monitoring.metrics import (
@@ -36,7 +37,6 @@ from src.infra.backup.monitoring.status import (
     record_failure,
     record_success,
     record_verify,
-    status_key,
 )
 from tests.conftest import PROJECT_ROOT, CliRunner
 

@@ -23,6 +23,7 @@ from src.core import Config, load_config
 from src.core.errors import ConfigError as CoreConfigError
 from src.infra.backup.errors import ConfigError
 from src.infra.backup.format.blobs import DEFAULT_LEVELS, Compression
+from src.infra.backup.format.ids import is_valid_backup_type
 from src.infra.backup.policy.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
 from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.local import LocalStore
@@ -758,7 +759,6 @@ class _RetentionRules(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _RETENTION_KEYS = frozenset(_RetentionRules.__struct_fields__)
-_TYPE_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
 def _unknown_key(key: object, allowed: frozenset[str], where: str, extra: str = "") -> ConfigError:
@@ -814,15 +814,15 @@ def parse_retention(table: Any, where: str = "[backup.retention]") -> dict[str, 
     per_type: dict[str, Mapping[str, Any]] = {}
     for key, value in table.items():
         if isinstance(value, RetentionPolicy):
-            if key != DEFAULT_POLICY and not _TYPE_NAME.match(str(key)):
+            if key != DEFAULT_POLICY and not is_valid_backup_type(key):
                 raise ConfigError(f"{where}: {key!r} is not a backup type")
             _refuse_empty(value, f"{where}[{key!r}]")
             given[key] = value
         elif isinstance(value, Mapping):
-            if not isinstance(key, str) or not _TYPE_NAME.match(key):
+            if not is_valid_backup_type(key):
                 raise ConfigError(
                     f"{where}: [{key}] is not a backup type: expected 1-64 lowercase letters, "
-                    "digits, '_' or '-'"
+                    "digits, '_' or '-', starting with a letter or digit"
                 )
             per_type[key] = value
         elif key in _RETENTION_KEYS:

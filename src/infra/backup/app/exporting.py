@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import tarfile
@@ -44,14 +43,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from src.infra.backup.app.manager import (
-    MAX_NOTE,
-    MAX_TAG_VALUE,
-    TAG_KEY_PATTERN,
-    BackupInfo,
-    BackupManager,
-    validate_entry_name,
-)
+from src.infra.backup.app.manager import BackupInfo, BackupManager
 from src.infra.backup.errors import (
     BackupError,
     CorruptDataError,
@@ -61,15 +53,18 @@ from src.infra.backup.errors import (
     StorageError,
 )
 from src.infra.backup.files.archiver import FileInput, RecordedEntry
+from src.infra.backup.format.ids import (
+    is_id_of_type,
+    is_valid_backup_id,
+    note_problem,
+    split_backup_id,
+    tag_problem,
+    validate_backup_type,
+    validate_entry_name,
+)
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value, to_jsonable
-from src.infra.backup.repository.repository import (
-    DataInput,
-    EntrySource,
-    Repository,
-    is_valid_backup_id,
-    validate_backup_type,
-)
+from src.infra.backup.repository.repository import DataInput, EntrySource, Repository
 from src.infra.backup.storage.local import fsync_dir, storage_error
 
 log = logging.getLogger(__name__)
@@ -86,8 +81,6 @@ MAX_IMPORT_BYTES = 16 * 1024**3
 MAX_METADATA_BYTES = 16 * 1024**2
 MAX_DATA_BYTES = 1024**3
 
-# <type>_<YYYYmmdd_HHMMSS>[_<n>]
-ID_SHAPE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})_(\d{8}_\d{6})(?:_[1-9]\d{0,8})?$")
 _COPY_BLOCK = 1024 * 1024
 
 
@@ -642,19 +635,16 @@ def _check_identity(meta: dict[str, Any], where: str) -> tuple[str, str]:
     backup_id = meta.get("backup_id")
     if not isinstance(backup_id, str) or not is_valid_backup_id(backup_id):
         raise InvalidExportError(f"{where}: invalid backup_id {backup_id!r}")
-    match = ID_SHAPE.match(backup_id)
-    if not match:
+    parts = split_backup_id(backup_id)
+    if parts is None:
         raise InvalidExportError(
             f"{where}: backup_id {backup_id!r} does not have the shape <type>_YYYYmmdd_HHMMSS"
         )
     try:
-        backup_type = validate_backup_type(meta.get("backup_type", match.group(1)))
+        backup_type = validate_backup_type(meta.get("backup_type", parts[0]))
     except InvalidInputError as exc:
         raise InvalidExportError(f"{where}: {exc}") from None
-    rest = backup_id[len(backup_type) + 1 :]
-    if not backup_id.startswith(backup_type + "_") or not re.fullmatch(
-        r"\d{8}_\d{6}(?:_[1-9]\d{0,8})?", rest
-    ):
+    if not is_id_of_type(backup_id, backup_type):
         raise InvalidExportError(
             f"{where}: backup_id {backup_id!r} does not belong to type {backup_type!r}"
         )
@@ -677,9 +667,9 @@ def _check_time(meta: dict[str, Any], backup_id: str, where: str) -> datetime:
             raise InvalidExportError(f"{where}: {key} {text!r} is not ISO 8601") from None
         break
     if moment is None:
-        match = ID_SHAPE.match(backup_id)
-        assert match is not None
-        moment = datetime.strptime(match.group(2), "%Y%m%d_%H%M%S")
+        parts = split_backup_id(backup_id)
+        assert parts is not None
+        moment = datetime.strptime(parts[1], "%Y%m%d_%H%M%S")
     if moment.tzinfo is None or moment.utcoffset() is None:
         moment = moment.astimezone()  # naive: local time
     moment = moment.astimezone(timezone.utc)
@@ -695,13 +685,13 @@ def _check_extras(
     if not isinstance(tags, dict):
         raise InvalidExportError(f"{where}: tags must be an object")
     for key, value in tags.items():
-        if not TAG_KEY_PATTERN.match(key):
-            raise InvalidExportError(f"{where}: invalid tag name {key!r}")
-        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or "\0" in value:
-            raise InvalidExportError(f"{where}: invalid value of tag {key!r}")
+        problem = tag_problem(key, value)
+        if problem:
+            raise InvalidExportError(f"{where}: {problem}")
     note = meta.get("note")
-    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
-        raise InvalidExportError(f"{where}: note must be text of at most {MAX_NOTE} characters")
+    problem = note_problem(note)
+    if problem:
+        raise InvalidExportError(f"{where}: {problem}")
     base_dir = meta.get("base_dir")
     if base_dir is not None and not isinstance(base_dir, str):
         raise InvalidExportError(f"{where}: base_dir must be text")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,15 @@ from src.infra.backup.errors import (
 from src.infra.backup.files.archiver import command_inputs, entry_sources
 from src.infra.backup.files.sources import scan_sources
 from src.infra.backup.format.crypto import read_passphrase
+from src.infra.backup.format.ids import (
+    id_sort_key,
+    is_valid_backup_id,
+    note_problem,
+    type_of_id,
+    validate_backup_type,
+    validate_entry_name,
+    validate_tags,
+)
 from src.infra.backup.format.index import Summary, summarize
 from src.infra.backup.format.manifest import Manifest
 from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value
@@ -52,17 +60,9 @@ from src.infra.backup.repository.repository import (
     EntrySource,
     ProgressCallback,
     Repository,
-    id_sort_key,
-    is_valid_backup_id,
-    validate_backup_type,
 )
 
 log = logging.getLogger(__name__)
-
-ENTRY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-MAX_TAG_VALUE = 256
-MAX_NOTE = 4096
 
 
 class BackupInfo:
@@ -161,31 +161,6 @@ class BackupInfo:
             f"BackupInfo(backup_id={self.backup_id!r}, backup_type={self.backup_type!r}, "
             f"timestamp={self.timestamp!r}, size_bytes={self.size_bytes})"
         )
-
-
-def validate_entry_name(name: object) -> str:
-    """Data keys become entry names and ``<key>.json`` files: keep them filename-safe."""
-    if not isinstance(name, str) or not ENTRY_NAME_PATTERN.match(name):
-        raise InvalidInputError(
-            f"invalid data key {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter, digit or '_'"
-        )
-    return name
-
-
-def _validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
-    if tags is None:
-        return {}
-    if not isinstance(tags, Mapping):
-        raise InvalidInputError(f"tags must be a mapping of str to str, not {type(tags).__name__}")
-    checked = {}
-    for key, value in tags.items():
-        if not isinstance(key, str) or not TAG_KEY_PATTERN.match(key):
-            raise InvalidInputError(f"invalid tag name {key!r}: use letters, digits, '_-.'")
-        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE or "\0" in value:
-            raise InvalidInputError(f"invalid value for tag {key!r}: a string of at most 256 chars")
-        checked[key] = value
-    return checked
 
 
 class BackupManager:
@@ -482,9 +457,10 @@ class BackupManager:
         (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
         """
         validate_backup_type(backup_type)
-        checked_tags = _validate_tags(tags)
-        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
-            raise InvalidInputError("note must be a string of at most 4096 characters")
+        checked_tags = validate_tags(tags)
+        problem = note_problem(note)
+        if problem:
+            raise InvalidInputError(problem)
         if data is not None and not isinstance(data, Mapping):
             raise InvalidInputError(
                 f"data must be a dict of names to values, not {type(data).__name__}"
@@ -639,7 +615,7 @@ class BackupManager:
             backup_id,
             extra={
                 "backup_id": backup_id,
-                "backup_type": re.sub(r"_\d{8}_\d{6}(?:_\d+)?$", "", backup_id),
+                "backup_type": type_of_id(backup_id),
                 "outcome": "deleted",
             },
         )
@@ -683,7 +659,7 @@ class BackupManager:
         repository = self.repository
         selector = None
         if subset is not None:
-            total = sum(info.size for info in repository.store.list_info("chunks/"))
+            total = repository.stored_bytes()
             selector = parse_subset(subset, total)
         return check_repository(repository, read_data=read_data, subset=selector)
 

@@ -37,16 +37,12 @@ from src.infra.backup.files.sources import (
     restore_path,
     write_file,
 )
+from src.infra.backup.format.ids import is_valid_backup_id, validate_backup_type
 from src.infra.backup.format.manifest import Entry
 from src.infra.backup.format.values import ENCODING_NAME, decode_value, to_jsonable
 from src.infra.backup.monitoring.status import record_verify
 from src.infra.backup.policy.point_in_time import parse_moment
-from src.infra.backup.repository.repository import (
-    Repository,
-    VerifyReport,
-    is_valid_backup_id,
-    validate_backup_type,
-)
+from src.infra.backup.repository.repository import Repository, VerifyReport
 
 log = logging.getLogger(__name__)
 

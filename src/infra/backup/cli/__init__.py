@@ -36,12 +36,12 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.files.in_place import OVERWRITE_CHOICES
 from src.infra.backup.format.crypto import AEAD_ALGORITHMS, DEFAULT_AEAD, read_passphrase
+from src.infra.backup.format.layout import REPO_KEY
 from src.infra.backup.format.manifest import Entry
 from src.infra.backup.monitoring.logging_setup import configure_logging
 from src.infra.backup.policy.point_in_time import select_between
 from src.infra.backup.policy.retention import Decision
 from src.infra.backup.repository.check import CheckReport
-from src.infra.backup.repository.repository import REPO_KEY
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -45,11 +45,6 @@ def chunk_id(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def chunk_key(cid: str) -> str:
-    """The store key of a chunk id."""
-    return f"chunks/{cid[:2]}/{cid}"
-
-
 @dataclass(frozen=True)
 class Compression:
     """A codec name and level, e.g. ``zstd`` level 3."""

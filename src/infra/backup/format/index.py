@@ -21,9 +21,9 @@ import msgspec
 
 from src.infra.backup.errors import CorruptDataError, FormatVersionError
 from src.infra.backup.format.crypto import RepositoryKeys, object_aad
+from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.manifest import Manifest, Stats
 
-INDEX_KEY = "index/snapshots"
 INDEX_FORMAT = 1
 PLAIN_MAGIC = b"PTIX\x01"  # followed by BLAKE3-256(body) and the msgpack body
 SEALED_MAGIC = b"PTIX\x02"  # followed by the sealed msgpack body

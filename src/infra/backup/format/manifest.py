@@ -312,9 +312,6 @@ def open_manifest(stored: bytes, keys: RepositoryKeys | None, backup_id: str) ->
     return keys.open(stored[len(ENVELOPE_MAGIC) :], object_aad("manifest", backup_id))
 
 
-COLLECTION_PREFIX = "gc/"
-
-
 class Collection(msgspec.Struct, frozen=True):
     """``gc/collection-<time>.json``: chunks garbage collection moved to ``fossils/`` at
     ``time`` and will delete unless a backup refers to them again (see gc.py)."""

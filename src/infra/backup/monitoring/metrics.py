@@ -111,8 +111,7 @@ class BackupMetrics:
 
         def size() -> float:
             try:
-                store = manager.repository.store
-                return float(sum(info.size for info in store.list_info("chunks/")))
+                return float(manager.repository.stored_bytes())
             except RepositoryNotFoundError:
                 return 0.0
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from src.infra.backup.app.offsite import ReplicaLag
+from src.infra.backup.format.layout import STATUS_PREFIX, status_key
 from src.infra.backup.repository.locks import HOSTNAME
 from src.infra.backup.storage.base import Store
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_PREFIX = "status/"
 STATUS_VERSION = 1
 MAX_ERROR_LENGTH = 1000
 VERIFY_MAX_AGE = timedelta(days=7)
@@ -191,12 +191,6 @@ class HostStatus:
 
 def current_host() -> str:
     return HOSTNAME
-
-
-def status_key(host: str) -> str:
-    """``status/<host>.json``, the host name made safe as an object key."""
-    safe = _UNSAFE.sub("_", host).lstrip(".-") or "host"
-    return f"{STATUS_PREFIX}{safe}.json"
 
 
 def read_status(store: Store, host: str | None = None) -> HostStatus:
@@ -462,7 +456,7 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
             summary.last_success = SuccessRecord(
                 info.backup_id, info.timestamp_utc, None, info.size_bytes
             )
-    size = sum(info.size for info in store.list_info("chunks/"))
+    size = manager.repository.stored_bytes()
     settings = manager.config.offsite_settings
     return StatusSummary(
         types,

@@ -19,6 +19,7 @@ from src.infra.backup.errors import (
     InvalidInputError,
     StorageError,
 )
+from src.infra.backup.format.layout import CHUNK_PREFIX, FOSSIL_PREFIX
 from src.infra.backup.format.manifest import ChunkRef
 from src.infra.backup.repository.repository import Repository
 
@@ -139,8 +140,10 @@ def check_repository(
                 continue
             for ref in refs:
                 users.setdefault(ref.id, (ref, []))[1].append(manifest.backup_id)
-    present = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list_info("chunks/")}
-    fossils = {info.key.rsplit("/", 1)[-1] for info in repo.store.list_info("fossils/")}
+    present = {
+        info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list_info(CHUNK_PREFIX)
+    }
+    fossils = {info.key.rsplit("/", 1)[-1] for info in repo.store.list_info(FOSSIL_PREFIX)}
     report.fossils = len(fossils)
     for cid, (ref, backups) in users.items():
         if cid not in present and cid not in fossils:

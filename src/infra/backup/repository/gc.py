@@ -32,10 +32,17 @@ from datetime import datetime, timedelta
 import msgspec
 
 from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError
-from src.infra.backup.format.blobs import chunk_key
-from src.infra.backup.format.manifest import COLLECTION_PREFIX, JSON_ERRORS, Collection
+from src.infra.backup.format.layout import (
+    CHUNK_PREFIX,
+    COLLECTION_PREFIX,
+    chunk_id_of,
+    chunk_key,
+    collection_key,
+    fossil_key,
+)
+from src.infra.backup.format.manifest import JSON_ERRORS, Collection
 from src.infra.backup.repository.locks import ExclusiveLock, LeaseInfo, list_leases, utcnow
-from src.infra.backup.repository.repository import BACKUP_LEASE_KIND, FOSSIL_PREFIX, Repository
+from src.infra.backup.repository.repository import BACKUP_LEASE_KIND, Repository
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +73,6 @@ class PruneReport:
     def freed_bytes(self) -> int:
         """Bytes deleted for good (fossil deletions and temp leftovers)."""
         return self.deleted_bytes + self.temp_bytes
-
-
-def fossil_key(cid: str) -> str:
-    """Where a collected chunk waits for deletion."""
-    return f"{FOSSIL_PREFIX}{cid[:2]}/{cid}"
 
 
 def referenced_chunks(repo: Repository) -> dict[str, list[str]]:
@@ -214,8 +216,8 @@ def _collect(
     report.referenced_chunks = len(users)
     cutoff = now.timestamp() - grace.total_seconds()
     candidates = []
-    for info in repo.store.list_info("chunks/"):
-        cid = info.key.rsplit("/", 1)[-1]
+    for info in repo.store.list_info(CHUNK_PREFIX):
+        cid = chunk_id_of(info.key)
         if cid not in users and info.mtime <= cutoff:
             candidates.append((cid, info.size))
     if not candidates:
@@ -230,7 +232,7 @@ def _collect(
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
     batch, start, number = COLLECTION_BATCH, 0, 0
     while start < len(candidates):
-        key = f"{COLLECTION_PREFIX}collection-{stamp}-{number:05d}.json"
+        key = collection_key(stamp, number)
         fossils = [cid for cid, _ in candidates[start : start + batch]]
         # Recorded (durably) before the moves: no fossil is ever unaccounted for, and every
         # backup that starts from now on sees the record and avoids these chunks.

@@ -20,11 +20,11 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 
 from src.infra.backup.errors import BackupError, ObjectExistsError, RepositoryBusyError
+from src.infra.backup.format.layout import LOCK_PREFIX, lease_key, lock_key
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 
-LOCK_PREFIX = "locks/"
 # The host name recorded in leases, manifests and status files. $PEAK_BACKUP_HOST overrides it
 # (containers whose host names change on every start; tests that play several hosts).
 HOSTNAME = os.environ.get("PEAK_BACKUP_HOST") or socket.gethostname() or "localhost"
@@ -99,7 +99,7 @@ class Lease:
         self.store = store
         self.kind = kind
         self.ttl = ttl
-        self.key = f"{LOCK_PREFIX}{kind}-{secrets.token_hex(8)}.json"
+        self.key = lease_key(kind, secrets.token_hex(8))
         self.started = utcnow()
         self.expires = self.started
         self._renewed_at = 0.0
@@ -140,7 +140,7 @@ class ExclusiveLock(Lease):
 
     def __init__(self, store: Store, name: str, ttl: timedelta) -> None:
         super().__init__(store, name, ttl)
-        self.key = f"{LOCK_PREFIX}{name}.lock"
+        self.key = lock_key(name)
 
     def acquire(self, wait: float = 0.0) -> ExclusiveLock:  # type: ignore[override]
         """Take the lock, waiting up to ``wait`` seconds; :class:`RepositoryBusyError` if

@@ -25,9 +25,10 @@ from src.infra.backup.errors import (
     RepositoryNotFoundError,
 )
 from src.infra.backup.format.index import Summary
+from src.infra.backup.format.layout import REPO_KEY
 from src.infra.backup.format.manifest import RepoConfig, decode_checked
 from src.infra.backup.repository.locks import Lease
-from src.infra.backup.repository.repository import REPO_KEY, Repository
+from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from src.infra.backup.errors import (
     RepositoryNotFoundError,
     StorageError,
 )
-from src.infra.backup.format.blobs import BlobCodec, Compression, chunk_key
+from src.infra.backup.format.blobs import BlobCodec, Compression
 from src.infra.backup.format.chunking import NEW_REPOSITORY_CHUNKER, Chunker, ChunkerParams
 from src.infra.backup.format.crypto import (
     AEAD_ALGORITHMS,
@@ -43,16 +43,31 @@ from src.infra.backup.format.crypto import (
     rewrap,
     unlock,
 )
+from src.infra.backup.format.ids import (
+    id_sort_key,
+    is_valid_backup_id,
+    next_id,
+    validate_backup_type,
+)
 from src.infra.backup.format.index import (
-    INDEX_KEY,
     IndexedSummary,
     Summary,
     decode_index,
     encode_index,
     summarize,
 )
-from src.infra.backup.format.manifest import (
+from src.infra.backup.format.layout import (
+    CHUNK_PREFIX,
     COLLECTION_PREFIX,
+    INDEX_KEY,
+    REPO_KEY,
+    SNAPSHOT_PREFIX,
+    chunk_id_of,
+    chunk_key,
+    fossil_key,
+    snapshot_key,
+)
+from src.infra.backup.format.manifest import (
     JSON_ERRORS,
     REPO_FORMAT_VERSION,
     UNSIGNED,
@@ -77,15 +92,9 @@ from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 
-REPO_KEY = "repo.json"
-SNAPSHOT_PREFIX = "snapshots/"
-FOSSIL_PREFIX = "fossils/"
 BACKUP_LEASE_KIND = "backup"
 BACKUP_LEASE_TTL = timedelta(minutes=10)
-BACKUP_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-BACKUP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-_ID_TIME = re.compile(r"_(\d{8}_\d{6})(?:_(\d+))?$")
 CHUNKS_PER_LIST = 32
 # Listing: read the snapshot index when more manifests than this are unknown; rewrite it
 # after a listing had to read at least this many manifests.
@@ -95,29 +104,6 @@ _FLUSH_BYTES = 16 * 1024 * 1024  # pending new chunks held in memory before a pu
 ProgressCallback = Callable[[int], None]
 _SortKey = tuple[datetime, tuple[str, int, str]]
 PassphraseSource = Callable[[], str]
-
-
-def validate_backup_type(backup_type: object) -> str:
-    """Return ``backup_type`` if it is a valid type name, else raise :class:`InvalidInputError`."""
-    if not isinstance(backup_type, str) or not BACKUP_TYPE_PATTERN.match(backup_type):
-        raise InvalidInputError(
-            f"invalid backup type {backup_type!r}: use 1-64 lowercase letters, digits, '_' or "
-            "'-', starting with a letter or digit (e.g. 'pre_trade')"
-        )
-    return backup_type
-
-
-def is_valid_backup_id(backup_id: object) -> bool:
-    """Whether ``backup_id`` has the shape of a backup id (no path separators, no ``..``)."""
-    return isinstance(backup_id, str) and bool(BACKUP_ID_PATTERN.match(backup_id))
-
-
-def id_sort_key(backup_id: str) -> tuple[str, int, str]:
-    """Order ids by the time and collision suffix they carry (``manual_20251217_214030_2``)."""
-    match = _ID_TIME.search(backup_id)
-    if not match:
-        return ("", 0, backup_id)
-    return (match.group(1), int(match.group(2) or 1), backup_id)
 
 
 @dataclass(frozen=True)
@@ -385,7 +371,7 @@ class Repository:
             raise BackupNotFoundError(f"backup not found: {backup_id!r} is not a valid backup id")
         if version is None:
             try:
-                version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
+                version = self.store.stat(snapshot_key(backup_id)).version
             except KeyError:
                 raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         cached = self._manifests.get(backup_id)
@@ -399,7 +385,7 @@ class Repository:
     def _fetch_manifest(self, backup_id: str, version: str) -> Manifest:
         """Read and verify a manifest from the store; remembers its summary."""
         try:
-            stored = self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+            stored = self.store.get(snapshot_key(backup_id))
         except KeyError:
             raise BackupNotFoundError(f"backup not found: {backup_id}") from None
         raw = open_manifest(stored, self.keys, backup_id)
@@ -467,7 +453,7 @@ class Repository:
         stored manifest (one stat)."""
         known = self._summaries.get(backup_id)
         try:
-            version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
+            version = self.store.stat(snapshot_key(backup_id)).version
         except KeyError:
             return False
         return known is not None and known[0] == version
@@ -576,9 +562,7 @@ class Repository:
 
     def chunk_present(self, cid: str) -> bool:
         """Whether a chunk is stored (in ``chunks/``, or collected into ``fossils/``)."""
-        return self.store.exists(chunk_key(cid)) or self.store.exists(
-            f"{FOSSIL_PREFIX}{cid[:2]}/{cid}"
-        )
+        return self.store.exists(chunk_key(cid)) or self.store.exists(fossil_key(cid))
 
     def _read_chunk_list(self, ref: ListRef, *, fresh: bool = False) -> list[ChunkRef]:
         cached = None if fresh else self._chunk_lists.get(ref.id)
@@ -603,7 +587,7 @@ class Repository:
     def _get_chunk_blob(self, cid: str) -> bytes:
         """A chunk's blob from ``chunks/``, or from ``fossils/`` where garbage collection may
         have moved it meanwhile (see gc.py); tried again in case it was just moved back."""
-        for key in (chunk_key(cid), f"{FOSSIL_PREFIX}{cid[:2]}/{cid}", chunk_key(cid)):
+        for key in (chunk_key(cid), fossil_key(cid), chunk_key(cid)):
             try:
                 return self.store.get(key)
             except KeyError:
@@ -827,7 +811,7 @@ class Repository:
             if self.store.exists(chunk_key(cid)):
                 continue
             try:
-                self.store.move(f"{FOSSIL_PREFIX}{cid[:2]}/{cid}", chunk_key(cid))
+                self.store.move(fossil_key(cid), chunk_key(cid))
             except KeyError:
                 raise StorageError(
                     f"chunk {cid} was reclaimed while this backup was suspended past its "
@@ -841,7 +825,7 @@ class Repository:
         last = self._last_committed
         if last is not None:
             try:
-                if self.store.stat(f"{SNAPSHOT_PREFIX}{last[1].backup_id}.json").version == last[0]:
+                if self.store.stat(snapshot_key(last[1].backup_id)).version == last[0]:
                     return last[1]
             except KeyError:
                 pass  # deleted meanwhile
@@ -1005,7 +989,7 @@ class Repository:
             raw = encode_checked(manifest)
             stored = seal_manifest(raw, self.keys, backup_id) if self.keys else raw
             try:
-                self.store.put(f"{SNAPSHOT_PREFIX}{backup_id}.json", stored, exclusive=True)
+                self.store.put(snapshot_key(backup_id), stored, exclusive=True)
             except ObjectExistsError:
                 if fixed:
                     raise ObjectExistsError(f"backup {backup_id} already exists") from None
@@ -1015,7 +999,7 @@ class Repository:
                 self._id_hint = {base: suffix + 1}
             manifest = msgspec.json.decode(raw, type=Manifest)
             try:
-                version = self.store.stat(f"{SNAPSHOT_PREFIX}{backup_id}.json").version
+                version = self.store.stat(snapshot_key(backup_id)).version
             except (KeyError, StorageError):
                 # Deleted at once by another process, or the store failed right after the
                 # commit: the backup is committed either way; it just is not cached.
@@ -1030,7 +1014,11 @@ class Repository:
 
     def chunk_ids(self) -> set[str]:
         """Ids of every blob in ``chunks/`` (one listing)."""
-        return {key.rsplit("/", 1)[-1] for key in self.store.list("chunks/")}
+        return {chunk_id_of(key) for key in self.store.list(CHUNK_PREFIX)}
+
+    def stored_bytes(self) -> int:
+        """Bytes of all chunks in the store, as stored (compressed, encrypted)."""
+        return sum(info.size for info in self.store.list_info(CHUNK_PREFIX))
 
     def blob_sizes(self, manifest: Manifest) -> dict[str, tuple[int, int]]:
         """Every blob a backup needs (its chunks and chunk lists), in order, each once:
@@ -1085,7 +1073,7 @@ class Repository:
                 f"{self.store.location} is not a replica of {source.store.location} "
                 "(different repository ids)"
             )
-        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
+        key = snapshot_key(backup_id)
         lease.renew_if_due()
         try:
             stored = source.store.get(key)
@@ -1122,14 +1110,14 @@ class Repository:
         target, data = backup_id, stored
         while True:
             try:
-                self.store.put(f"{SNAPSHOT_PREFIX}{target}.json", data, exclusive=True)
+                self.store.put(snapshot_key(target), data, exclusive=True)
                 break
             except ObjectExistsError:
                 if self._stored_manifest(target) == data:
                     break  # copied concurrently by another sync
                 if not rename:
                     raise ObjectExistsError(self._conflict(target)) from None
-                target = _next_id(target)
+                target = next_id(target)
                 raw = encode_checked(msgspec.structs.replace(manifest, backup_id=target))
                 data = seal_manifest(raw, self.keys, target) if self.keys else raw
         if target != backup_id:
@@ -1138,7 +1126,7 @@ class Repository:
 
     def _stored_manifest(self, backup_id: str) -> bytes | None:
         try:
-            return self.store.get(f"{SNAPSHOT_PREFIX}{backup_id}.json")
+            return self.store.get(snapshot_key(backup_id))
         except KeyError:
             return None
 
@@ -1149,7 +1137,7 @@ class Repository:
 
     def delete_snapshot(self, backup_id: str) -> None:
         """Remove a backup's manifest (its chunks are reclaimed by garbage collection)."""
-        key = f"{SNAPSHOT_PREFIX}{backup_id}.json"
+        key = snapshot_key(backup_id)
         if not is_valid_backup_id(backup_id) or not self.store.exists(key):
             raise BackupNotFoundError(f"backup not found: {backup_id}")
         self.store.delete(key)
@@ -1157,14 +1145,6 @@ class Repository:
             self._manifests.pop(backup_id, None)
             self._summaries.pop(backup_id, None)
             self._damaged.pop(backup_id, None)
-
-
-def _next_id(backup_id: str) -> str:
-    """``manual_20251217_214030`` -> ``manual_20251217_214030_2`` -> ``..._3``."""
-    match = _ID_TIME.search(backup_id)
-    if match and match.group(2):
-        return f"{backup_id[: match.start(2) - 1]}_{int(match.group(2)) + 1}"
-    return f"{backup_id}_2"
 
 
 def _is_hex_id(cid: str) -> bool:
