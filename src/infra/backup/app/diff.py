@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from src.infra.backup.app.manager import BackupManager
-from src.infra.backup.errors import CorruptDataError, InvalidInputError
+from src.infra.backup.errors import InvalidInputError
 from src.infra.backup.files.sources import collect_sources
 from src.infra.backup.format.manifest import Entry, Manifest
-from src.infra.backup.format.values import ENCODING_NAME, decode_value, to_jsonable
+from src.infra.backup.format.values import to_jsonable
 from src.infra.backup.repository.repository import Repository
 
 ChangeKind = Literal["added", "removed", "changed"]
@@ -472,12 +472,7 @@ def _same_chunks(repository: Repository, old: Entry, new: Entry) -> bool:
 
 def decode_entry(repository: Repository, manifest: Manifest, entry: Entry) -> Any:
     """The value of a data entry (every chunk verified); refuses an unknown encoding."""
-    if entry.encoding != ENCODING_NAME:
-        raise CorruptDataError(
-            f"backup {manifest.backup_id}, entry {entry.name!r}: unknown value encoding "
-            f"{entry.encoding!r} (this version reads {ENCODING_NAME})"
-        )
-    return decode_value(repository.read_entry(entry))
+    return repository.read_value(manifest, entry)
 
 
 __all__ = [

@@ -64,7 +64,12 @@ from src.infra.backup.format.ids import (
 )
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value, to_jsonable
-from src.infra.backup.repository.repository import DataInput, EntrySource, Repository
+from src.infra.backup.repository.repository import (
+    DataInput,
+    EntrySource,
+    Repository,
+    decode_data_payload,
+)
 from src.infra.backup.storage.local import fsync_dir, storage_error
 
 log = logging.getLogger(__name__)
@@ -254,13 +259,8 @@ def _write_export(
                 linked, name=entry.name, path=entry.name, mode=entry.mode, mtime_ns=entry.mtime_ns
             )
         if entry.kind == "data":
-            if entry.encoding != ENCODING_NAME:
-                raise CorruptDataError(
-                    f"backup {manifest.backup_id}, entry {entry.name!r}: unknown value "
-                    f"encoding {entry.encoding!r}"
-                )
             payload = repository.read_entry(entry)
-            text = _json_text(decode_value(payload))
+            text = _json_text(decode_data_payload(manifest.backup_id, entry, payload))
             content = gzip_module.compress(text, compresslevel=6, mtime=0) if use_gzip else text
             size = _write_new(folder / item.file, [content])
             assert item.sidecar is not None

@@ -19,7 +19,6 @@ from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
     ConfigError,
-    CorruptDataError,
     InvalidInputError,
     PassphraseRequiredError,
     RepositoryBusyError,
@@ -41,7 +40,6 @@ from src.infra.backup.format.ids import (
 )
 from src.infra.backup.format.index import Summary, summarize
 from src.infra.backup.format.manifest import Manifest
-from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value
 from src.infra.backup.monitoring.status import (
     BackupHook,
     BackupOutcome,
@@ -468,8 +466,7 @@ class BackupManager:
         entries: list[DataInput | EntrySource] = []
         for key, value in (data or {}).items():
             validate_entry_name(key)
-            payload = encode_value(value, root=f"data[{json.dumps(key)}]")
-            entries.append(DataInput(key, payload, ENCODING_NAME))
+            entries.append(DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]"))
         files = include_files if include_files is not None else self.config.has_file_sources
         warnings: list[str] = []
         if files:
@@ -579,12 +576,7 @@ class BackupManager:
         for entry in manifest.entries:
             if entry.kind != "data":
                 continue
-            if entry.encoding != ENCODING_NAME:
-                raise CorruptDataError(
-                    f"backup {backup_id}, entry {entry.name!r}: unknown value encoding "
-                    f"{entry.encoding!r} (this version reads {ENCODING_NAME})"
-                )
-            data[entry.name] = decode_value(repository.read_entry(entry))
+            data[entry.name] = repository.read_value(manifest, entry)
         return data
 
     # -- delete ----------------------------------------------------------------------------

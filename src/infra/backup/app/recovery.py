@@ -15,7 +15,6 @@ from src.infra.backup.app.manager import BackupManager, get_backup_manager
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
-    CorruptDataError,
     IntegrityError,
     InvalidInputError,
     RecoveryError,
@@ -39,10 +38,10 @@ from src.infra.backup.files.sources import (
 )
 from src.infra.backup.format.ids import is_valid_backup_id, validate_backup_type
 from src.infra.backup.format.manifest import Entry
-from src.infra.backup.format.values import ENCODING_NAME, decode_value, to_jsonable
+from src.infra.backup.format.values import to_jsonable
 from src.infra.backup.monitoring.status import record_verify
 from src.infra.backup.policy.point_in_time import parse_moment
-from src.infra.backup.repository.repository import Repository, VerifyReport
+from src.infra.backup.repository.repository import Repository, VerifyReport, decode_data_payload
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +334,7 @@ def _restore_entries(
     for entry in entries:
         owner = restore_owner(entry.uid, entry.gid)
         if entry.kind == "data":
-            text = _json_text(decode_value(repository.read_entry(entry)))
+            text = _json_text(decode_data_payload("", entry, repository.read_entry(entry)))
             path = write_file(root, f"{entry.name}.json", [text])
             expected.append((path, entry, text))
         elif entry.kind == "file":
@@ -392,9 +391,8 @@ def _restore_entries(
 
 
 def _check_decodes(entry: Entry, content: bytes) -> None:
-    if entry.encoding != ENCODING_NAME:
-        raise CorruptDataError(f"unknown value encoding {entry.encoding!r}")
-    decode_value(content)  # raises CorruptDataError (an IntegrityError) if it does not decode
+    # raises CorruptDataError (an IntegrityError) if it does not decode
+    decode_data_payload("", entry, content)
 
 
 def _json_text(value: Any) -> bytes:

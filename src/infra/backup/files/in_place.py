@@ -66,8 +66,7 @@ from src.infra.backup.files.sources import (
     write_in_place,
 )
 from src.infra.backup.format.manifest import Entry, Manifest
-from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value
-from src.infra.backup.repository.repository import DataInput, EntrySource
+from src.infra.backup.repository.repository import DataInput, EntrySource, decode_data_payload
 
 if TYPE_CHECKING:
     from src.infra.backup.app.manager import BackupManager
@@ -338,9 +337,7 @@ def _is_regular(path: Path) -> bool:
 
 
 def _absent_names(repository: Repository, entry: Entry) -> list[str]:
-    if entry.encoding != ENCODING_NAME:
-        raise CorruptDataError(f"entry {entry.name!r}: unknown value encoding {entry.encoding!r}")
-    value = decode_value(repository.read_entry(entry))
+    value = decode_data_payload("", entry, repository.read_entry(entry))
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CorruptDataError(f"entry {entry.name!r}: expected a list of paths")
     return value
@@ -410,9 +407,7 @@ def execute_in_place(
             )
         )
         if created:
-            entries.append(
-                DataInput(ABSENT_KEY, encode_value(created, root=ABSENT_KEY), ENCODING_NAME)
-            )
+            entries.append(DataInput.from_value(ABSENT_KEY, created))
         pre = repository.create_snapshot(
             PRE_RESTORE_TYPE,
             entries,

@@ -87,6 +87,7 @@ from src.infra.backup.format.manifest import (
     open_manifest,
     seal_manifest,
 )
+from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value
 from src.infra.backup.repository.locks import HOSTNAME, Lease
 from src.infra.backup.storage.base import Store
 
@@ -113,6 +114,23 @@ class DataInput:
     name: str
     payload: bytes
     encoding: str
+
+    @classmethod
+    def from_value(cls, name: str, value: object, *, root: str | None = None) -> DataInput:
+        """Encode ``value`` with the value codec (``root`` names it in errors)."""
+        return cls(name, encode_value(value, root=root or name), ENCODING_NAME)
+
+
+def decode_data_payload(backup_id: str, entry: Entry, payload: bytes) -> object:
+    """The value a data entry's verified ``payload`` holds; :class:`CorruptDataError` for an
+    encoding this version does not read, or bytes that do not decode."""
+    if entry.encoding != ENCODING_NAME:
+        where = f"backup {backup_id}, " if backup_id else ""
+        raise CorruptDataError(
+            f"{where}entry {entry.name!r}: unknown value encoding "
+            f"{entry.encoding!r} (this version reads {ENCODING_NAME})"
+        )
+    return decode_value(payload)
 
 
 class EntrySource(Protocol):
@@ -605,6 +623,10 @@ class Repository:
             if blob is None:  # collected meanwhile: look in fossils/ too
                 blob = self._get_chunk_blob(ref.id)
             yield self._codec.decode(blob, ref.id, ref.size)
+
+    def read_value(self, manifest: Manifest, entry: Entry) -> object:
+        """The value of data entry ``entry`` of ``manifest``, every chunk verified."""
+        return decode_data_payload(manifest.backup_id, entry, self.read_entry(entry))
 
     def read_entry(self, entry: Entry) -> bytes:
         """The verified content of an entry."""
