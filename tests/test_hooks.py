@@ -24,9 +24,10 @@ from src.infra.backup import (
     RecoveryManager,
     load_backup_config,
 )
-from src.infra.backup.app.config import CommandSourceSettings, HookCommand, HooksSettings
-from src.infra.backup.app.hooks import open_command_source, run_hooks
+from src.infra.backup.app.config import HooksSettings
+from src.infra.backup.app.hooks import run_hooks
 from src.infra.backup.errors import CommandSourceError, HookError
+from src.infra.backup.files.commands import CommandSourceSettings, HookCommand, open_command_source
 from src.infra.backup.monitoring.status import BackupOutcome
 
 PY = sys.executable

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
@@ -22,7 +21,9 @@ import msgspec
 from src.core import Config, load_config
 from src.core.errors import ConfigError as CoreConfigError
 from src.infra.backup.errors import ConfigError
+from src.infra.backup.files.commands import CommandSourceSettings, HookCommand
 from src.infra.backup.format.blobs import DEFAULT_LEVELS, Compression
+from src.infra.backup.format.durations import parse_daily_at, parse_duration, parse_weekly
 from src.infra.backup.format.ids import is_valid_backup_type
 from src.infra.backup.policy.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
 from src.infra.backup.storage.base import Store
@@ -128,36 +129,6 @@ class _CommandSourceTable(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @dataclass(frozen=True)
-class HookCommand:
-    """One command of a hook or command source: a string is run by ``/bin/sh -c``, a tuple
-    is an argv run directly (no shell). Whether the program exists is checked when it runs."""
-
-    command: str | tuple[str, ...]
-
-    @property
-    def uses_shell(self) -> bool:
-        """Whether the command is shell text (run by ``/bin/sh -c``)."""
-        return isinstance(self.command, str)
-
-    @property
-    def args(self) -> list[str]:
-        """What is executed: ``["/bin/sh", "-c", text]`` or the argv."""
-        if isinstance(self.command, str):
-            return ["/bin/sh", "-c", self.command]
-        return list(self.command)
-
-    @property
-    def program(self) -> str:
-        """The program started: ``/bin/sh`` for shell text, else ``argv[0]``."""
-        return self.args[0]
-
-    def __str__(self) -> str:
-        if isinstance(self.command, str):
-            return self.command
-        return shlex.join(self.command)
-
-
-@dataclass(frozen=True)
 class HooksSettings:
     """``[backup.hooks]``: commands run in order before every backup (a failure fails the
     backup) and after it (a failure is only logged), each within ``timeout``."""
@@ -165,16 +136,6 @@ class HooksSettings:
     before: tuple[HookCommand, ...] = ()
     after: tuple[HookCommand, ...] = ()
     timeout: timedelta = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class CommandSourceSettings:
-    """One ``[[backup.command_sources]]``: ``command``'s standard output is stored as the
-    entry ``name`` (a safe relative path); the command must finish within ``timeout``."""
-
-    name: str
-    command: HookCommand
-    timeout: timedelta = timedelta(hours=1)
 
 
 @dataclass
@@ -363,45 +324,6 @@ class BackupConfig:
         return Compression(
             codec, DEFAULT_LEVELS[codec] if level is None or codec == "none" else level
         )
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"30m"``, ``"1.5h"``, ``"2d"``, ``"1w"`` (a bare number is seconds)."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(
-            f"{text!r} is not a duration: expected a number with a unit, e.g. 30s, 10m, 1h, 2d"
-        )
-    return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"])
-
-
-_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-
-def parse_daily_at(text: str) -> str:
-    """``"02:00"`` (24-hour ``HH:MM``, local time) -> ``"02:00"``."""
-    if not _CLOCK_TIME.match(text.strip()):
-        raise ValueError('expected a time of day as HH:MM (24-hour), e.g. "02:00"')
-    return text.strip()
-
-
-def parse_weekly(text: str) -> tuple[str, str]:
-    """``"sun 03:00"`` (or ``"sunday 03:00"``) -> ``("sunday", "03:00")``."""
-    parts = text.strip().lower().split()
-    days = [
-        d for d in WEEKDAYS if len(parts) == 2 and len(parts[0]) >= 3 and d.startswith(parts[0])
-    ]
-    if len(parts) != 2 or len(days) != 1 or not _CLOCK_TIME.match(parts[1]):
-        raise ValueError(
-            'expected a weekday and a time of day, e.g. "sun 03:00" '
-            "(mon, tue, wed, thu, fri, sat, sun; 24-hour HH:MM)"
-        )
-    return days[0], parts[1]
 
 
 def _validate(values: dict[str, Any], where: str) -> None:

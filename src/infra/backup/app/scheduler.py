@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import schedule
 
-from src.infra.backup.app.config import BackupConfig, parse_daily_at, parse_weekly
+from src.infra.backup.app.config import BackupConfig
 from src.infra.backup.errors import BackupError
+from src.infra.backup.format.durations import parse_daily_at, parse_weekly
 from src.infra.backup.monitoring.status import collect_status
 
 if TYPE_CHECKING:

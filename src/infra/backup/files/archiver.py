@@ -32,15 +32,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from src.infra.backup.files.commands import CommandSourceSettings, open_command_source
 from src.infra.backup.files.sources import SourceItem
 from src.infra.backup.format.chunking import split_fixed
 from src.infra.backup.format.manifest import ChunkRef, Entry
 from src.infra.backup.repository.repository import EntrySource, SnapshotWriter
-
-if TYPE_CHECKING:
-    from src.infra.backup.app.config import CommandSourceSettings
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +407,6 @@ class CommandInput:
 
     def store(self, writer: SnapshotWriter) -> Entry | None:
         """Run the command and store what it writes."""
-        from src.infra.backup.app.hooks import open_command_source
-
         with open_command_source(self.settings, self.cwd) as stream:
             refs = writer.store_stream(stream, 1 << 62)  # unknown length: content-defined cuts
         return writer.entry(

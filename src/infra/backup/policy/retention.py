@@ -21,6 +21,8 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from src.infra.backup.format.durations import format_duration
+
 #: Key of ``policy_by_type`` that applies to types without their own policy.
 DEFAULT_POLICY = "*"
 
@@ -130,15 +132,6 @@ def zone_of(name: str | None) -> tzinfo | None:
         return ZoneInfo(name)
     except (ValueError, KeyError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
         raise ValueError(f"unknown time zone {name!r}: expected e.g. 'Europe/Berlin'") from exc
-
-
-def format_duration(duration: timedelta) -> str:
-    """``30d``, ``12h``, ``90m``, ``45s`` — the largest unit that divides it."""
-    seconds = duration.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 # The calendar period of a local time (wall clock: in the hour repeated when clocks go back,
