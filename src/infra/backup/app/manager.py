@@ -14,7 +14,8 @@ from typing import Any
 
 from src.infra.backup.app.config import BackupConfig, load_backup_config
 from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
-from src.infra.backup.app.offsite import ReplicaCoordinator, ReplicaLag
+from src.infra.backup.app.offsite import ReplicaCoordinator
+from src.infra.backup.app.outcome import BackupHook, BackupOutcome
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -40,12 +41,7 @@ from src.infra.backup.format.ids import (
 )
 from src.infra.backup.format.index import Summary, summarize
 from src.infra.backup.format.manifest import Manifest
-from src.infra.backup.monitoring.status import (
-    BackupHook,
-    BackupOutcome,
-    record_failure,
-    record_success,
-)
+from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.policy.retention import (
     Decision,
     apply_policy,
@@ -53,6 +49,7 @@ from src.infra.backup.policy.retention import (
 )
 from src.infra.backup.repository.check import CheckReport, check_repository, parse_subset
 from src.infra.backup.repository.gc import PruneReport, prune
+from src.infra.backup.repository.history import record_failure, record_success
 from src.infra.backup.repository.repository import (
     DataInput,
     EntrySource,
@@ -185,7 +182,12 @@ class BackupManager:
         self._last_auto_prune = float("-inf")
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
-        self._replicas = ReplicaCoordinator(self)
+        self._replicas = ReplicaCoordinator(
+            self.config,
+            repository=lambda: self.repository,
+            opened=lambda: self._repository,
+            passphrase=self._passphrase,
+        )
 
     @property
     def backup_dir(self) -> Path:

@@ -17,9 +17,7 @@ import atexit
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.app.config import BackupConfig, OffsiteSettings
 from src.infra.backup.errors import (
@@ -28,58 +26,15 @@ from src.infra.backup.errors import (
     RepositoryNotFoundError,
     StorageError,
 )
-from src.infra.backup.format.index import Summary
 from src.infra.backup.format.manifest import Manifest
+from src.infra.backup.policy.replica import ReplicaLag, wanted_by_replica
 from src.infra.backup.policy.retention import RetentionPolicy, apply_policy
 from src.infra.backup.repository.gc import prune
 from src.infra.backup.repository.replication import Replicator, SyncReport, open_replica
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.base import Store
 
-if TYPE_CHECKING:
-    from src.infra.backup.app.manager import BackupManager
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReplicaLag:
-    """Backups one repository has that its replica lacks (and should have)."""
-
-    location: str
-    pending: list[str] = field(default_factory=list)
-    oldest_utc: datetime | None = None
-    error: str | None = None
-
-    def age(self, now: datetime) -> timedelta | None:
-        return now - self.oldest_utc if self.oldest_utc else None
-
-    def to_json(self, now: datetime) -> dict[str, Any]:
-        age = self.age(now)
-        return {
-            "location": self.location,
-            "pending_backups": len(self.pending),
-            "pending": self.pending,
-            "oldest_pending_utc": self.oldest_utc.isoformat() if self.oldest_utc else None,
-            "oldest_pending_age_seconds": age.total_seconds() if age else None,
-            "error": self.error,
-        }
-
-
-def wanted_by_replica(
-    source: list[Summary],
-    replica: list[Summary],
-    policy: dict[str, RetentionPolicy] | None,
-    now: datetime,
-) -> list[Summary]:
-    """The source backups the replica should receive: all, or those its retention policy
-    keeps among the union of both histories."""
-    if policy is None:
-        return source
-    union = {s.backup_id: s for s in replica}
-    union.update({s.backup_id: s for s in source})
-    keep = {d.backup_id for d in apply_policy(list(union.values()), policy, now) if d.keep}
-    return [s for s in source if s.backup_id in keep]
 
 
 def replica_lag(
@@ -215,15 +170,24 @@ class ReplicaCoordinator:
     """``[backup.offsite]`` and ``fallback_path`` for one ``BackupManager``: the background
     replicators, the fallback repository and what is pending in each."""
 
-    def __init__(self, manager: BackupManager) -> None:
-        self.manager = manager
-        self.config = manager.config
+    def __init__(
+        self,
+        config: BackupConfig,
+        *,
+        repository: Callable[[], Repository],
+        opened: Callable[[], Repository | None],
+        passphrase: Callable[[], str],
+    ) -> None:
+        """``repository()`` opens (or returns) the primary repository, raising if it cannot;
+        ``opened()`` is the primary if it was opened already, without trying; ``passphrase``
+        gives the repositories' passphrase when one is needed."""
+        self.config = config
+        self._primary = repository
+        self._opened_primary = opened
+        self._passphrase = passphrase
         self.offsite: Replicator | None = None
         self.sync_back: Replicator | None = None
         self.fallback_pending = False
-
-    def _passphrase(self) -> str:
-        return self.manager._passphrase()
 
     # -- the primary and its fallback ----------------------------------------------------------
 
@@ -256,7 +220,7 @@ class ReplicaCoordinator:
         """The fallback repository: a replica of the primary when that is reachable (or was,
         earlier in this process), else what is at ``fallback_path``, else a new repository
         (whose backups can then only come back once the primary is its replica)."""
-        primary = primary or self.manager._repository
+        primary = primary or self._opened_primary()
         try:
             fallback = open_fallback(self.config, primary, passphrase=self._passphrase)
         except StorageError:  # the primary's repo.json is unreadable now: use what is there
@@ -307,10 +271,8 @@ class ReplicaCoordinator:
                 self.fallback_pending = bool(fallback.snapshot_ids())
 
             self.sync_back = Replicator(
-                lambda: self.fallback_repository(primary=self.manager.repository),
-                lambda fallback: open_replica(
-                    fallback, self.manager.repository.store, create=False
-                ),
+                lambda: self.fallback_repository(primary=self._primary()),
+                lambda fallback: open_replica(fallback, self._primary().store, create=False),
                 after_sync=done,
                 rename=True,
                 name="peak-backup-sync-back",
@@ -336,7 +298,7 @@ class ReplicaCoordinator:
         """The background replicator of ``[backup.offsite]`` (created on first use; at
         process exit it gets ``flush_timeout`` to finish)."""
         if self.offsite is None:
-            replicator, settings = offsite_replicator(self.config, lambda: self.manager.repository)
+            replicator, settings = offsite_replicator(self.config, self._primary)
             timeout = settings.flush_timeout.total_seconds()
             atexit.register(_flush_at_exit, replicator, timeout, settings.path)
             self.offsite = replicator
@@ -356,7 +318,7 @@ class ReplicaCoordinator:
         if settings is None:
             return None
         try:
-            source = self.manager.repository
+            source = self._primary()
         except RepositoryNotFoundError:
             return ReplicaLag(settings.path)
         try:
@@ -381,7 +343,7 @@ class ReplicaCoordinator:
 
     def fallback_lag(self) -> ReplicaLag | None:
         try:
-            primary: Repository | None = self.manager.repository
+            primary: Repository | None = self._primary()
         except BackupError:
             primary = None
         try:

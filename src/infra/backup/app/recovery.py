@@ -39,8 +39,8 @@ from src.infra.backup.files.sources import (
 from src.infra.backup.format.ids import is_valid_backup_id, validate_backup_type
 from src.infra.backup.format.manifest import Entry
 from src.infra.backup.format.values import to_jsonable
-from src.infra.backup.monitoring.status import record_verify
 from src.infra.backup.policy.point_in_time import parse_moment
+from src.infra.backup.repository.history import record_verify
 from src.infra.backup.repository.repository import Repository, VerifyReport, decode_data_payload
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from src.infra.backup._version import __version__
-from src.infra.backup.app.config import load_backup_config, parse_duration
+from src.infra.backup.app.config import load_backup_config
 from src.infra.backup.app.manager import BackupInfo, BackupManager
 from src.infra.backup.app.recovery import RecoveryManager
 from src.infra.backup.errors import (
@@ -36,6 +36,7 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.files.in_place import OVERWRITE_CHOICES
 from src.infra.backup.format.crypto import AEAD_ALGORITHMS, DEFAULT_AEAD, read_passphrase
+from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.format.layout import REPO_KEY
 from src.infra.backup.format.manifest import Entry
 from src.infra.backup.monitoring.logging_setup import configure_logging

@@ -12,10 +12,10 @@ from types import FrameType
 
 import click
 
-from src.infra.backup.app.config import parse_duration
 from src.infra.backup.app.scheduler import BackupScheduler
 from src.infra.backup.cli import Context, main, stderr
 from src.infra.backup.errors import ConfigError, InvalidInputError
+from src.infra.backup.format.durations import parse_duration
 
 log = logging.getLogger(__name__)
 

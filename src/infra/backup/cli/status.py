@@ -13,8 +13,8 @@ from datetime import timedelta
 import click
 from rich.table import Table
 
-from src.infra.backup.app.config import parse_duration
 from src.infra.backup.cli import Context, _json_option, emit_json, human_size, main, stdout
+from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.monitoring.status import StatusSummary, collect_status, stale_threshold
 
 EXIT_STALE = 9

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from src.infra.backup.app.manager import BackupManager
 from src.infra.backup.errors import BackupError
-from src.infra.backup.monitoring.status import VERIFY_MAX_AGE, collect_status, stale_threshold
+from src.infra.backup.monitoring.status import collect_status, stale_threshold
+from src.infra.backup.repository.history import VERIFY_MAX_AGE
 
 HealthStatus = Literal["green", "yellow", "red"]
 _RANK = {"green": 0, "yellow": 1, "red": 2}

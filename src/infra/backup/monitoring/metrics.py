@@ -20,8 +20,9 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from src.infra.backup.app.outcome import BackupOutcome
 from src.infra.backup.errors import BackupError, RepositoryNotFoundError
-from src.infra.backup.monitoring.status import BackupOutcome, collect_status
+from src.infra.backup.monitoring.status import collect_status
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

@@ -1,0 +1,294 @@
+"""Run history: what the last backups, failures and verifies of each host were.
+
+One small JSON object per host, ``status/<host>.json`` in the repository, holds per backup
+type the last success (id, time, duration, size) and the last failure (time, error), and the
+last verify (time, backup id, ok). ``create_backup`` and verifies update it **best-effort**:
+the write is one small non-durable ``put`` and a failure to write it is logged as a warning,
+never raised, so status can never fail a backup. It is a monitoring aid, not a commit record:
+the manifests stay the truth about which backups exist; ``collect_status`` uses them only for
+types without recorded history.
+
+Concurrent writers on one host may lose an update to each other (last writer wins); the next
+backup or verify writes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from src.infra.backup.format.layout import STATUS_PREFIX, status_key
+from src.infra.backup.repository.locks import HOSTNAME
+from src.infra.backup.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+STATUS_VERSION = 1
+MAX_ERROR_LENGTH = 1000
+VERIFY_MAX_AGE = timedelta(days=7)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_lock = threading.Lock()
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso_utc(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _parse_time(value: Any) -> datetime:
+    parsed = datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SuccessRecord:
+    """The last successful backup of a type."""
+
+    backup_id: str
+    time: datetime
+    duration_seconds: float | None = None
+    size_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "time": iso_utc(self.time),
+            "duration_seconds": self.duration_seconds,
+            "size_bytes": self.size_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SuccessRecord:
+        duration = raw.get("duration_seconds")
+        size = raw.get("size_bytes")
+        return cls(
+            backup_id=str(raw["backup_id"]),
+            time=_parse_time(raw["time"]),
+            duration_seconds=float(duration) if duration is not None else None,
+            size_bytes=int(size) if size is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """The last failed backup attempt of a type."""
+
+    time: datetime
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": iso_utc(self.time), "error": self.error}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FailureRecord:
+        return cls(time=_parse_time(raw["time"]), error=str(raw.get("error", "")))
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    """The last verify of a backup (``full``: every chunk read, not only checked to exist)."""
+
+    time: datetime
+    ok: bool
+    backup_id: str | None = None
+    full: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": iso_utc(self.time),
+            "ok": self.ok,
+            "backup_id": self.backup_id,
+            "full": self.full,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> VerifyRecord:
+        backup_id = raw.get("backup_id")
+        return cls(
+            time=_parse_time(raw["time"]),
+            ok=bool(raw["ok"]),
+            backup_id=str(backup_id) if backup_id is not None else None,
+            full=bool(raw.get("full", True)),
+        )
+
+
+@dataclass
+class TypeStatus:
+    """Last success and last failure of one backup type."""
+
+    last_success: SuccessRecord | None = None
+    last_failure: FailureRecord | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last run failed: a failure newer than the last success."""
+        if self.last_failure is None:
+            return False
+        return self.last_success is None or self.last_failure.time > self.last_success.time
+
+
+@dataclass
+class HostStatus:
+    """The content of ``status/<host>.json``."""
+
+    host: str
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    last_verify: VerifyRecord | None = None
+    updated: datetime | None = None
+
+    def type_status(self, backup_type: str) -> TypeStatus:
+        return self.types.setdefault(backup_type, TypeStatus())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATUS_VERSION,
+            "host": self.host,
+            "updated": iso_utc(self.updated) if self.updated else None,
+            "types": {
+                name: {
+                    "last_success": ts.last_success.to_json() if ts.last_success else None,
+                    "last_failure": ts.last_failure.to_json() if ts.last_failure else None,
+                }
+                for name, ts in sorted(self.types.items())
+            },
+            "last_verify": self.last_verify.to_json() if self.last_verify else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> HostStatus:
+        types = {}
+        for name, entry in dict(raw.get("types") or {}).items():
+            success = entry.get("last_success")
+            failure = entry.get("last_failure")
+            types[str(name)] = TypeStatus(
+                last_success=SuccessRecord.from_json(success) if success else None,
+                last_failure=FailureRecord.from_json(failure) if failure else None,
+            )
+        verify = raw.get("last_verify")
+        updated = raw.get("updated")
+        return cls(
+            host=str(raw.get("host", "")),
+            types=types,
+            last_verify=VerifyRecord.from_json(verify) if verify else None,
+            updated=_parse_time(updated) if updated else None,
+        )
+
+
+def current_host() -> str:
+    return HOSTNAME
+
+
+def read_status(store: Store, host: str | None = None) -> HostStatus:
+    """The status of ``host`` (default: this host); empty if none was written or it is
+    unreadable (logged)."""
+    host = host or current_host()
+    try:
+        raw = json.loads(store.get(status_key(host)))
+        return HostStatus.from_json(raw)
+    except KeyError:
+        return HostStatus(host)
+    except Exception as exc:  # noqa: BLE001 - a damaged status file must not break anything
+        log.warning("ignoring unreadable backup status of %s: %s", host, exc)
+        return HostStatus(host)
+
+
+def read_all_statuses(store: Store) -> list[HostStatus]:
+    """Every host's status in the repository (unreadable ones are skipped)."""
+    statuses = []
+    try:
+        keys = sorted(store.list(STATUS_PREFIX))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cannot list backup status files: %s", exc)
+        return []
+    for key in keys:
+        if not key.endswith(".json"):
+            continue
+        try:
+            statuses.append(HostStatus.from_json(json.loads(store.get(key))))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("ignoring unreadable backup status %s: %s", key, exc)
+    return statuses
+
+
+def write_status(store: Store, status: HostStatus) -> None:
+    """Write ``status`` (not durable: losing the last update in a crash is acceptable).
+    Raises on failure; the ``record_*`` functions catch that."""
+    status.updated = now_utc()
+    payload = json.dumps(status.to_json(), indent=1, sort_keys=True).encode()
+    store.put(status_key(status.host), payload, durable=False)
+
+
+def _update(store: Store, change: Any, what: str, host: str | None = None) -> None:
+    try:
+        with _lock:
+            status = read_status(store, host)
+            change(status)
+            write_status(store, status)
+    except Exception as exc:  # noqa: BLE001 - status is best-effort by contract
+        log.warning("could not record backup status (%s): %s", what, exc)
+
+
+def record_success(
+    store: Store,
+    backup_type: str,
+    backup_id: str,
+    *,
+    time: datetime | None = None,
+    duration_seconds: float | None = None,
+    size_bytes: int | None = None,
+    host: str | None = None,
+) -> None:
+    """Record a successful backup (best-effort, never raises)."""
+    record = SuccessRecord(backup_id, time or now_utc(), duration_seconds, size_bytes)
+    _update(
+        store,
+        lambda s: setattr(s.type_status(backup_type), "last_success", record),
+        f"success of {backup_id}",
+        host,
+    )
+
+
+def record_failure(
+    store: Store,
+    backup_type: str,
+    error: str | BaseException,
+    *,
+    time: datetime | None = None,
+    host: str | None = None,
+) -> None:
+    """Record a failed backup attempt (best-effort, never raises)."""
+    message = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    record = FailureRecord(time or now_utc(), message[:MAX_ERROR_LENGTH])
+    _update(
+        store,
+        lambda s: setattr(s.type_status(backup_type), "last_failure", record),
+        f"failure of a {backup_type} backup",
+        host,
+    )
+
+
+def record_verify(
+    store: Store,
+    backup_id: str | None,
+    ok: bool,
+    *,
+    full: bool = True,
+    time: datetime | None = None,
+    host: str | None = None,
+) -> None:
+    """Record a verify result (best-effort, never raises)."""
+    record = VerifyRecord(time or now_utc(), ok, backup_id, full)
+    _update(store, lambda s: setattr(s, "last_verify", record), "verify", host)
+
+
+# -- hooks -------------------------------------------------------------------------------
