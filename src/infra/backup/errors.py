@@ -109,3 +109,16 @@ class HookError(BackupError):
 class CommandSourceError(BackupError):
     """A command source failed (exit status, killed, timeout, program not found): nothing of
     it is stored and the backup fails. Names the command, why, and its stderr's last lines."""
+
+
+class BackupExistsError(BackupError):
+    """An import found a backup with the same id in the repository."""
+
+
+class UnsafeArchiveError(BackupError):
+    """An archive holds members that could write outside the target (tar-slip), links,
+    devices, or more than the size limits allow. Nothing was extracted."""
+
+
+class InvalidExportError(BackupError):
+    """A folder or archive is not a readable export (metadata or entry files are wrong)."""

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from src.infra.backup.errors import InvalidExportError, UnsafeArchiveError
 from src.infra.backup.app.export.layout import relative_parts
+from src.infra.backup.errors import InvalidExportError, UnsafeArchiveError
 from src.infra.backup.storage.local import fsync_dir, storage_error
 
 _COPY_BLOCK = 1024 * 1024

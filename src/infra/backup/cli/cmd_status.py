@@ -1,7 +1,6 @@
-"""``status``: the run history for people, cron and monitors.
+"""``peak-backup status``: the run history for people, cron and monitors.
 
-Registered on the ``peak-backup`` group by importing this module (``cli.py`` does that at its
-end). Exit code 9 ("stale or failing") when the newest successful backup is older than the
+Exit code 9 ("stale or failing") when the newest successful backup is older than the
 threshold (``--max-age``, default twice ``interval_hours``), there is no backup at all, or the
 last run of a type failed (a failure newer than that type's last success).
 """
@@ -11,9 +10,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import click
-from rich.table import Table
 
-from src.infra.backup.cli import Context, _json_option, emit_json, human_size, main, stdout
+from src.infra.backup.cli.context import Context, json_option
+from src.infra.backup.cli.output import emit_json, human_size, stdout
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.monitoring.status import StatusSummary, collect_status, stale_threshold
 
@@ -51,14 +50,14 @@ def evaluate(summary: StatusSummary, threshold: timedelta) -> tuple[bool, list[s
     return not problems, problems
 
 
-@main.command()
+@click.command()
 @click.option(
     "--max-age",
     default=None,
     metavar="DURATION",
     help="Stale when the newest backup is older than this (default: 2 x interval_hours).",
 )
-@_json_option
+@json_option
 @click.pass_obj
 def status(ctx: Context, max_age: str | None) -> None:
     """Last success, failure and verify per backup type; exit 9 if stale or failing."""
@@ -88,6 +87,8 @@ def _print_status(summary: StatusSummary, problems: list[str]) -> None:
     if not summary.repository_exists:
         stdout.print("No repository yet.", highlight=False)
     if summary.types:
+        from rich.table import Table  # imported on use: rich is slow to import
+
         table = Table("type", "last success", "age", "size", "duration", "last failure")
         for name, entry in sorted(summary.types.items()):
             success = entry.last_success

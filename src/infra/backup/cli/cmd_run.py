@@ -1,7 +1,7 @@
-"""``run``: the long-running scheduler process (see ``scheduler.py``, ``docs/SCHEDULING.md``).
+"""``peak-backup run``: the long-running scheduler process (see ``app/scheduler.py`` and
+``docs/SCHEDULING.md``).
 
-Registered on the ``peak-backup`` group by importing this module (``cli.py`` does that at its
-end). SIGTERM/SIGINT let the running backup finish, then exit 0.
+SIGTERM/SIGINT let the running backup finish, then exit 0.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from types import FrameType
 import click
 
 from src.infra.backup.app.scheduler import BackupScheduler
-from src.infra.backup.cli import Context, main, stderr
+from src.infra.backup.cli.context import Context
+from src.infra.backup.cli.output import stderr
 from src.infra.backup.errors import ConfigError, InvalidInputError
 from src.infra.backup.format.durations import parse_duration
 
 log = logging.getLogger(__name__)
 
 
-@main.command(name="run")
+@click.command(name="run")
 @click.option("--backup-on-exit", is_flag=True, help="Take one more backup after SIGTERM/SIGINT.")
 @click.option(
     "--metrics-port",
