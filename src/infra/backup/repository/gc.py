@@ -24,14 +24,16 @@ second one gets :class:`RepositoryBusyError`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import msgspec
 
-from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError
+from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError, StorageError
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     COLLECTION_PREFIX,
@@ -40,9 +42,15 @@ from src.infra.backup.format.layout import (
     collection_key,
     fossil_key,
 )
-from src.infra.backup.format.manifest import JSON_ERRORS, Collection
-from src.infra.backup.repository.locks import ExclusiveLock, LeaseInfo, list_leases, utcnow
-from src.infra.backup.repository.repository import BACKUP_LEASE_KIND, Repository
+from src.infra.backup.format.manifest import JSON_ERRORS, ChunkRef, Collection, Entry, Manifest
+from src.infra.backup.repository.locks import (
+    BACKUP_LEASE_KIND,
+    ExclusiveLock,
+    LeaseInfo,
+    list_leases,
+    utcnow,
+)
+from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,78 @@ COLLECTION_BATCH = 64  # chunk ids per collection record (about 4.3 KB)
 PRUNE_LOCK_TTL = timedelta(minutes=30)
 # Leases are compared with times from other hosts: tolerate this much clock skew.
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+class CollectableRepository(Protocol):
+    """What the pruner needs of a repository (the repository package's reader has it)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def list_snapshots(self) -> list[Manifest]: ...
+
+    def entry_refs(self, entry: Entry, *, fresh: bool = False) -> list[ChunkRef]: ...
+
+    def damaged_snapshots(self) -> dict[str, str]: ...
+
+
+# -- the writer's half of the protocol ----------------------------------------------------------
+
+
+def collected_chunks(
+    store: Store, cache: dict[str, tuple[str, frozenset[str]]], lock: threading.Lock
+) -> set[str]:
+    """Chunks that pending collections have moved (or are moving) to ``fossils/``: a backup
+    reads them after taking its lease and never reuses them unseen. ``cache`` keeps the parsed
+    collection records by version (guarded by ``lock``)."""
+    collected: set[str] = set()
+    listed = {info.key: info.version for info in store.list_info(COLLECTION_PREFIX)}
+    with lock:
+        for key in [k for k in cache if k not in listed]:
+            del cache[key]
+    for key, version in listed.items():
+        cached = cache.get(key)
+        if cached is None or cached[0] != version:
+            try:
+                record = msgspec.json.decode(store.get(key), type=Collection)
+            except KeyError:
+                continue  # finished meanwhile
+            except JSON_ERRORS as exc:
+                raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
+            cached = (version, frozenset(record.fossils))
+            with lock:
+                cache[key] = cached
+        collected.update(cached[1])
+    return collected
+
+
+def revalidate(store: Store, chunk_ids: Iterable[str]) -> None:
+    """Make sure every chunk a backup refers to is in ``chunks/`` before it commits (the
+    backup outlived its lease, so a collection may have moved some of them to ``fossils/``)."""
+    for cid in chunk_ids:
+        if store.exists(chunk_key(cid)):
+            continue
+        try:
+            store.move(fossil_key(cid), chunk_key(cid))
+        except KeyError:
+            raise StorageError(
+                f"chunk {cid} was reclaimed while this backup was suspended past its "
+                "lease; nothing was committed, run the backup again"
+            ) from None
+
+
+def read_chunk_blob(store: Store, cid: str) -> bytes:
+    """A chunk's blob from ``chunks/``, or from ``fossils/`` where a collection may have moved
+    it meanwhile; tried again in case it was just moved back."""
+    for key in (chunk_key(cid), fossil_key(cid), chunk_key(cid)):
+        try:
+            return store.get(key)
+        except KeyError:
+            continue
+    raise IntegrityError(f"chunk {cid} is missing from the repository")
+
+
+# -- the pruner's half ------------------------------------------------------------------------
 
 
 @dataclass
@@ -75,7 +155,7 @@ class PruneReport:
         return self.deleted_bytes + self.temp_bytes
 
 
-def referenced_chunks(repo: Repository) -> dict[str, list[str]]:
+def referenced_chunks(repo: CollectableRepository) -> dict[str, list[str]]:
     """Every chunk id (incl. chunk-list blobs) any backup references -> those backups.
 
     Raises :class:`IntegrityError` when a manifest or a chunk list cannot be read: then the
@@ -100,7 +180,7 @@ def referenced_chunks(repo: Repository) -> dict[str, list[str]]:
 
 
 def prune(
-    repo: Repository,
+    repo: CollectableRepository,
     *,
     grace: timedelta = DEFAULT_GRACE,
     dry_run: bool = False,
@@ -141,7 +221,7 @@ def _nothing() -> None:
 
 
 def _delete_collected(
-    repo: Repository,
+    repo: CollectableRepository,
     report: PruneReport,
     leases: list[LeaseInfo],
     now: datetime,
@@ -195,7 +275,7 @@ def _delete_collected(
             repo.store.delete(key)
 
 
-def _resurrect(repo: Repository, cid: str) -> None:
+def _resurrect(repo: CollectableRepository, cid: str) -> None:
     if repo.store.exists(chunk_key(cid)):
         repo.store.delete(fossil_key(cid))  # a backup wrote it again meanwhile
     else:
@@ -203,7 +283,7 @@ def _resurrect(repo: Repository, cid: str) -> None:
 
 
 def _collect(
-    repo: Repository,
+    repo: CollectableRepository,
     report: PruneReport,
     now: datetime,
     grace: timedelta,
@@ -254,7 +334,7 @@ def _collect(
             after_batch(key)
 
 
-def _remove_temporary(repo: Repository, report: PruneReport, grace: timedelta) -> None:
+def _remove_temporary(repo: CollectableRepository, report: PruneReport, grace: timedelta) -> None:
     """Temp files of interrupted writes, older than the grace period (at least a minute, so
     a write in progress is never touched)."""
     cutoff = time.time() - max(grace.total_seconds(), 60.0)
@@ -267,7 +347,7 @@ def _remove_temporary(repo: Repository, report: PruneReport, grace: timedelta) -
 
 
 def _remove_stale_leases(
-    repo: Repository, report: PruneReport, leases: Iterable[LeaseInfo]
+    repo: CollectableRepository, report: PruneReport, leases: Iterable[LeaseInfo]
 ) -> None:
     """Leases whose backup died (dead PID on this host) or expired."""
     now = utcnow()

@@ -25,6 +25,9 @@ from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 
+# The lease every running backup holds (garbage collection waits for these; see gc.py).
+BACKUP_LEASE_KIND = "backup"
+
 # The host name recorded in leases, manifests and status files. $PEAK_BACKUP_HOST overrides it
 # (containers whose host names change on every start; tests that play several hosts).
 HOSTNAME = os.environ.get("PEAK_BACKUP_HOST") or socket.gethostname() or "localhost"
