@@ -35,8 +35,10 @@ restore-backup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff (lint + format check), the import layers (import-linter), mypy
 	$(PY) -m ruff check src tests bench tools
+	$(PY) -m ruff format --check src tests bench tools
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy
 
 typecheck: $(STAMP)

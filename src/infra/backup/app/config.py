@@ -21,6 +21,7 @@ import msgspec
 from src.core import Config, load_config
 from src.core.errors import ConfigError as CoreConfigError
 from src.infra.backup.errors import ConfigError
+from src.infra.backup.files.archiver import SourceSettings
 from src.infra.backup.files.commands import CommandSourceSettings, HookCommand
 from src.infra.backup.format.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.format.durations import parse_daily_at, parse_duration, parse_weekly
@@ -303,6 +304,21 @@ class BackupConfig:
     def has_file_sources(self) -> bool:
         """Whether a backup takes anything besides values: ``sources`` or command sources."""
         return bool(self.sources) or bool(self.command_sources)
+
+    @property
+    def source_settings(self) -> SourceSettings:
+        """The sources and how they are read, as the file side (archiver, restorer) takes
+        them."""
+        from src.infra.backup.files.archiver import SourceSettings
+
+        return SourceSettings(
+            sources=tuple(self.sources),
+            source_root=self.source_root,
+            exclude=tuple(self.exclude),
+            include_secrets=self.include_secrets,
+            own_directories=self.own_directories,
+            sqlite=self.sqlite_options,
+        )
 
     @property
     def sqlite_options(self) -> SqliteOptions:

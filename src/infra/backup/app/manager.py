@@ -50,12 +50,9 @@ from src.infra.backup.policy.retention import (
 from src.infra.backup.repository.check import CheckReport, check_repository, parse_subset
 from src.infra.backup.repository.gc import PruneReport, prune
 from src.infra.backup.repository.history import record_failure, record_success
-from src.infra.backup.repository.repository import (
-    DataInput,
-    EntrySource,
-    ProgressCallback,
-    Repository,
-)
+from src.infra.backup.repository.reader import ProgressCallback
+from src.infra.backup.repository.repository import Repository
+from src.infra.backup.repository.writer import DataInput, EntrySource
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from src.infra.backup.format.manifest import Entry
 from src.infra.backup.format.values import to_jsonable
 from src.infra.backup.policy.point_in_time import parse_moment
 from src.infra.backup.repository.history import record_verify
-from src.infra.backup.repository.repository import Repository, VerifyReport, decode_data_payload
+from src.infra.backup.repository.reader import VerifyReport, decode_data_payload
+from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,8 @@ class RecoveryManager:
         try:
             manifest = repository.read_manifest(backup_id)
             plan = plan_in_place(
-                self.manager,
+                repository,
+                self.manager.config.source_settings,
                 manifest,
                 overwrite=overwrite,
                 delete=delete,
@@ -253,7 +255,9 @@ class RecoveryManager:
         if dry_run:
             return plan.result
         try:
-            return execute_in_place(self.manager, plan, verify=verify)
+            return execute_in_place(
+                repository, self.manager.config.source_settings, plan, verify=verify
+            )
         except RecoveryError:
             raise
         except BackupError as exc:

@@ -6,7 +6,7 @@ computed by the ``schedule`` library's ``Job`` objects; the loop around them is 
 the clock and the sleep function can be injected (tests run without real sleeping).
 
 - One backup at a time: the loop is single-threaded and runs due jobs one after another.
-- Catch-up: on start, a job whose type's last success (run history, ``collect_status``) is
+- Catch-up: on start, a job whose type's last success (run history, ``merged_history``) is
   older than the job's period (or missing) runs once right away.
 - A failed run (:class:`BackupError`) is retried with exponential backoff (``backoff_initial``
   doubling up to ``backoff_max``) until it succeeds or the job's next regular run comes; an
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import schedule
 
 from src.infra.backup.app.config import BackupConfig
-from src.infra.backup.errors import BackupError
+from src.infra.backup.errors import BackupError, RepositoryNotFoundError
 from src.infra.backup.format.durations import parse_daily_at, parse_weekly
-from src.infra.backup.monitoring.status import collect_status
+from src.infra.backup.repository.history import TypeSummary, merged_history
 
 if TYPE_CHECKING:
     from src.infra.backup.app.manager import BackupManager
@@ -206,10 +206,15 @@ class BackupScheduler:
     def overdue_jobs(self) -> list[ScheduledJob]:
         """Jobs whose type's last success (run history) is older than their period, or none."""
         now_utc = self.clock().astimezone(timezone.utc)
-        summary = collect_status(self.manager, now=now_utc)
+        try:
+            repository = self.manager.repository
+        except RepositoryNotFoundError:
+            types: dict[str, TypeSummary] = {}
+        else:
+            types, _verify = merged_history(repository.store, self.manager.list_backups())
         overdue = []
         for job in self.jobs:
-            entry = summary.types.get(job.backup_type)
+            entry = types.get(job.backup_type)
             last = entry.last_success if entry is not None else None
             if last is None or last.time + job.period <= now_utc:
                 overdue.append(job)

@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,7 +38,7 @@ from src.infra.backup.files.commands import CommandSourceSettings, open_command_
 from src.infra.backup.files.sources import SourceItem
 from src.infra.backup.format.chunking import split_fixed
 from src.infra.backup.format.manifest import ChunkRef, Entry
-from src.infra.backup.repository.repository import EntrySource, SnapshotWriter
+from src.infra.backup.repository.writer import EntrySource, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,20 @@ class SqliteOptions:
 
     detect: bool = True
     check: Literal["quick", "full"] = "quick"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """What the file side needs of the configuration: the sources (relative to
+    ``source_root``), the exclude patterns, whether secrets may be stored, the directories
+    never backed up (the repository's own), and how databases are captured."""
+
+    sources: Sequence[str]
+    source_root: Path
+    exclude: Sequence[str] = ()
+    include_secrets: bool = False
+    own_directories: tuple[Path, ...] = ()
+    sqlite: SqliteOptions = field(default_factory=SqliteOptions)
 
 
 def _owner(st: os.stat_result) -> dict[str, object]:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import msgspec
 
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError, RecoveryError
-from src.infra.backup.files.archiver import entry_sources
+from src.infra.backup.files.archiver import SourceSettings, entry_sources
 from src.infra.backup.files.restore_temp import clean_stale_temps
 from src.infra.backup.files.sources import (
     DATABASE_COMPANIONS,
@@ -66,10 +66,10 @@ from src.infra.backup.files.sources import (
     write_in_place,
 )
 from src.infra.backup.format.manifest import Entry, Manifest
-from src.infra.backup.repository.repository import DataInput, EntrySource, decode_data_payload
+from src.infra.backup.repository.reader import decode_data_payload
+from src.infra.backup.repository.writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
-    from src.infra.backup.app.manager import BackupManager
     from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ def _same_meta(st: os.stat_result, entry: Entry) -> bool:
 
 
 def plan_in_place(
-    manager: BackupManager,
+    repository: Repository,
+    config: SourceSettings,
     manifest: Manifest,
     *,
     overwrite: Overwrite = "if-changed",
@@ -208,8 +209,6 @@ def plan_in_place(
         raise InvalidInputError(
             f"overwrite must be one of {', '.join(OVERWRITE_CHOICES)}, not {overwrite!r}"
         )
-    config = manager.config
-    repository = manager.repository
     roots = source_roots(config.sources, config.source_root)
     base = _base_dir(manifest, roots)
     pre_root = base if base is not None else config.source_root
@@ -381,15 +380,13 @@ def _decide(
 
 
 def execute_in_place(
-    manager: BackupManager, plan: InPlacePlan, *, verify: bool = False
+    repository: Repository, config: SourceSettings, plan: InPlacePlan, *, verify: bool = False
 ) -> InPlaceResult:
     """Back up what will change as ``pre_restore``, then carry out the planned steps.
 
     A failure after the ``pre_restore`` backup was taken is a :class:`RecoveryError` that
     names it, so what was already written can be undone.
     """
-    repository = manager.repository
-    config = manager.config
     manifest, steps, result, pre_root = plan.manifest, plan.steps, plan.result, plan.pre_root
     result.dry_run = False
     saved = [s.planned.path for s in steps if s.planned.action in _SAVED]
@@ -403,7 +400,7 @@ def execute_in_place(
         entries: list[DataInput | EntrySource] = list(
             entry_sources(
                 collect_paths(saved, pre_root, include_secrets=secrets_ok),
-                sqlite=config.sqlite_options,
+                sqlite=config.sqlite,
             )
         )
         if created:

@@ -8,21 +8,18 @@ Reads the application's state; nothing below imports it back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.repository.history import (
-    FailureRecord,
-    HostStatus,
     SuccessRecord,
-    TypeStatus,
+    TypeSummary,
     VerifyRecord,
     iso_utc,
+    merged_history,
     now_utc,
-    read_all_statuses,
 )
 
 if TYPE_CHECKING:
@@ -32,19 +29,6 @@ log = logging.getLogger(__name__)
 
 
 # -- the merged view (status command, health check) ----------------------------------------
-
-
-@dataclass
-class TypeSummary:
-    """What ``status`` reports for one backup type (merged over hosts and manifests)."""
-
-    backup_type: str
-    last_success: SuccessRecord | None = None
-    last_failure: FailureRecord | None = None
-
-    @property
-    def failing(self) -> bool:
-        return TypeStatus(self.last_success, self.last_failure).failing
 
 
 @dataclass
@@ -126,27 +110,6 @@ class StatusSummary:
         )
 
 
-def _newer(a: Any, b: Any) -> Any:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a if a.time >= b.time else b
-
-
-def merge_statuses(statuses: Iterable[HostStatus]) -> tuple[dict[str, TypeSummary], Any]:
-    """Per type the newest success and failure over all hosts, and the newest verify."""
-    types: dict[str, TypeSummary] = {}
-    verify: VerifyRecord | None = None
-    for status in statuses:
-        for name, ts in status.types.items():
-            summary = types.setdefault(name, TypeSummary(name))
-            summary.last_success = _newer(summary.last_success, ts.last_success)
-            summary.last_failure = _newer(summary.last_failure, ts.last_failure)
-        verify = _newer(verify, status.last_verify)
-    return types, verify
-
-
 def collect_status(manager: BackupManager, *, now: datetime | None = None) -> StatusSummary:
     """The merged run history of ``manager``'s repository: the status files of every host.
     For a type without a recorded success (backups made before status was recorded, or by
@@ -158,14 +121,7 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
         repository = manager.repository
     except RepositoryNotFoundError:
         return StatusSummary({}, None, 0, False, now, fallback=manager.fallback_lag())
-    store = repository.store
-    types, verify = merge_statuses(read_all_statuses(store))
-    for info in manager.list_backups():  # newest first
-        summary = types.setdefault(info.backup_type, TypeSummary(info.backup_type))
-        if summary.last_success is None:
-            summary.last_success = SuccessRecord(
-                info.backup_id, info.timestamp_utc, None, info.size_bytes
-            )
+    types, verify = merged_history(repository.store, manager.list_backups())
     size = manager.repository.stored_bytes()
     settings = manager.config.offsite_settings
     return StatusSummary(

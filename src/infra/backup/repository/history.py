@@ -18,9 +18,10 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from src.infra.backup.format.layout import STATUS_PREFIX, status_key
 from src.infra.backup.repository.locks import HOSTNAME
@@ -292,3 +293,69 @@ def record_verify(
 
 
 # -- hooks -------------------------------------------------------------------------------
+
+
+@dataclass
+class TypeSummary:
+    """What ``status`` reports for one backup type (merged over hosts and manifests)."""
+
+    backup_type: str
+    last_success: SuccessRecord | None = None
+    last_failure: FailureRecord | None = None
+
+    @property
+    def failing(self) -> bool:
+        return TypeStatus(self.last_success, self.last_failure).failing
+
+
+def _newer(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.time >= b.time else b
+
+
+def merge_statuses(statuses: Iterable[HostStatus]) -> tuple[dict[str, TypeSummary], Any]:
+    """Per type the newest success and failure over all hosts, and the newest verify."""
+    types: dict[str, TypeSummary] = {}
+    verify: VerifyRecord | None = None
+    for status in statuses:
+        for name, ts in status.types.items():
+            summary = types.setdefault(name, TypeSummary(name))
+            summary.last_success = _newer(summary.last_success, ts.last_success)
+            summary.last_failure = _newer(summary.last_failure, ts.last_failure)
+        verify = _newer(verify, status.last_verify)
+    return types, verify
+
+
+class ListedBackup(Protocol):
+    """What :func:`merged_history` needs of a listed backup (``BackupInfo`` has it)."""
+
+    @property
+    def backup_id(self) -> str: ...
+
+    @property
+    def backup_type(self) -> str: ...
+
+    @property
+    def timestamp_utc(self) -> datetime: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+def merged_history(
+    store: Store, backups: Iterable[ListedBackup]
+) -> tuple[dict[str, TypeSummary], VerifyRecord | None]:
+    """The run history of every host merged per type, and the newest verify. For a type
+    without a recorded success (backups made before status was recorded, or by an import), the
+    newest of ``backups`` (listed newest first) of that type stands in as its last success."""
+    types, verify = merge_statuses(read_all_statuses(store))
+    for info in backups:
+        summary = types.setdefault(info.backup_type, TypeSummary(info.backup_type))
+        if summary.last_success is None:
+            summary.last_success = SuccessRecord(
+                info.backup_id, info.timestamp_utc, None, info.size_bytes
+            )
+    return types, verify

@@ -36,7 +36,8 @@ from src.infra.backup.app.manager import BackupInfo
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.format.values import ENCODING_NAME, to_jsonable
-from src.infra.backup.repository.repository import Repository, decode_data_payload
+from src.infra.backup.repository.reader import decode_data_payload
+from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import fsync_dir, storage_error
 
 log = logging.getLogger(__name__)
