@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from datetime import datetime, time
 from decimal import Decimal
@@ -70,11 +71,48 @@ def _backups(name: str) -> list[dict[str, Any]]:
     return backups
 
 
+def _assert_same_scientific(actual: Any, expected: Any, where: str) -> bool:
+    """numpy arrays and scalars, pandas Index, Series and DataFrame: exact values, dtypes,
+    names, index kinds and ``freq``. ``False`` if ``expected`` is none of these."""
+    np = sys.modules.get("numpy")
+    pd = sys.modules.get("pandas")
+    if np is not None and isinstance(expected, np.ndarray | np.generic):
+        assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
+        assert np.shape(actual) == np.shape(expected), f"{where}: shape"
+        nan_ok = expected.dtype.kind in "fcmM"
+        assert np.array_equal(actual, expected, equal_nan=nan_ok), f"{where}: {actual!r}"
+        assert np.asarray(actual).tobytes() == np.asarray(expected).tobytes(), f"{where}: bytes"
+        return True
+    if pd is None or not isinstance(expected, pd.Index | pd.Series | pd.DataFrame):
+        return False
+    if isinstance(expected, pd.DataFrame):
+        pd.testing.assert_frame_equal(actual, expected, check_exact=True, check_freq=True)
+        _assert_same_index(actual.columns, expected.columns, f"{where}.columns")
+        _assert_same_index(actual.index, expected.index, f"{where}.index")
+    elif isinstance(expected, pd.Series):
+        pd.testing.assert_series_equal(actual, expected, check_exact=True, check_freq=True)
+        _assert_same_index(actual.index, expected.index, f"{where}.index")
+    else:
+        _assert_same_index(actual, expected, where)
+    return True
+
+
+def _assert_same_index(actual: Any, expected: Any, where: str) -> None:
+    pd = sys.modules["pandas"]
+    assert type(actual) is type(expected), f"{where}: {type(actual)} is not {type(expected)}"
+    pd.testing.assert_index_equal(actual, expected, exact=True, check_exact=True)
+    assert list(actual.names) == list(expected.names), f"{where}: names"
+    assert getattr(actual, "freq", None) == getattr(expected, "freq", None), f"{where}: freq"
+
+
 def assert_same(actual: Any, expected: Any, where: str = "value") -> None:
     """``actual`` equals ``expected`` with the same type at every level; NaN equals NaN,
     ``-0.0`` is not ``0.0``, Decimals compare by their text, dict and set order is checked
-    where the codec keeps it (dicts), zones and ``fold`` of times are compared."""
+    where the codec keeps it (dicts), zones and ``fold`` of times are compared; numpy and
+    pandas values are compared exactly, with their dtypes, names and index kinds."""
     assert type(actual) is type(expected), f"{where}: {type(actual)} is not {type(expected)}"
+    if _assert_same_scientific(actual, expected, where):
+        return
     if isinstance(expected, float):
         if math.isnan(expected):
             assert math.isnan(actual), f"{where}: {actual!r} is not NaN"
