@@ -12,9 +12,11 @@ from src.infra.backup import BackupConfig, BackupManager
 from src.infra.backup.format.index import decode_index, summarize
 from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
-from src.infra.backup.repository.repository import INDEX_REWRITE_UNKNOWN, DataInput, Repository
+from src.infra.backup.repository.reader import INDEX_REWRITE_UNKNOWN
+from src.infra.backup.repository.repository import Repository
+from src.infra.backup.repository.writer import DataInput
 from src.infra.backup.storage.local import LocalStore
-from tests.faulty_store import FaultyStore
+from src.infra.backup.storage.testing.faulty import FaultyStore
 
 PASSWORD = "correct horse battery staple"
 START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)

@@ -3,13 +3,21 @@
 A store maps ``/``-separated keys (``chunks/ab/ab12...``, ``snapshots/<id>.json``) to byte
 objects. It knows nothing of chunks or snapshots. Writes are durable when they return (unless
 ``durable=False`` is asked for, for short-lived coordination objects such as leases).
+
+A store may hold resources (a network client's thread pool); :meth:`Store.close` releases
+them and a ``with`` block closes the store on exit. Closing never loses data and does not end
+the store's life: an operation after ``close()`` works and acquires again what it needs (a
+store handed to several users is not broken by one of them closing it), and ``close()`` may be
+called any number of times. ``storage.testing.contract.StoreContract`` checks every backend
+against this contract.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from types import TracebackType
+from typing import NamedTuple, TypeVar
 
 
 class ObjectInfo(NamedTuple):
@@ -21,6 +29,9 @@ class ObjectInfo(NamedTuple):
     size: int
     mtime: float
     version: str = ""
+
+
+_StoreT = TypeVar("_StoreT", bound="Store")
 
 
 class Store(ABC):
@@ -88,7 +99,12 @@ class Store(ABC):
     @abstractmethod
     def move(self, source: str, destination: str) -> None:
         """Move an object to another key (replacing it), atomically where the backend can;
-        ``KeyError`` if ``source`` does not exist."""
+        ``KeyError`` if ``source`` does not exist.
+
+        A source that vanished (deleted by a concurrent collector between a listing and the
+        move) is that ``KeyError``, and the destination is left as it was: never created,
+        never half-written. A backend without rename (S3: copy, then delete) may briefly show
+        the object under both keys while a move runs."""
 
     @abstractmethod
     def delete(self, key: str, *, durable: bool = True) -> None:
@@ -97,13 +113,32 @@ class Store(ABC):
 
     @abstractmethod
     def list_temporary(self) -> Iterator[ObjectInfo]:
-        """Leftovers of unfinished writes (e.g. after a crash), anywhere in the store."""
+        """Leftovers of unfinished writes (e.g. after a crash), anywhere in the store; none
+        for a store whose writes are atomic (S3, memory)."""
 
     @abstractmethod
     def delete_temporary(self, key: str) -> None:
-        """Remove one leftover that :meth:`list_temporary` returned."""
+        """Remove one leftover that :meth:`list_temporary` returned; :class:`StorageError`
+        (and nothing removed) for a key that is not a temporary object."""
 
     @property
     @abstractmethod
     def location(self) -> str:
         """A human-readable location (a path or URL) for messages."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
+        """Release what the store holds (threads, connections); a no-op by default.
+
+        Idempotent, and the store stays usable: a later operation acquires again what it
+        needs (see the module docstring)."""
+
+    def __enter__(self: _StoreT) -> _StoreT:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -20,6 +20,11 @@ Semantics against the :class:`Store` contract:
 - Versions are ETags: they change whenever different content is written.
 - Errors never contain credentials: messages name the operation, the ``s3://`` location and
   the server's status text.
+- ``close()`` stops the upload/download threads; a later call starts them again.
+
+``obstore`` is imported when an :class:`S3Store` is built or used, not with this module: the
+module's names (:class:`S3Options`, :func:`parse_s3_url`) are needed by every configuration,
+the native client only by repositories on S3.
 """
 
 from __future__ import annotations
@@ -31,22 +36,14 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
-
-import obstore
-from obstore.exceptions import (
-    AlreadyExistsError,
-    NotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
-    PreconditionError,
-    UnauthenticatedError,
-)
-from obstore.store import S3Store as _ObstoreS3
+from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
+
+if TYPE_CHECKING:
+    from obstore.store import S3Store as _ObstoreS3
 
 # Objects larger than this are uploaded in parts (S3 caps a single PUT at 5 GB; parts let a
 # big file chunk upload in parallel and retry per part).
@@ -100,6 +97,7 @@ class S3Store(Store):
         self._conditional: bool | None = None
         self._probe_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()  # two first put_many calls: one pool, not two
 
     @property
     def location(self) -> str:
@@ -110,6 +108,9 @@ class S3Store(Store):
     def conditional_writes(self) -> bool:
         """Whether the server refuses a second ``If-None-Match: *`` PUT of one key (probed
         once with a throwaway object, then remembered)."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
+
         with self._probe_lock:
             if self._conditional is None:
                 key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
@@ -130,6 +131,8 @@ class S3Store(Store):
     # -- Store API ---------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
+        import obstore  # lazy (see the module docstring); a dictionary lookup once loaded
+
         validate_key(key)
         result = self._call("read", key, obstore.get, self._client, key)
         return bytes(self._call("read", key, result.bytes))
@@ -144,6 +147,9 @@ class S3Store(Store):
             self._put_exclusive_fallback(key, data)
 
     def _put_exclusive(self, key: str, data: bytes) -> None:
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
         try:
             obstore.put(self._client, key, data, mode="create")
         except (AlreadyExistsError, PreconditionError):
@@ -171,6 +177,8 @@ class S3Store(Store):
             return False
 
     def _upload(self, key: str, data: bytes) -> None:
+        import obstore
+
         big = len(data) > MULTIPART_THRESHOLD
         self._call(
             "write",
@@ -205,11 +213,12 @@ class S3Store(Store):
             raise first
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.options.concurrency, thread_name_prefix="peak-s3"
-            )
-        return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.options.concurrency, thread_name_prefix="peak-s3"
+                )
+            return self._pool
 
     def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
         """The objects of ``keys`` in order (``None`` for a missing one), fetched in parallel,
@@ -245,11 +254,15 @@ class S3Store(Store):
         return True
 
     def stat(self, key: str) -> ObjectInfo:
+        import obstore
+
         validate_key(key)
         meta = self._call("stat", key, obstore.head, self._client, key)
         return _info(key, meta)
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        import obstore
+
         folder = prefix.strip("/")
         if folder:
             validate_key(folder)
@@ -262,12 +275,17 @@ class S3Store(Store):
         return iter(found)
 
     def move(self, source: str, destination: str) -> None:
+        import obstore
+
         validate_key(source)
         validate_key(destination)
         self._call("copy", source, obstore.copy, self._client, source, destination)
         self._call("delete", source, obstore.delete, self._client, source)
 
     def delete(self, key: str, *, durable: bool = True) -> None:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
         validate_key(key)
         try:
             obstore.delete(self._client, key)
@@ -283,10 +301,12 @@ class S3Store(Store):
         raise StorageError(f"{key!r} is not a temporary object (S3 stores have none)")
 
     def close(self) -> None:
-        """Stop the upload threads (idle threads also end with the process)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Stop the upload threads (idle threads also end with the process); the next
+        parallel call starts new ones."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -294,6 +314,8 @@ class S3Store(Store):
         return f"{self.location}/{key}"
 
     def _call(self, action: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from obstore.exceptions import NotFoundError
+
         try:
             return fn(*args, **kwargs)
         except (FileNotFoundError, NotFoundError):
@@ -302,6 +324,8 @@ class S3Store(Store):
             raise self._error(action, key, exc) from None
 
     def _error(self, action: str, key: str, exc: BaseException) -> StorageError:
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
             what = "access denied (check the S3 credentials and the bucket's permissions)"
         else:
@@ -328,6 +352,8 @@ def _info(key: str, meta: Any) -> ObjectInfo:
 
 
 def _build_client(bucket: str, prefix: str, options: S3Options) -> _ObstoreS3:
+    from obstore.store import S3Store as _ObstoreS3  # the first use of obstore: loads it
+
     config: dict[str, Any] = {}
     if options.endpoint_url:
         config["endpoint"] = options.endpoint_url

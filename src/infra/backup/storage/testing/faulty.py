@@ -1,8 +1,9 @@
 """A fault-injecting :class:`Store` wrapper, for errors a real store can't be made to produce
-on demand (disk full, I/O errors, timeouts, torn writes). Used only by tests.
+on demand (disk full, I/O errors, timeouts, torn writes). For tests (kopia's ``faulty.go``).
 
 Usage: run an operation once unarmed to count its write steps (``store.calls["write"]``),
-then, on a fresh copy, ``store.arm("EIO", at=k)`` for each step ``k``.
+then, on a fresh copy, ``store.arm("EIO", at=k)`` for each step ``k``. Unarmed, the wrapper
+passes the store contract (``storage.testing.contract``).
 
 Fault kinds:
 
@@ -10,23 +11,27 @@ Fault kinds:
     The call fails before it reaches the inner store, with the ``StorageError`` that
     ``LocalStore`` raises for that ``OSError``.
 ``timeout``
-    The call reaches the inner store and takes effect, but its answer is lost: a
+    A write reaches the inner store and takes effect, but its answer is lost: a
     ``StorageError`` saying the operation timed out (the ambiguous outcome of a network store).
+    A read fails before it reaches the inner store.
 ``short_write``
     The write stops halfway. Stores never expose a partial object under its key (local: temp
     file + rename; S3: a PUT is atomic), so what a short write really leaves is a truncated
     temporary file: ``put`` leaves one in the key's directory, then ``StorageError``;
     ``put_many`` writes the first half of the batch fully, leaves the next item as a truncated
-    temporary file, then fails. Other operations write no bytes: they fail like ``EIO``.
+    temporary file, then fails. Other operations write no bytes: they fail like ``EIO``. (Only
+    a :class:`LocalStore` has temporary files; over another store the torn object leaves
+    nothing.)
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from src.infra.backup.errors import StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
@@ -36,6 +41,8 @@ FaultKind = Literal["ENOSPC", "EIO", "timeout", "short_write"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("ENOSPC", "EIO", "timeout", "short_write")
 WRITE_OPS = frozenset({"put", "put_many", "move", "delete", "delete_temporary"})
 ANY_WRITE = "write"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,9 @@ class FaultyStore(Store):
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.calls: Counter[str] = Counter()
-        self.write_log: list[tuple[str, str]] = []  # (op, key) of every write call, in order
+        self.write_log: builtins.list[tuple[str, str]] = []  # (op, key) of every write call
         self.fault: Fault | None = None
-        self.injected: list[Injected] = []
+        self.injected: builtins.list[Injected] = []
 
     # -- arming ----------------------------------------------------------------------------
 
@@ -100,6 +107,29 @@ class FaultyStore(Store):
         self.fault = None  # fire once
         return fault
 
+    def _guard(
+        self,
+        op: str,
+        key: str,
+        call: Callable[[], _T],
+        *,
+        label: str | None = None,
+        tear: Callable[[], str] | None = None,
+    ) -> _T:
+        """Count the call of ``op`` on ``key`` and run ``call``, unless it is the one to fail:
+        then fail as the fault's kind says (``tear`` does what a short write leaves and names
+        the torn key; ``label`` names the operation in the error)."""
+        fault = self._due(op, key)
+        if fault is None:
+            return call()
+        name = label or op
+        if fault.kind == "timeout" and op in WRITE_OPS:
+            call()  # the write happens; only its answer is lost
+        elif fault.kind == "short_write" and tear is not None:
+            torn = tear()
+            raise self._error(fault, name, torn, (torn,))
+        raise self._error(fault, name, key)
+
     def _error(self, fault: Fault, op: str, key: str, torn: tuple[str, ...] = ()) -> StorageError:
         self.injected.append(Injected(fault.kind, op, key, torn))
         action = {"put": "write", "put_many": "write", "delete_temporary": "delete"}.get(op, op)
@@ -114,46 +144,25 @@ class FaultyStore(Store):
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        fault = self._due("get", key)
-        if fault is not None:
-            raise self._error(fault, "get", key)
-        return self.inner.get(key)
+        return self._guard("get", key, lambda: self.inner.get(key))
 
     def exists(self, key: str) -> bool:
-        fault = self._due("exists", key)
-        if fault is not None:
-            raise self._error(fault, "exists", key)
-        return self.inner.exists(key)
+        return self._guard("exists", key, lambda: self.inner.exists(key))
 
     def stat(self, key: str) -> ObjectInfo:
-        fault = self._due("stat", key)
-        if fault is not None:
-            raise self._error(fault, "stat", key)
-        return self.inner.stat(key)
+        return self._guard("stat", key, lambda: self.inner.stat(key))
 
     def size(self, key: str) -> int:
-        fault = self._due("size", key)
-        if fault is not None:
-            raise self._error(fault, "size", key)
-        return self.inner.size(key)
+        return self._guard("size", key, lambda: self.inner.size(key))
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
-        fault = self._due("list_info", prefix)
-        if fault is not None:
-            raise self._error(fault, "list", prefix)
-        return self.inner.list_info(prefix)
+        return self._guard("list_info", prefix, lambda: self.inner.list_info(prefix), label="list")
 
     def list(self, prefix: str) -> Iterator[str]:
-        fault = self._due("list", prefix)
-        if fault is not None:
-            raise self._error(fault, "list", prefix)
-        return self.inner.list(prefix)
+        return self._guard("list", prefix, lambda: self.inner.list(prefix))
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
-        fault = self._due("list_temporary", "")
-        if fault is not None:
-            raise self._error(fault, "list", "")
-        return self.inner.list_temporary()
+        return self._guard("list_temporary", "", self.inner.list_temporary, label="list")
 
     @property
     def location(self) -> str:
@@ -162,32 +171,31 @@ class FaultyStore(Store):
     # -- writes ----------------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
-        fault = self._due("put", key)
-        if fault is None:
-            self.inner.put(key, data, exclusive=exclusive, durable=durable)
-            return
-        if fault.kind == "timeout":
-            self.inner.put(key, data, exclusive=exclusive, durable=durable)
-        elif fault.kind == "short_write":
+        def tear() -> str:
             self._leave_truncated_temp(key, data)
-            raise self._error(fault, "put", key, (key,))
-        raise self._error(fault, "put", key)
+            return key
+
+        self._guard(
+            "put",
+            key,
+            lambda: self.inner.put(key, data, exclusive=exclusive, durable=durable),
+            tear=tear,
+        )
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
-        batch = list(items)
-        first = batch[0][0] if batch else ""
-        fault = self._due("put_many", first)
-        if fault is None:
-            self.inner.put_many(batch)
-            return
-        if fault.kind == "timeout":
-            self.inner.put_many(batch)
-        elif fault.kind == "short_write" and batch:
-            whole, (key, data) = batch[: len(batch) // 2], batch[len(batch) // 2]
-            self.inner.put_many(whole)
+        batch = builtins.list(items)
+
+        def tear() -> str:
+            half = len(batch) // 2
+            self.inner.put_many(batch[:half])
+            key, data = batch[half]
             self._leave_truncated_temp(key, data)
-            raise self._error(fault, "put_many", key, (key,))
-        raise self._error(fault, "put_many", first)
+            return key
+
+        first = batch[0][0] if batch else ""
+        self._guard(
+            "put_many", first, lambda: self.inner.put_many(batch), tear=tear if batch else None
+        )
 
     def _leave_truncated_temp(self, key: str, data: bytes) -> None:
         """What an interrupted write leaves behind: half the bytes in a temp file."""
@@ -197,22 +205,14 @@ class FaultyStore(Store):
             write_temp_file(directory, bytes(data[: len(data) // 2]))
 
     def move(self, source: str, destination: str) -> None:
-        fault = self._due("move", source)
-        if fault is None or fault.kind == "timeout":
-            self.inner.move(source, destination)
-        if fault is not None:
-            raise self._error(fault, "move", source)
+        self._guard("move", source, lambda: self.inner.move(source, destination))
 
     def delete(self, key: str, *, durable: bool = True) -> None:
-        fault = self._due("delete", key)
-        if fault is None or fault.kind == "timeout":
-            self.inner.delete(key, durable=durable)
-        if fault is not None:
-            raise self._error(fault, "delete", key)
+        self._guard("delete", key, lambda: self.inner.delete(key, durable=durable))
 
     def delete_temporary(self, key: str) -> None:
-        fault = self._due("delete_temporary", key)
-        if fault is None or fault.kind == "timeout":
-            self.inner.delete_temporary(key)
-        if fault is not None:
-            raise self._error(fault, "delete_temporary", key)
+        self._guard("delete_temporary", key, lambda: self.inner.delete_temporary(key))
+
+    def close(self) -> None:
+        """Close the inner store (never a fault: closing writes nothing)."""
+        self.inner.close()

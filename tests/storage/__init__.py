@@ -1,0 +1,1 @@
+"""Store backends: each module runs the store contract (``storage.testing.contract``) on one."""
