@@ -8,24 +8,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
 from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
 from src.infra.backup.app.offsite import ReplicaCoordinator
-from src.infra.backup.app.outcome import BackupHook, BackupOutcome
+from src.infra.backup.app.outcome import BackupHook, record_outcome
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
     ConfigError,
     InvalidInputError,
-    PassphraseRequiredError,
     RepositoryBusyError,
     RepositoryNotFoundError,
     StorageError,
-    WrongPassphraseError,
 )
 from src.infra.backup.files.archiver import command_inputs, entry_sources
 from src.infra.backup.files.sources import scan_sources
@@ -39,7 +39,7 @@ from src.infra.backup.format.ids import (
     validate_entry_name,
     validate_tags,
 )
-from src.infra.backup.format.index import Summary, summarize
+from src.infra.backup.format.index import Summary
 from src.infra.backup.format.manifest import Manifest
 from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.policy.retention import (
@@ -49,7 +49,6 @@ from src.infra.backup.policy.retention import (
 )
 from src.infra.backup.repository.check import CheckReport, check_repository, parse_subset
 from src.infra.backup.repository.gc import PruneReport, prune
-from src.infra.backup.repository.history import record_failure, record_success
 from src.infra.backup.repository.reader import ProgressCallback
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.repository.writer import DataInput, EntrySource
@@ -57,102 +56,16 @@ from src.infra.backup.repository.writer import DataInput, EntrySource
 log = logging.getLogger(__name__)
 
 
-class BackupInfo:
-    """Metadata of one backup, as ``list_backups()`` returns it (a read-only view of the
-    backup's summary; attributes are computed when read, so listing stays cheap).
+@dataclass(frozen=True)
+class BackupRequest:
+    """One ``create_backup`` call, checked and with its values encoded (once)."""
 
-    Sizes: ``size_bytes`` is the stored (compressed) size of everything the backup references,
-    i.e. what it would occupy on its own; ``logical_bytes`` is what a restore produces;
-    ``added_bytes`` is what this backup added to the repository (its new chunks; the rest was
-    shared with earlier backups). ``timestamp`` is local time without a zone (as in the seed);
-    ``timestamp_utc`` is aware.
-    """
-
-    __slots__ = ("_summary",)
-
-    def __init__(self, summary: Summary) -> None:
-        self._summary = summary
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest) -> BackupInfo:
-        """Describe the backup of a manifest."""
-        return cls(summarize(manifest))
-
-    @property
-    def backup_id(self) -> str:
-        return self._summary.backup_id
-
-    @property
-    def backup_type(self) -> str:
-        return self._summary.backup_type
-
-    @property
-    def timestamp(self) -> datetime:
-        return self._summary.time_utc.astimezone().replace(tzinfo=None)
-
-    @property
-    def timestamp_utc(self) -> datetime:
-        return self._summary.time_utc.astimezone(timezone.utc)
-
-    @property
-    def size_bytes(self) -> int:
-        return self._summary.stats.stored_bytes
-
-    @property
-    def logical_bytes(self) -> int:
-        return self._summary.stats.logical_bytes
-
-    @property
-    def added_bytes(self) -> int:
-        return self._summary.stats.added_bytes
-
-    @property
-    def compressed(self) -> bool:
-        return self._summary.compression != "none"
-
-    @property
-    def files(self) -> list[str]:
-        """Data entries as ``<key>.json`` (the seed's layout), then file paths."""
-        return [f"{key}.json" for key in self._summary.data_keys] + list(self._summary.file_paths)
-
-    @property
-    def data_keys(self) -> list[str]:
-        return list(self._summary.data_keys)
-
-    @property
-    def file_paths(self) -> list[str]:
-        return list(self._summary.file_paths)
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return dict(self._summary.tags)
-
-    @property
-    def note(self) -> str | None:
-        return self._summary.note
-
-    @property
-    def host(self) -> str:
-        return self._summary.host
-
-    @property
-    def warnings(self) -> list[str]:
-        """What the backup could not capture as asked (a file that vanished, could not be
-        read or kept changing, a special file left out, a database stored as raw bytes), one
-        line each naming the file; empty for a clean backup."""
-        return list(self._summary.warnings)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BackupInfo) and other._summary == self._summary
-
-    def __hash__(self) -> int:
-        return hash((self.backup_id, self._summary.time_utc))
-
-    def __repr__(self) -> str:
-        return (
-            f"BackupInfo(backup_id={self.backup_id!r}, backup_type={self.backup_type!r}, "
-            f"timestamp={self.timestamp!r}, size_bytes={self.size_bytes})"
-        )
+    backup_type: str
+    values: list[DataInput]
+    tags: dict[str, str]
+    note: str | None
+    include_files: bool
+    progress: ProgressCallback | None
 
 
 class BackupManager:
@@ -234,6 +147,26 @@ class BackupManager:
                 self._replicas.prepare_fallback(repository)
         return self._repository
 
+    def _record(
+        self,
+        backup_type: str,
+        started: float,
+        *,
+        manifest: Manifest | None = None,
+        error: BackupError | None = None,
+    ) -> None:
+        """Log the outcome, record it in the run history and pass it to ``self.hooks``."""
+        record_outcome(
+            backup_type,
+            time.monotonic() - started,
+            manifest=manifest,
+            error=error,
+            repository=self._repository,
+            open_repository=lambda: self.open_repository(create=False),
+            hooks=self.hooks,
+            logger=log,
+        )
+
     def _passphrase(self) -> str:
         source = self._passphrase_source
         if isinstance(source, str):
@@ -271,7 +204,6 @@ class BackupManager:
         failures are only logged. Internal snapshots (``pre_restore``) do not run hooks.
         """
         started = time.monotonic()
-        arguments = dict(tags=tags, note=note, include_files=include_files, progress=progress)
         hooks = self.config.hooks
         # Only after hooks need the count of logged warnings: nothing extra on a plain backup.
         warnings = WarningCounter() if hooks.after else None
@@ -289,34 +221,32 @@ class BackupManager:
                             cwd=self.config.source_root,
                         )
                     except BackupError as exc:
-                        self._record_outcome(backup_type, started, error=exc)
+                        self._record(backup_type, started, error=exc)
                         raise
                 try:
-                    manifest = self._create_backup(
+                    request = self._request(
                         data,
                         backup_type,
-                        **arguments,  # type: ignore[arg-type]
+                        tags=tags,
+                        note=note,
+                        include_files=include_files,
+                        progress=progress,
                     )
+                    manifest = self._write(request)
                 except StorageError as exc:
                     rescued = self._replicas.backup_to_fallback(
-                        exc,
-                        lambda fallback: self._create_backup(
-                            data,
-                            backup_type,
-                            target=fallback,
-                            **arguments,  # type: ignore[arg-type]
-                        ),
+                        exc, lambda fallback: self._write(request, fallback)
                     )
                     if rescued is None:
-                        self._record_outcome(backup_type, started, error=exc)
+                        self._record(backup_type, started, error=exc)
                         raise
-                    self._record_outcome(backup_type, started, manifest=rescued)
+                    self._record(backup_type, started, manifest=rescued)
                     result = rescued
                     return rescued.backup_id
                 except BackupError as exc:
-                    self._record_outcome(backup_type, started, error=exc)
+                    self._record(backup_type, started, error=exc)
                     raise
-                self._record_outcome(backup_type, started, manifest=manifest)
+                self._record(backup_type, started, manifest=manifest)
                 result = manifest
                 self._replicas.after_commit()
                 return manifest.backup_id
@@ -364,95 +294,18 @@ class BackupManager:
         repository)."""
         return self._replicas.fallback_lag()
 
-    def _record_outcome(
+    def _request(
         self,
+        data: Mapping[str, Any] | None,
         backup_type: str,
-        started: float,
         *,
-        manifest: Manifest | None = None,
-        error: BackupError | None = None,
-    ) -> None:
-        """Log, record in the status file and run the hooks; never raises."""
-        duration = time.monotonic() - started
-        fields: dict[str, Any] = {
-            "backup_type": backup_type,
-            "duration_ms": round(duration * 1000, 3),
-            "outcome": "created" if manifest is not None else "failed",
-        }
-        repository = self._repository
-        if manifest is not None:
-            fields.update(backup_id=manifest.backup_id, size_bytes=manifest.stats.stored_bytes)
-            log.info(
-                "backup %s created: %d entries, %d bytes, %d new bytes",
-                manifest.backup_id,
-                len(manifest.entries),
-                manifest.stats.logical_bytes,
-                manifest.stats.added_bytes,
-                extra=fields,
-            )
-        else:
-            log.info("backup of type %s failed: %s", backup_type, error, extra=fields)
-            # Refused input (an invalid type or value) is the caller's mistake, reported by
-            # the exception; like every refused input it writes nothing to the repository.
-            if isinstance(error, InvalidInputError):
-                repository = None
-            elif not isinstance(error, WrongPassphraseError | PassphraseRequiredError):
-                try:  # a failure before the repository was opened; skip if there is none
-                    repository = repository or self.open_repository(create=False)
-                except BackupError:
-                    repository = None
-        if repository is not None:
-            if manifest is not None:
-                record_success(
-                    repository.store,
-                    backup_type,
-                    manifest.backup_id,
-                    time=manifest.time_utc,
-                    duration_seconds=duration,
-                    size_bytes=manifest.stats.stored_bytes,
-                )
-            elif error is not None:
-                record_failure(repository.store, backup_type, error)
-        outcome = BackupOutcome(
-            backup_type=backup_type,
-            ok=manifest is not None,
-            duration_seconds=duration,
-            time=manifest.time_utc if manifest is not None else datetime.now(timezone.utc),
-            backup_id=manifest.backup_id if manifest is not None else None,
-            size_bytes=manifest.stats.stored_bytes if manifest is not None else None,
-            added_bytes=manifest.stats.added_bytes if manifest is not None else None,
-            error=str(error) if error is not None else None,
-        )
-        try:
-            validate_backup_type(backup_type)
-        except BackupError:
-            return  # not a backup type: nothing to count it under
-        for hook in list(self.hooks):
-            try:
-                hook(outcome)
-            except Exception:  # a monitoring hook must never fail a backup
-                log.warning("backup hook %r failed", hook, exc_info=True)
-
-    def _create_backup(
-        self,
-        data: Mapping[str, Any] | None = None,
-        backup_type: str = "manual",
-        *,
-        tags: Mapping[str, str] | None = None,
-        note: str | None = None,
-        include_files: bool | None = None,
-        progress: ProgressCallback | None = None,
-        target: Repository | None = None,
-    ) -> Manifest:
-        """Back up ``data`` (a mapping of names to values) and the configured file sources
-        (into ``target`` instead of the repository for a fallback backup: no retention).
-
-        Returns the new backup's id, ``<type>_<YYYYmmdd_HHMMSS>`` (with ``_2``, ``_3`` ... when
-        that id is taken). Values are checked before anything is written; an unsupported value
-        raises :class:`UnsupportedValueError` naming where it is. ``include_files`` defaults to
-        backing up the configured ``sources`` when there are any. After the backup, retention
-        (``retention_days``) runs; it never deletes the new backup nor the newest of a type.
-        """
+        tags: Mapping[str, str] | None,
+        note: str | None,
+        include_files: bool | None,
+        progress: ProgressCallback | None,
+    ) -> BackupRequest:
+        """Check the arguments and encode the values, once per backup (a fallback backup
+        reuses them). Nothing is written; bad input raises :class:`InvalidInputError`."""
         validate_backup_type(backup_type)
         checked_tags = validate_tags(tags)
         problem = note_problem(note)
@@ -462,36 +315,43 @@ class BackupManager:
             raise InvalidInputError(
                 f"data must be a dict of names to values, not {type(data).__name__}"
             )
-        entries: list[DataInput | EntrySource] = []
+        values = []
         for key, value in (data or {}).items():
             validate_entry_name(key)
-            entries.append(DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]"))
+            values.append(DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]"))
         files = include_files if include_files is not None else self.config.has_file_sources
+        return BackupRequest(backup_type, values, checked_tags, note, files, progress)
+
+    def _write(self, request: BackupRequest, target: Repository | None = None) -> Manifest:
+        """Store ``request`` with the configured file sources into the repository (or into
+        ``target``, the fallback: then no retention runs)."""
+        repository = target or self.open_repository(create=True)
+        entries: list[DataInput | EntrySource] = list(request.values)
         warnings: list[str] = []
-        if files:
-            repository = target or self.open_repository(create=True)
-            if self.config.include_secrets and not repository.encrypted:
+        if request.include_files:
+            sources = self.config.source_settings
+            if sources.include_secrets and not repository.encrypted:
                 raise ConfigError(
                     "include_secrets = true, but the repository is not encrypted: secrets "
                     "files are only backed up into an encrypted repository"
                 )
             scan = scan_sources(
-                self.config.sources,
-                self.config.source_root,
-                exclude=self.config.exclude,
-                include_secrets=self.config.include_secrets,
-                skip=self.config.own_directories,
+                sources.sources,
+                sources.source_root,
+                exclude=sources.exclude,
+                include_secrets=sources.include_secrets,
+                skip=sources.own_directories,
             )
             warnings = scan.warnings
-            entries.extend(entry_sources(scan.items, sqlite=self.config.sqlite_options))
-            entries.extend(command_inputs(self.config.command_sources, self.config.source_root))
-        manifest = (target or self.open_repository(create=True)).create_snapshot(
-            backup_type,
+            entries.extend(entry_sources(scan.items, sqlite=sources.sqlite))
+            entries.extend(command_inputs(self.config.command_sources, sources.source_root))
+        manifest = repository.create_snapshot(
+            request.backup_type,
             entries,
-            tags=checked_tags,
-            note=note,
-            base_dir=str(self.config.source_root) if files else None,
-            progress=progress,
+            tags=request.tags,
+            note=request.note,
+            base_dir=str(self.config.source_root) if request.include_files else None,
+            progress=request.progress,
             warnings=warnings,
         )
         if target is None and (self.config.retention is not None or self.config.retention_days > 0):

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.export.layout import (
     EXPORT_FORMAT,
     EXPORT_FORMATS,
@@ -32,7 +33,6 @@ from src.infra.backup.app.export.layout import (
 )
 from src.infra.backup.app.export.local_files import fsync_tree, write_new
 from src.infra.backup.app.export.target import Target, open_repository
-from src.infra.backup.app.manager import BackupInfo
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.format.values import ENCODING_NAME, to_jsonable
