@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.app.config import load_backup_config, parse_retention
+from src.infra.backup.app.config import load_backup_config
+from src.infra.backup.app.config_sections import parse_retention
 from src.infra.backup.errors import ConfigError
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.policy.retention import (
@@ -27,8 +28,8 @@ from src.infra.backup.policy.retention import (
     SnapshotRef,
     apply_policy,
 )
-from src.infra.backup.repository.repository import DataInput
-from tests.conftest import CliRunner
+from src.infra.backup.repository.writer import DataInput
+from tests.helpers import run_cli_inline
 
 BERLIN = "Europe/Berlin"
 
@@ -524,9 +525,7 @@ def test_retention_days_is_the_fallback(repo_dir: Path) -> None:
     assert manager.apply_retention(auto_prune=False) == [ids[1]]
 
 
-def test_prune_dry_run_lists_decisions_then_prune_applies_them(
-    tmp_path: Path, run_cli: CliRunner
-) -> None:
+def test_prune_dry_run_lists_decisions_then_prune_applies_them(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (tmp_path / "config.toml").write_text(
         f'[backup]\nbackup_path = "{repo}"\n\n[backup.retention]\nkeep_last = 2\n'
@@ -535,7 +534,7 @@ def test_prune_dry_run_lists_decisions_then_prune_applies_them(
     manager = BackupManager(BackupConfig(backup_path=repo, retention_days=0))
     ids = [backdated(manager, "scheduled", days, now) for days in (1, 2, 3)]
 
-    text = run_cli("prune", "--dry-run", "--grace", "0s", cwd=tmp_path)
+    text = run_cli_inline("prune", "--dry-run", "--grace", "0s", cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert "Dry run: retention: 3 backups, 2 kept, 1 would be forgotten" in lines[0]
@@ -545,7 +544,7 @@ def test_prune_dry_run_lists_decisions_then_prune_applies_them(
     assert lines[4].startswith("Dry run: ") and "chunks in use" in lines[4]
     assert {b.backup_id for b in manager.list_backups()} == set(ids)
 
-    result = run_cli("--json", "prune", "--dry-run", "--grace", "0s", cwd=tmp_path)
+    result = run_cli_inline("--json", "prune", "--dry-run", "--grace", "0s", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["dry_run"] is True
@@ -556,7 +555,7 @@ def test_prune_dry_run_lists_decisions_then_prune_applies_them(
     ]
     assert report["retention"][1]["reason"] == "last 2"
 
-    done = run_cli("prune", "--grace", "0s", cwd=tmp_path)
+    done = run_cli_inline("prune", "--grace", "0s", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "retention: 3 backups, 2 kept, 1 forgotten (deleted)" in done.stdout
     assert "chunks in use" in done.stdout

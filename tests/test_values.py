@@ -10,7 +10,6 @@ import enum
 import json
 import math
 import pathlib
-import subprocess
 import sys
 import textwrap
 import types
@@ -27,7 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import src.infra.backup.format.values as values_mod
+import src.infra.backup.format.values.codes as codes_mod
+import src.infra.backup.format.values.decoding as decoding_mod
+import src.infra.backup.format.values.description as description_mod
+import src.infra.backup.format.values.diagnosis as diagnosis_mod
+import src.infra.backup.format.values.encoders as encoders_mod
+import src.infra.backup.format.values.encoding as encoding_mod
 from src.infra.backup.errors import CorruptDataError, UnsupportedValueError
 from src.infra.backup.format.values import (
     ENCODING_NAME,
@@ -36,9 +40,9 @@ from src.infra.backup.format.values import (
     find_unsupported,
     to_jsonable,
 )
+from tests.helpers import run_python
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MAX_EXT_DEPTH = values_mod._MAX_EXT_DEPTH
+MAX_EXT_DEPTH = codes_mod._MAX_EXT_DEPTH
 
 try:
     BERLIN: zoneinfo.ZoneInfo | None = zoneinfo.ZoneInfo("Europe/Berlin")
@@ -378,9 +382,9 @@ def test_fast_path_does_not_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("walked the value")
 
-    monkeypatch.setattr(values_mod._Encoder, "_rewrite", boom)
-    monkeypatch.setattr(values_mod, "find_unsupported", boom)
-    monkeypatch.setattr(values_mod, "_decode_on_big_stack", boom)
+    monkeypatch.setattr(encoding_mod._Encoder, "_rewrite", boom)
+    monkeypatch.setattr(diagnosis_mod, "find_unsupported", boom)
+    monkeypatch.setattr(decoding_mod, "_decode_on_big_stack", boom)
     history = [
         {"ts": dt.datetime(2024, 1, 1, i), "px": Decimal("1.5"), "ids": (i, i + 1)}
         for i in range(10)
@@ -427,7 +431,7 @@ def test_enum_members_are_restored_from_loaded_classes() -> None:
 
 def _enum_bytes(module: str, qualname: str, value: object) -> bytes:
     payload = ormsgpack.packb([module, qualname, value])
-    return ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_ENUM, payload))
+    return ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_ENUM, payload))
 
 
 def test_enum_with_class_not_loaded_gives_plain_value() -> None:
@@ -602,7 +606,7 @@ def test_unexpected_encoder_errors_are_reported(monkeypatch: pytest.MonkeyPatch)
     def broken(enc: object, value: object) -> object:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(values_mod._ENCODERS, Fraction, broken)
+    monkeypatch.setitem(encoders_mod._ENCODERS, Fraction, broken)
     with pytest.raises(UnsupportedValueError, match="RuntimeError: boom") as info:
         encode_value({"f": Fraction(1, 2)})
     assert info.value.path == 'data["f"]'
@@ -621,7 +625,7 @@ def test_refusal_uses_root_name() -> None:
     assert info.value.path == 'state["a"][0]'
     assert find_unsupported({"a": [Plain()]}, root="x") == (
         'x["a"][0]',
-        values_mod._refusal_reason(Plain()),
+        description_mod._refusal_reason(Plain()),
     )
 
 
@@ -755,7 +759,7 @@ def test_fuzz_mutated_encodings(value: object, data: st.DataObject) -> None:
     _decode_or_corrupt(bytes(encoded))
 
 
-EXT_CODES = sorted(values_mod._DECODERS)
+EXT_CODES = sorted(decoding_mod._DECODERS)
 
 
 @settings(max_examples=400, deadline=None)
@@ -802,18 +806,18 @@ def test_fuzz_ext_with_msgpack_payloads(code: int, payload: object) -> None:
         b"\x91" * 100_000 + b"\x01",  # nesting beyond the decoder's limit
         b"\xd6\xff\x00\x00\x00\x01",  # timestamp ext (-1) is not ours
         ormsgpack.packb(ormsgpack.Ext(99, b"")),  # unknown code
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_TUPLE, b"\x01")),  # not an array
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_SET, ormsgpack.packb([[1]]))),  # unhashable
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_DICT, ormsgpack.packb([1]))),  # odd pairs
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_DATE, b"\x00\x00\x01\x01")),  # year 0
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_DATETIME, b"\x00" * 13 + b"\x03")),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_UUID, b"\x00" * 15)),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_DECIMAL, b"1.2.3")),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_BIGINT, b"")),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_FRACTION, b"\x01\x00\x00\x00\x01\x00")),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_PATH, b"\x09x")),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_TIMEDELTA, b"\xff" * 12)),
-        ormsgpack.packb(ormsgpack.Ext(values_mod._EXT_ENUM, ormsgpack.packb([1, 2, 3]))),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_TUPLE, b"\x01")),  # not an array
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_SET, ormsgpack.packb([[1]]))),  # unhashable
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_DICT, ormsgpack.packb([1]))),  # odd pairs
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_DATE, b"\x00\x00\x01\x01")),  # year 0
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_DATETIME, b"\x00" * 13 + b"\x03")),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_UUID, b"\x00" * 15)),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_DECIMAL, b"1.2.3")),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_BIGINT, b"")),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_FRACTION, b"\x01\x00\x00\x00\x01\x00")),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_PATH, b"\x09x")),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_TIMEDELTA, b"\xff" * 12)),
+        ormsgpack.packb(ormsgpack.Ext(codes_mod._EXT_ENUM, ormsgpack.packb([1, 2, 3]))),
     ],
 )
 def test_malformed_inputs(data: bytes) -> None:
@@ -824,9 +828,9 @@ def test_malformed_inputs(data: bytes) -> None:
 @needs_tzdata
 def test_malicious_zone_keys() -> None:
     for key in ("../../../etc/passwd", "/etc/localtime", "No/Such_Zone", "\x00"):
-        head = values_mod._DATETIME_HEAD.pack(2024, 1, 1, 0, 0, 0, 0, 0)
+        head = codes_mod._DATETIME_HEAD.pack(2024, 1, 1, 0, 0, 0, 0, 0)
         data = ormsgpack.packb(
-            ormsgpack.Ext(values_mod._EXT_DATETIME, head + b"\x03" + key.encode())
+            ormsgpack.Ext(codes_mod._EXT_DATETIME, head + b"\x03" + key.encode())
         )
         with pytest.raises(CorruptDataError, match="time zone"):
             decode_value(data)
@@ -845,7 +849,7 @@ def _ext_bomb(levels: int, inner: int) -> bytes:
     payload = b"\x01"
     for _ in range(levels):
         payload = ormsgpack.packb(
-            ormsgpack.Ext(values_mod._EXT_TUPLE, b"\x91" + b"\x91" * inner + payload)
+            ormsgpack.Ext(codes_mod._EXT_TUPLE, b"\x91" + b"\x91" * inner + payload)
         )
     return payload
 
@@ -884,14 +888,7 @@ def test_hostile_nesting_does_not_crash_the_interpreter() -> None:
         thread.join()
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(script, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "ok"]
 
@@ -908,14 +905,7 @@ def test_import_does_not_import_numpy_or_pandas() -> None:
         "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules, 'used'\n"
         "print('clean')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
 
@@ -941,14 +931,7 @@ def test_works_without_numpy_and_pandas() -> None:
         print("ok")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -1018,7 +1001,7 @@ def test_numpy_refusals() -> None:
 
 def test_numpy_malformed_payloads() -> None:
     pytest.importorskip("numpy")
-    code = values_mod._EXT_NDARRAY
+    code = codes_mod._EXT_NDARRAY
     for payload in (
         b"\x03<f8\x01" + (2).to_bytes(8, "little") + b"\x00" * 15,  # size mismatch
         b"\x02|O\x01" + (1).to_bytes(8, "little") + b"\x00" * 8,  # object dtype
@@ -1137,13 +1120,13 @@ def test_pandas_refusals() -> None:
 def test_pandas_malformed_payloads() -> None:
     pytest.importorskip("pandas")
     bad_payloads: list[tuple[int, object]] = [
-        (values_mod._EXT_PD_INDEX, ["R", None, "a", 1, 1]),
-        (values_mod._EXT_PD_INDEX, ["Z"]),
-        (values_mod._EXT_PD_INDEX, ["I", None, ["E", "category", ["a"]], None]),
-        (values_mod._EXT_PD_INDEX, ["I", None, ["O", [1]], "D"]),
-        (values_mod._EXT_PD_SERIES, [None, ["R", None, 0, 5, 1], ["O", [1]]]),
-        (values_mod._EXT_PD_DATAFRAME, [["R", None, 0, 1, 1], ["R", None, 0, 10**15, 1], []]),
-        (values_mod._EXT_PD_DATAFRAME, [["R", None, 0, 1, 1], ["R", None, 0, 2, 1], [["O", [1]]]]),
+        (codes_mod._EXT_PD_INDEX, ["R", None, "a", 1, 1]),
+        (codes_mod._EXT_PD_INDEX, ["Z"]),
+        (codes_mod._EXT_PD_INDEX, ["I", None, ["E", "category", ["a"]], None]),
+        (codes_mod._EXT_PD_INDEX, ["I", None, ["O", [1]], "D"]),
+        (codes_mod._EXT_PD_SERIES, [None, ["R", None, 0, 5, 1], ["O", [1]]]),
+        (codes_mod._EXT_PD_DATAFRAME, [["R", None, 0, 1, 1], ["R", None, 0, 10**15, 1], []]),
+        (codes_mod._EXT_PD_DATAFRAME, [["R", None, 0, 1, 1], ["R", None, 0, 2, 1], [["O", [1]]]]),
     ]
     for code, payload in bad_payloads:
         with pytest.raises(CorruptDataError):

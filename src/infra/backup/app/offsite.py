@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from src.infra.backup.app.config import BackupConfig, OffsiteSettings
+from src.infra.backup.app.config import BackupConfig
+from src.infra.backup.app.config_sections import OffsiteSettings
 from src.infra.backup.errors import (
     BackupError,
     RepositoryBusyError,
