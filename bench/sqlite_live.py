@@ -65,7 +65,7 @@ from src.infra.backup.files.sqlite_source import (
 )
 from src.infra.backup.format.chunking import NEW_REPOSITORY_CHUNKER, Chunker, split_fixed
 from src.infra.backup.format.manifest import ChunkRef, ListRef, encode_chunk_list
-from src.infra.backup.repository.repository import CHUNKS_PER_LIST
+from src.infra.backup.repository.reader import CHUNKS_PER_LIST
 
 MB = 1_000_000
 MIB = 1024 * 1024

@@ -6,8 +6,9 @@ The seed's API::
 """
 
 from src.infra.backup._version import __version__
+from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
-from src.infra.backup.app.manager import BackupInfo, BackupManager, get_backup_manager
+from src.infra.backup.app.manager import BackupManager, get_backup_manager
 from src.infra.backup.app.recovery import RecoveryManager, RestoreResult, get_recovery_manager
 from src.infra.backup.errors import (
     BackupError,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from src.infra.backup.app.manager import BackupInfo
+from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.cli.context import Context, json_option
 from src.infra.backup.cli.output import emit_json, human_size, info_json, stdout
 from src.infra.backup.format.manifest import Entry

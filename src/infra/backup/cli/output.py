@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from src.infra.backup.app.manager import BackupInfo
+from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.cli.context import Context
 
 if TYPE_CHECKING:
