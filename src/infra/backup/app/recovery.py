@@ -25,7 +25,7 @@ from src.infra.backup.files.in_place import (
     execute_in_place,
     plan_in_place,
 )
-from src.infra.backup.files.sources import (
+from src.infra.backup.files.restorer import (
     check_layout,
     finish_directory,
     make_directory,

@@ -46,17 +46,14 @@ import msgspec
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError, RecoveryError
 from src.infra.backup.files.archiver import SourceSettings, entry_sources
 from src.infra.backup.files.restore_temp import clean_stale_temps
-from src.infra.backup.files.sources import (
+from src.infra.backup.files.restorer import (
     DATABASE_COMPANIONS,
     check_layout,
     check_no_links,
     collect_paths,
-    collect_sources,
     delete_in_place,
-    entry_name,
     finish_directory,
     in_place_path,
-    is_secret,
     make_directory,
     make_symlink,
     remove_database_companions,
@@ -65,6 +62,7 @@ from src.infra.backup.files.sources import (
     source_roots,
     write_in_place,
 )
+from src.infra.backup.files.sources import collect_sources, entry_name, is_secret
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.repository.reader import decode_data_payload
 from src.infra.backup.repository.writer import DataInput, EntrySource

@@ -24,6 +24,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from src.infra.backup.errors import InvalidInputError, UnsafeArchiveError
+from src.infra.backup.files.sources import ABSOLUTE_PREFIX
 
 EXPORT_FORMAT = 1
 """The export format this version writes, and the newest it reads."""
@@ -31,8 +32,6 @@ EXPORT_FORMAT = 1
 METADATA_NAME = "metadata.json"
 """The file describing the export, at the top of the backup's folder."""
 
-ABSOLUTE_PREFIX = "_root"
-"""The folder holding file sources that lay outside the base directory."""
 
 ExportFormat = Literal["dir", "tar.gz"]
 EXPORT_FORMATS: tuple[str, ...] = ("dir", "tar.gz")
