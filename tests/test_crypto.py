@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.errors import (
     BackupError,
     CorruptDataError,
@@ -29,7 +30,6 @@ from src.infra.backup.format.crypto import (
     KdfParams,
     RepositoryKeys,
     create_encryption,
-    read_passphrase,
     rewrap,
     unlock,
 )

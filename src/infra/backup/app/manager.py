@@ -18,6 +18,7 @@ from src.infra.backup.app.config import BackupConfig, load_backup_config
 from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
 from src.infra.backup.app.offsite import ReplicaCoordinator
 from src.infra.backup.app.outcome import BackupHook, record_outcome
+from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -29,7 +30,6 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.files.archiver import command_inputs, entry_sources
 from src.infra.backup.files.sources import scan_sources
-from src.infra.backup.format.crypto import read_passphrase
 from src.infra.backup.format.ids import (
     id_sort_key,
     is_valid_backup_id,

@@ -6,12 +6,12 @@ import os
 
 import click
 
+from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.cli.context import Context, json_option
 from src.infra.backup.cli.output import emit_json, stdout
 from src.infra.backup.errors import (
     InvalidInputError,
 )
-from src.infra.backup.format.crypto import read_passphrase
 
 
 @click.group()

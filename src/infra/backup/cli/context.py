@@ -10,8 +10,8 @@ import click
 
 from src.infra.backup.app.config import load_backup_config
 from src.infra.backup.app.manager import BackupManager
+from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.app.recovery import RecoveryManager
-from src.infra.backup.format.crypto import read_passphrase
 
 EXIT_OK = 0
 EXIT_ERROR = 1

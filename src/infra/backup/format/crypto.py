@@ -30,28 +30,25 @@ from __future__ import annotations
 
 import base64
 import binascii
-import getpass
 import hmac
 import json
 import logging
 import os
-import stat
-import sys
 import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from src.infra.backup.errors import (
     CorruptDataError,
     InvalidInputError,
-    PassphraseRequiredError,
     WrongPassphraseError,
 )
 
@@ -84,19 +81,34 @@ SALT_RANGE = (16, 64)
 MAX_KDF_MEMORY = 256 * 2**20
 MAX_KDF_WORK = 2**23  # n * r * p; the default is 2**18
 
-ENV_PASSWORD = "PEAK_BACKUP_PASSWORD"
-ENV_PASSWORD_FILE = "PEAK_BACKUP_PASSWORD_FILE"
-MAX_PASSPHRASE_BYTES = 4096
 
 _WRAP_DOMAIN = b"peak-trade-backup key wrap v1\x00"
 _AAD_DOMAIN = b"peak-trade-backup object v1\x00"
 _CACHE_DOMAIN = b"peak-trade-backup key cache v1\x00"
 _CACHE_LIMIT = 64
 
-_AeadCipher = ChaCha20Poly1305 | AESGCM
+_AeadCipher = Union["ChaCha20Poly1305", "AESGCM"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Scrypt`` is imported on first use (cryptography is slow to import, and unencrypted
+    repositories never need it); tests may replace the module attribute."""
+    if name == "Scrypt":
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        globals()["Scrypt"] = Scrypt
+        return Scrypt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _scrypt_class() -> Any:
+    return globals().get("Scrypt") or __getattr__("Scrypt")
 
 
 def _aead_cipher(name: str, key: bytes) -> _AeadCipher:
+    # cryptography is imported on first use: an unencrypted repository never loads it.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
     if name == "chacha20-poly1305":
         return ChaCha20Poly1305(key)
     if name == "aes-256-gcm":
@@ -193,8 +205,9 @@ class KdfParams:
         """The 32-byte key encryption key for ``passphrase`` (slow by design)."""
         secret = _passphrase_bytes(passphrase)
         try:
-            kdf = Scrypt(salt=self.salt, length=KEY_SIZE, n=self.n, r=self.r, p=self.p)
-            return kdf.derive(secret)
+            kdf = _scrypt_class()(salt=self.salt, length=KEY_SIZE, n=self.n, r=self.r, p=self.p)
+            key: bytes = kdf.derive(secret)
+            return key
         except (ValueError, MemoryError) as exc:  # validated parameters should not get here
             raise InvalidInputError(f"cannot derive a key with {self}: {exc}") from exc
 
@@ -353,6 +366,8 @@ class RepositoryKeys:
                 f"encrypted object: authentication failed (only {len(view)} bytes, "
                 f"at least {SEAL_OVERHEAD} expected)"
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._cipher.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], aad)
         except InvalidTag:
@@ -479,6 +494,8 @@ def unlock(
         except InvalidInputError as exc:  # the passphrase itself was checked by _cache_slot
             raise CorruptDataError(f"encryption header: {exc}") from exc
         wrapped = header.wrapped_key
+        from cryptography.exceptions import InvalidTag
+
         try:
             master = _aead_cipher(header.aead, kek).decrypt(
                 wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _wrap_aad(header.aead, header.kdf)
@@ -512,72 +529,3 @@ def rewrap(
     with _cache_lock:
         _cache_put(_cache_slot(new_header, new_passphrase, cache_key), keys)
     return new_header
-
-
-def read_passphrase(
-    *,
-    env: Mapping[str, str] = os.environ,
-    password_file: str | None = None,
-    prompt: bool = True,
-    confirm: bool = False,
-) -> str:
-    """Get the repository passphrase from the first source that has one.
-
-    1. ``$PEAK_BACKUP_PASSWORD``;
-    2. the first line of ``password_file``, else of the file ``$PEAK_BACKUP_PASSWORD_FILE``
-       names (a warning is logged if the file is readable by group or others);
-    3. if ``prompt`` and stdin is a terminal, ask (twice with ``confirm``, e.g. at init).
-
-    Otherwise :class:`PassphraseRequiredError`. An empty passphrase, an unreadable or empty
-    file, or mismatching confirmation is an :class:`InvalidInputError`.
-    """
-    if ENV_PASSWORD in env:
-        value = env[ENV_PASSWORD]
-        if not value:
-            raise InvalidInputError(f"${ENV_PASSWORD} is set but empty")
-        return value
-    path = password_file if password_file is not None else env.get(ENV_PASSWORD_FILE)
-    if path is not None:
-        return _read_password_file(path)
-    if prompt and sys.stdin is not None and sys.stdin.isatty():
-        value = getpass.getpass("Repository passphrase: ")
-        if not value:
-            raise InvalidInputError("the passphrase must not be empty")
-        if confirm and getpass.getpass("Repeat the passphrase: ") != value:
-            raise InvalidInputError("the two passphrases do not match")
-        return value
-    raise PassphraseRequiredError(
-        "this repository is encrypted and needs a passphrase: set "
-        f"${ENV_PASSWORD}, give a password file (--password-file or ${ENV_PASSWORD_FILE}), "
-        "or run from a terminal to be asked"
-    )
-
-
-def _read_password_file(path: str) -> str:
-    if not path:
-        raise InvalidInputError("the password file path is empty")
-    try:
-        with open(path, "rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read(MAX_PASSPHRASE_BYTES + 2)
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot read the password file {path!r}: {exc.strerror or exc}"
-        ) from exc
-    if stat.S_ISREG(mode) and mode & 0o077:
-        log.warning(
-            "password file %s is accessible by group or others (mode %o); "
-            "restrict it with chmod 600",
-            path,
-            stat.S_IMODE(mode),
-        )
-    line = data.split(b"\n", 1)[0]
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if len(line) > MAX_PASSPHRASE_BYTES:
-        raise InvalidInputError(
-            f"the password file {path!r} has a first line longer than {MAX_PASSPHRASE_BYTES} bytes"
-        )
-    if not line:
-        raise InvalidInputError(f"the password file {path!r} is empty (first line)")
-    return line.decode("utf-8", "surrogateescape")
