@@ -122,3 +122,7 @@ class UnsafeArchiveError(BackupError):
 
 class InvalidExportError(BackupError):
     """A folder or archive is not a readable export (metadata or entry files are wrong)."""
+
+
+class MetricsUnavailableError(BackupError):
+    """``prometheus-client`` is not installed."""

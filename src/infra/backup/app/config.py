@@ -33,8 +33,7 @@ from src.infra.backup.app.config_sections import (
     unknown_key_error,
 )
 from src.infra.backup.errors import ConfigError
-from src.infra.backup.files.archiver import SourceSettings
-from src.infra.backup.files.commands import CommandSourceSettings
+from src.infra.backup.files.settings import CommandSourceSettings, SourceSettings
 from src.infra.backup.format.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.format.durations import parse_daily_at, parse_duration, parse_weekly
 from src.infra.backup.policy.retention import RetentionPolicy
@@ -43,7 +42,7 @@ from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.s3 import S3Options, parse_s3_url
 
 if TYPE_CHECKING:
-    from src.infra.backup.files.archiver import SqliteOptions
+    from src.infra.backup.files.settings import SqliteOptions
 
 
 class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -242,7 +241,7 @@ class BackupConfig:
     def source_settings(self) -> SourceSettings:
         """The sources and how they are read, as the file side (archiver, restorer) takes
         them."""
-        from src.infra.backup.files.archiver import SourceSettings
+        from src.infra.backup.files.settings import SourceSettings
 
         return SourceSettings(
             sources=tuple(self.sources),
@@ -256,7 +255,7 @@ class BackupConfig:
     @property
     def sqlite_options(self) -> SqliteOptions:
         """``sqlite_detect`` / ``sqlite_check`` as the archiver's options."""
-        from src.infra.backup.files.archiver import SqliteOptions
+        from src.infra.backup.files.settings import SqliteOptions
 
         return SqliteOptions(detect=self.sqlite_detect, check=self.sqlite_check)
 

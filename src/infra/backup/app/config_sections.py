@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from src.infra.backup.errors import ConfigError
-from src.infra.backup.files.commands import CommandSourceSettings, HookCommand
+from src.infra.backup.files.settings import CommandSourceSettings, HookCommand
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.format.ids import is_valid_backup_type
 from src.infra.backup.policy.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of

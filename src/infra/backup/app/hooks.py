@@ -27,7 +27,6 @@ from src.infra.backup.errors import (
 from src.infra.backup.files.commands import (
     REAP_SECONDS,
     STDERR_TAIL_BYTES,
-    HookCommand,
     OutputPump,
     Watchdog,
     failure_reason,
@@ -36,6 +35,7 @@ from src.infra.backup.files.commands import (
     start_failure,
     with_stderr_tail,
 )
+from src.infra.backup.files.settings import HookCommand
 
 log = logging.getLogger(__name__)
 

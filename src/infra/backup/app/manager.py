@@ -11,12 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
-from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
-from src.infra.backup.app.offsite import ReplicaCoordinator
 from src.infra.backup.app.outcome import BackupHook, record_outcome
 from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.errors import (
@@ -28,8 +26,6 @@ from src.infra.backup.errors import (
     RepositoryNotFoundError,
     StorageError,
 )
-from src.infra.backup.files.archiver import command_inputs, entry_sources
-from src.infra.backup.files.sources import scan_sources
 from src.infra.backup.format.ids import (
     id_sort_key,
     is_valid_backup_id,
@@ -47,11 +43,18 @@ from src.infra.backup.policy.retention import (
     apply_policy,
     apply_retention_days,
 )
-from src.infra.backup.repository.check import CheckReport, check_repository, parse_subset
-from src.infra.backup.repository.gc import PruneReport, prune
 from src.infra.backup.repository.reader import ProgressCallback
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.repository.writer import DataInput, EntrySource
+
+if TYPE_CHECKING:
+    from src.infra.backup.app.offsite import ReplicaCoordinator
+    from src.infra.backup.repository.check import CheckReport
+    from src.infra.backup.repository.gc import PruneReport
+
+# Modules that only one operation needs (the archiver and file sources, hooks, replicas,
+# prune, check) are imported inside it: listing and restoring start without them (see
+# docs/PERFORMANCE.md, "Start-up").
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +95,21 @@ class BackupManager:
         self._last_auto_prune = float("-inf")
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
-        self._replicas = ReplicaCoordinator(
-            self.config,
-            repository=lambda: self.repository,
-            opened=lambda: self._repository,
-            passphrase=self._passphrase,
-        )
+        self._replica_coordinator: ReplicaCoordinator | None = None
+
+    @property
+    def _replicas(self) -> ReplicaCoordinator:
+        """The off-site replicator and the fallback repository (built on first use)."""
+        if self._replica_coordinator is None:
+            from src.infra.backup.app.offsite import ReplicaCoordinator
+
+            self._replica_coordinator = ReplicaCoordinator(
+                self.config,
+                repository=lambda: self.repository,
+                opened=lambda: self._repository,
+                passphrase=self._passphrase,
+            )
+        return self._replica_coordinator
 
     @property
     def backup_dir(self) -> Path:
@@ -205,6 +217,8 @@ class BackupManager:
         """
         started = time.monotonic()
         hooks = self.config.hooks
+        if hooks.before or hooks.after:
+            from src.infra.backup.app.hooks import WarningCounter, outcome_environment, run_hooks
         # Only after hooks need the count of logged warnings: nothing extra on a plain backup.
         warnings = WarningCounter() if hooks.after else None
         result: Manifest | Exception | None = None  # what the after hooks are told
@@ -248,7 +262,8 @@ class BackupManager:
                     raise
                 self._record(backup_type, started, manifest=manifest)
                 result = manifest
-                self._replicas.after_commit()
+                if self._replica_coordinator is not None or self.config.offsite is not None:
+                    self._replicas.after_commit()
                 return manifest.backup_id
         except Exception as exc:
             result = exc
@@ -329,6 +344,9 @@ class BackupManager:
         entries: list[DataInput | EntrySource] = list(request.values)
         warnings: list[str] = []
         if request.include_files:
+            from src.infra.backup.files.archiver import command_inputs, entry_sources
+            from src.infra.backup.files.sources import scan_sources
+
             sources = self.config.source_settings
             if sources.include_secrets and not repository.encrypted:
                 raise ConfigError(
@@ -481,6 +499,8 @@ class BackupManager:
         """Garbage-collect chunks no backup references (two phases, see ``gc.py``):
         returns what was collected, deleted and freed. ``RepositoryBusyError`` if another
         prune runs (``lock_wait`` seconds to wait for it)."""
+        from src.infra.backup.repository.gc import PruneReport, prune
+
         try:
             repository = self.repository
         except RepositoryNotFoundError:
@@ -507,6 +527,8 @@ class BackupManager:
     def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
         """Check the whole repository (see ``check.py``); ``subset`` as ``verify
         --read-data-subset`` (``1/10``, ``10%``, ``50M``)."""
+        from src.infra.backup.repository.check import check_repository, parse_subset
+
         repository = self.repository
         selector = None
         if subset is not None:

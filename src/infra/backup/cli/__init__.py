@@ -7,38 +7,58 @@ Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
 from src.infra.backup._version import __version__
-from src.infra.backup.cli import (
-    cmd_cat,
-    cmd_check,
-    cmd_create,
-    cmd_delete,
-    cmd_diff,
-    cmd_export,
-    cmd_import,
-    cmd_init,
-    cmd_key,
-    cmd_list,
-    cmd_prune,
-    cmd_restore,
-    cmd_run,
-    cmd_show,
-    cmd_status,
-    cmd_sync,
-    cmd_verify,
-)
 from src.infra.backup.cli.context import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Context
 from src.infra.backup.cli.output import emit_json, stderr
 from src.infra.backup.errors import BackupError
 from src.infra.backup.monitoring.logging_setup import configure_logging
 
+# Every command, registered explicitly: its name -> (module of this package, the click command
+# in it). One module per command, as restic's cmd_<name>.go; a command's module is imported
+# only when that command runs (or help lists them all), so starting the CLI stays cheap.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "create": ("cmd_create", "create"),
+    "list": ("cmd_list", "list_command"),
+    "show": ("cmd_show", "show"),
+    "restore": ("cmd_restore", "restore"),
+    "delete": ("cmd_delete", "delete"),
+    "verify": ("cmd_verify", "verify"),
+    "check": ("cmd_check", "check"),
+    "prune": ("cmd_prune", "prune_command"),
+    "init": ("cmd_init", "init"),
+    "key": ("cmd_key", "key"),
+    "diff": ("cmd_diff", "diff"),
+    "cat": ("cmd_cat", "cat"),
+    "export": ("cmd_export", "export_command"),
+    "import": ("cmd_import", "import_command"),
+    "sync": ("cmd_sync", "sync_command"),
+    "run": ("cmd_run", "run_command"),
+    "status": ("cmd_status", "status"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class CommandTable(click.Group):
+    """The ``peak-backup`` group: its commands come from :data:`COMMANDS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=CommandTable, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="peak-backup")
 @click.option(
     "--config",
@@ -100,26 +120,3 @@ def run(argv: list[str] | None = None) -> int:
 def entry_point() -> None:
     """Console-script entry point (``peak-backup``)."""
     sys.exit(run())
-
-
-# Every command, registered explicitly (one module per command, as restic's cmd_<name>.go).
-for _command in (
-    cmd_create.create,
-    cmd_list.list_command,
-    cmd_show.show,
-    cmd_restore.restore,
-    cmd_delete.delete,
-    cmd_verify.verify,
-    cmd_check.check,
-    cmd_prune.prune_command,
-    cmd_init.init,
-    cmd_key.key,
-    cmd_diff.diff,
-    cmd_cat.cat,
-    cmd_export.export_command,
-    cmd_import.import_command,
-    cmd_sync.sync_command,
-    cmd_run.run_command,
-    cmd_status.status,
-):
-    main.add_command(_command)

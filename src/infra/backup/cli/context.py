@@ -4,14 +4,16 @@ passphrase, managers), the exit codes, and the options every command accepts."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from src.infra.backup.app.config import load_backup_config
 from src.infra.backup.app.manager import BackupManager
 from src.infra.backup.app.passphrase import read_passphrase
-from src.infra.backup.app.recovery import RecoveryManager
+
+if TYPE_CHECKING:
+    from src.infra.backup.app.recovery import RecoveryManager
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -58,6 +60,8 @@ class Context:
 
     @property
     def recovery(self) -> RecoveryManager:
+        from src.infra.backup.app.recovery import RecoveryManager  # restore commands only
+
         return RecoveryManager(self.manager)
 
 

@@ -29,12 +29,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from src.infra.backup.files.commands import CommandSourceSettings, open_command_source
+from src.infra.backup.files.commands import open_command_source
+from src.infra.backup.files.settings import CommandSourceSettings, SqliteOptions
 from src.infra.backup.files.sources import SourceItem
 from src.infra.backup.format.chunking import split_fixed
 from src.infra.backup.format.manifest import ChunkRef, Entry
@@ -55,29 +56,6 @@ SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 # but put more chunk references into every manifest.
 DATABASE_BLOCK = 16 * 1024
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-
-
-@dataclass(frozen=True)
-class SqliteOptions:
-    """How databases among the sources are captured: detection on or off, and the check run
-    on every copy (``quick``: ``PRAGMA quick_check``, ``full``: ``integrity_check``)."""
-
-    detect: bool = True
-    check: Literal["quick", "full"] = "quick"
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    """What the file side needs of the configuration: the sources (relative to
-    ``source_root``), the exclude patterns, whether secrets may be stored, the directories
-    never backed up (the repository's own), and how databases are captured."""
-
-    sources: Sequence[str]
-    source_root: Path
-    exclude: Sequence[str] = ()
-    include_secrets: bool = False
-    own_directories: tuple[Path, ...] = ()
-    sqlite: SqliteOptions = field(default_factory=SqliteOptions)
 
 
 def _owner(st: os.stat_result) -> dict[str, object]:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -28,6 +26,7 @@ from typing import IO, BinaryIO, cast
 from src.infra.backup.errors import (
     CommandSourceError,
 )
+from src.infra.backup.files.settings import CommandSourceSettings, HookCommand
 from src.infra.backup.format.durations import format_duration
 
 log = logging.getLogger(__name__)
@@ -42,46 +41,6 @@ REAP_SECONDS = 5.0  # after a kill: how long the pipes may take to close
 
 # How sh (dash: "sh: 1: xyz: not found") and bash ("line 1: xyz: command not found") say it.
 _SHELL_NOT_FOUND = re.compile(r"([^\s:]+): (?:command )?not found\s*$", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class HookCommand:
-    """One command of a hook or command source: a string is run by ``/bin/sh -c``, a tuple
-    is an argv run directly (no shell). Whether the program exists is checked when it runs."""
-
-    command: str | tuple[str, ...]
-
-    @property
-    def uses_shell(self) -> bool:
-        """Whether the command is shell text (run by ``/bin/sh -c``)."""
-        return isinstance(self.command, str)
-
-    @property
-    def args(self) -> list[str]:
-        """What is executed: ``["/bin/sh", "-c", text]`` or the argv."""
-        if isinstance(self.command, str):
-            return ["/bin/sh", "-c", self.command]
-        return list(self.command)
-
-    @property
-    def program(self) -> str:
-        """The program started: ``/bin/sh`` for shell text, else ``argv[0]``."""
-        return self.args[0]
-
-    def __str__(self) -> str:
-        if isinstance(self.command, str):
-            return self.command
-        return shlex.join(self.command)
-
-
-@dataclass(frozen=True)
-class CommandSourceSettings:
-    """One ``[[backup.command_sources]]``: ``command``'s standard output is stored as the
-    entry ``name`` (a safe relative path); the command must finish within ``timeout``."""
-
-    name: str
-    command: HookCommand
-    timeout: timedelta = timedelta(hours=1)
 
 
 def start_command(

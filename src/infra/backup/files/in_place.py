@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import msgspec
 
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError, RecoveryError
-from src.infra.backup.files.archiver import SourceSettings, entry_sources
+from src.infra.backup.files.archiver import entry_sources
 from src.infra.backup.files.restore_temp import clean_stale_temps
 from src.infra.backup.files.restorer import (
     DATABASE_COMPANIONS,
@@ -62,6 +62,7 @@ from src.infra.backup.files.restorer import (
     source_roots,
     write_in_place,
 )
+from src.infra.backup.files.settings import SourceSettings
 from src.infra.backup.files.sources import collect_sources, entry_name, is_secret
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.repository.reader import decode_data_payload

@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.app.outcome import BackupOutcome
-from src.infra.backup.errors import BackupError, RepositoryNotFoundError
+from src.infra.backup.errors import BackupError, MetricsUnavailableError, RepositoryNotFoundError
 from src.infra.backup.monitoring.status import collect_status
 
 if TYPE_CHECKING:
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
-class MetricsUnavailableError(BackupError):
-    """``prometheus-client`` is not installed."""
 
 
 def metrics_available() -> bool:
