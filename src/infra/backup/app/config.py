@@ -36,6 +36,7 @@ from src.infra.backup.errors import ConfigError
 from src.infra.backup.files.settings import CommandSourceSettings, SourceSettings
 from src.infra.backup.format.blobs import DEFAULT_LEVELS, Compression
 from src.infra.backup.format.durations import parse_daily_at, parse_duration, parse_weekly
+from src.infra.backup.format.layout import PROBE_PREFIX
 from src.infra.backup.policy.retention import RetentionPolicy
 from src.infra.backup.storage import open_store
 from src.infra.backup.storage.base import Store
@@ -225,7 +226,9 @@ class BackupConfig:
     def store_at(self, location: str) -> Store:
         """A store at ``location`` (a directory, or ``s3://bucket/prefix`` reached with
         ``[backup.s3]``), e.g. the other side of ``sync``."""
-        return open_store(location, self.s3_options if is_s3_url(location) else None)
+        if is_s3_url(location):
+            return open_store(location, self.s3_options, probe_prefix=PROBE_PREFIX)
+        return open_store(location)
 
     @property
     def source_root(self) -> Path:

@@ -27,11 +27,17 @@ __all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "Store", "open_store"]
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def open_store(location: str | os.PathLike[str], options: S3Options | None = None) -> Store:
+def open_store(
+    location: str | os.PathLike[str],
+    options: S3Options | None = None,
+    *,
+    probe_prefix: str | None = None,
+) -> Store:
     """The store at ``location``:
 
     - ``s3://bucket/prefix``: an ``S3Store`` reached with ``options`` (``None``: the defaults,
-      credentials from the AWS environment variables);
+      credentials from the AWS environment variables), probing conditional writes with an
+      object under ``probe_prefix`` (``None``: the store's default);
     - ``file:///absolute/path`` or a path (``~`` expanded, relative to the working
       directory): a :class:`LocalStore` on that directory.
 
@@ -54,7 +60,9 @@ def open_store(location: str | os.PathLike[str], options: S3Options | None = Non
             parse_s3_url(text)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        return S3Store(text, options)
+        if probe_prefix is None:
+            return S3Store(text, options)
+        return S3Store(text, options, probe_prefix=probe_prefix)
     if kind == "file":
         parts = urlsplit(text)
         if parts.netloc not in ("", "localhost"):

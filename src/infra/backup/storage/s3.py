@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 # big file chunk upload in parallel and retry per part).
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
-PROBE_PREFIX = "locks/probe-"
+# Where the conditional-write probe object goes unless the caller names a place (the
+# repository passes a key in its lock namespace; the store knows no repository names).
+DEFAULT_PROBE_PREFIX = "probe-"
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,17 @@ class S3Store(Store):
 
     cheap_exists = False  # a HEAD is a round trip: writers upload instead of asking first
 
-    def __init__(self, url: str, options: S3Options | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: S3Options | None = None,
+        *,
+        probe_prefix: str = DEFAULT_PROBE_PREFIX,
+    ) -> None:
+        """``probe_prefix``: the key prefix of the throwaway object that probes conditional
+        writes (see :meth:`conditional_writes`)."""
         self.bucket, self.prefix = parse_s3_url(url)
+        self.probe_prefix = probe_prefix
         self.options = options or S3Options()
         self._client = _build_client(self.bucket, self.prefix, self.options)
         self._conditional: bool | None = None
@@ -113,7 +124,7 @@ class S3Store(Store):
 
         with self._probe_lock:
             if self._conditional is None:
-                key = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+                key = f"{self.probe_prefix}{secrets.token_hex(8)}"
                 self._call("write", key, obstore.put, self._client, key, b"probe", mode="create")
                 try:
                     obstore.put(self._client, key, b"probe", mode="create")
