@@ -5,7 +5,7 @@ chunk becomes unreferenced. Collection therefore has two phases ("fossil collect
 
 1. **Collect**: chunks that no manifest references and that are older than the grace period
    are moved from ``chunks/`` to ``fossils/``. The move is recorded in
-   ``gc/collection-<time>.json`` before it starts, and the record is re-dated when it ends.
+   ``gc/collection-<time>.json`` before it starts.
    Readers look in ``fossils/`` when a chunk is missing from ``chunks/``, so nothing becomes
    unreadable.
 2. **Delete**, in the same or a later run, once the collection is older than the grace period
@@ -14,10 +14,11 @@ chunk becomes unreferenced. Collection therefore has two phases ("fossil collect
    fossils that a manifest now references are moved back; the rest are deleted.
 
 Why that is safe: a backup reads the pending collection records after taking its lease and
-never reuses their chunks unseen (it writes them again if they are not in ``chunks/``). So a
-backup that started after a collection was recorded cannot come to depend on its fossils, and
-one that started before holds a lease that keeps them. A backup that outlives its lease
-re-checks its chunks before it commits. Only one prune runs at a time (an exclusive lock); a
+never reuses their chunks unseen (it writes them again if they are not in ``chunks/``), and
+before it commits it brings every listed chunk it references back into ``chunks/`` (the moves
+may still be running). So a backup that started after a collection was recorded cannot come
+to depend on its fossils, and one that started before holds a lease that keeps them. A backup
+that outlives its lease re-checks all of its chunks before it commits. Only one prune runs at a time (an exclusive lock); a
 second one gets :class:`RepositoryBusyError`.
 """
 

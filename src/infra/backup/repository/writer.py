@@ -3,8 +3,9 @@ manifest is committed exclusively (the commit point). A backup exists if and onl
 manifest exists, so a crash at any instant leaves no backup or a complete one.
 
 :class:`SnapshotWriter` is what an entry source sees of the backup being written. The writer's
-half of the garbage-collection protocol (collected chunks are never reused unseen; chunks are
-revalidated after an expired lease) is in :mod:`src.infra.backup.repository.gc`.
+half of the garbage-collection protocol (collected chunks are never reused unseen and are in
+``chunks/`` before the commit; all chunks are revalidated after an expired lease) is in
+:mod:`src.infra.backup.repository.gc`.
 """
 
 from __future__ import annotations
@@ -321,7 +322,8 @@ class RepositoryWriter(RepositoryReader):
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
         # Chunks of a pending collection may be deleted soon: never reuse them unseen.
-        for cid in self.collected_chunks():
+        collected = self.collected_chunks()
+        for cid in collected:
             known.pop(cid, None)
         session = WriteSession(known=known, lease=lease)
         writer = SnapshotWriter(self, session, parent)
@@ -338,6 +340,11 @@ class RepositoryWriter(RepositoryReader):
         if not lease.still_valid():
             # Frozen past the lease: collection may have moved chunks we reuse. Check them.
             revalidate(self.store, session.referenced)
+        else:
+            # A pending collection may still be moving chunks this backup found in chunks/
+            # (the pruner does not wait for a backup that started after its record): bring
+            # those back before committing, or fail if one is gone already.
+            revalidate(self.store, [cid for cid in session.referenced if cid in collected])
         stats = writer.stats(stored_entries)
         return self._commit(
             backup_type,
