@@ -18,8 +18,8 @@ never reuses their chunks unseen (it writes them again if they are not in ``chun
 before it commits it brings every listed chunk it references back into ``chunks/`` (the moves
 may still be running). So a backup that started after a collection was recorded cannot come
 to depend on its fossils, and one that started before holds a lease that keeps them. A backup
-that outlives its lease re-checks all of its chunks before it commits. Only one prune runs at a time (an exclusive lock); a
-second one gets :class:`RepositoryBusyError`.
+that outlives its lease re-checks all of its chunks before it commits. Only one prune runs at
+a time (an exclusive lock); a second one gets :class:`RepositoryBusyError`.
 """
 
 from __future__ import annotations
