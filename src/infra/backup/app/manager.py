@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
+from src.infra.backup.app.maintenance import AutoPrune
 from src.infra.backup.app.outcome import BackupHook, record_outcome
 from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.errors import (
@@ -22,7 +22,6 @@ from src.infra.backup.errors import (
     BackupNotFoundError,
     ConfigError,
     InvalidInputError,
-    RepositoryBusyError,
     RepositoryNotFoundError,
     StorageError,
 )
@@ -91,8 +90,7 @@ class BackupManager:
         # password_file, then a terminal prompt.
         self._passphrase_source = passphrase
         self._repository: Repository | None = None
-        self._auto_prune_thread: threading.Thread | None = None
-        self._last_auto_prune = float("-inf")
+        self._auto_prune = AutoPrune(self.config, self.prune)
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
         self._replica_coordinator: ReplicaCoordinator | None = None
@@ -536,38 +534,6 @@ class BackupManager:
             selector = parse_subset(subset, total)
         return check_repository(repository, read_data=read_data, subset=selector)
 
-    def _prune_in_background(self) -> None:
-        """After retention deleted backups: collect garbage without delaying the caller, at
-        most once per grace period per process."""
-        now = time.monotonic()
-        if (
-            not self.config.auto_prune
-            or now - self._last_auto_prune < self.config.grace.total_seconds()
-        ):
-            return
-        if self._auto_prune_thread is not None and self._auto_prune_thread.is_alive():
-            return
-        self._last_auto_prune = now
-
-        def run() -> None:
-            try:
-                report = self.prune()
-                log.info(
-                    "automatic prune: %d chunks collected, %d deleted, %d bytes freed",
-                    report.fossilized,
-                    report.deleted,
-                    report.freed_bytes,
-                )
-            except RepositoryBusyError:
-                log.info("automatic prune skipped: another prune is running")
-            except BackupError as exc:
-                log.warning("automatic prune failed: %s", exc)
-
-        self._auto_prune_thread = threading.Thread(
-            target=run, name="peak-backup-prune", daemon=True
-        )
-        self._auto_prune_thread.start()
-
     def plan_retention(self, *, protect: Sequence[str] = ()) -> list[Decision]:
         """What retention would do now: one :class:`Decision` (keep or forget, and every rule
         that keeps it) per backup, newest first. Uses ``[backup.retention]`` when configured,
@@ -605,7 +571,7 @@ class BackupManager:
                 deleted.append(decision.backup_id)
                 log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
         if deleted and auto_prune:
-            self._prune_in_background()
+            self._auto_prune.start()
         return deleted
 
 
