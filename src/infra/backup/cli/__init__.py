@@ -2,7 +2,10 @@
 
 Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 error, 2 usage, 3 not found,
 4 integrity failure, 5 repository busy, 6 configuration error, 7 cancelled (no confirmation),
-8 wrong or missing passphrase, 9 stale or failing (``status``).
+8 wrong or missing passphrase, 9 stale or failing (``status``), 10 backup made with warnings.
+
+The top layer: one module per command (``cmd_<name>.py``) over ``context.py`` and
+``output.py``; below it everything is usable without a terminal. Nothing imports the CLI.
 """
 
 from __future__ import annotations

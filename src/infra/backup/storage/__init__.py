@@ -4,6 +4,9 @@
 only when an ``s3://`` location is opened, and its client library only when the store is built.
 The test kit (contract suite, fault-injecting and eventually consistent wrappers) lives in
 ``storage.testing`` and is never imported from here.
+
+The bottom layer: knows nothing of repositories, chunks, manifests or key names (it imports
+only the shared ``errors`` module).
 """
 
 from __future__ import annotations
