@@ -24,7 +24,8 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import CommandSourceError
-from tests.conftest import CliRunner
+from src.infra.backup.files import archiver
+from tests.helpers import run_cli_inline
 
 ROWS_PER_TRANSACTION = 5
 
@@ -151,7 +152,7 @@ def test_live_sqlite_database_restores_consistent(
     print(f"{mode}: writer's worst commit during {backups} backups: {worst * 1000:.1f} ms")
 
 
-def test_show_marks_a_database(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_show_marks_a_database(tmp_path: Path) -> None:
     bot = tmp_path / "bot"
     bot.mkdir()
     db = sqlite3.connect(bot / "state.db")
@@ -162,12 +163,13 @@ def test_show_marks_a_database(tmp_path: Path, run_cli: CliRunner) -> None:
     (tmp_path / "config.toml").write_text(
         '[backup]\nbackup_path = "./repo"\nsources = ["bot/"]\nretention_days = 0\n'
     )
-    created = run_cli("create", "--json", cwd=tmp_path)
+    created = run_cli_inline("create", "--json", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     backup_id = json.loads(created.stdout)["backup_id"]
-    shown = run_cli("show", backup_id, cwd=tmp_path)
+    shown = run_cli_inline("show", backup_id, cwd=tmp_path)
     assert "database" in shown.stdout
-    entries = json.loads(run_cli("show", backup_id, "--json", cwd=tmp_path).stdout)["entries"]
+    shown_json = run_cli_inline("show", backup_id, "--json", cwd=tmp_path)
+    entries = json.loads(shown_json.stdout)["entries"]
     assert {e["name"]: e["database"] for e in entries}["bot/state.db"] is True
 
 
@@ -324,3 +326,28 @@ def test_command_source_streams_a_dump_and_a_failing_one_stores_nothing(tmp_path
         failing.create_backup({"state": 2})
     assert "disk on fire" in str(caught.value)
     assert [b.backup_id for b in failing.list_backups()] == before
+
+
+def test_reading_starts_after_the_tick_of_the_files_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write in the same clock tick as the last one leaves the mtime unchanged, so a file is
+    read only once the file system's clock has moved past its mtime (waits are bounded)."""
+    path = tmp_path / "state.bin"
+    path.write_bytes(b"x" * 4096)
+    tick_clock = archiver.TIMESTAMP_CLOCK
+    soon = time.clock_gettime_ns(tick_clock) + 20_000_000  # 20 ms ahead: still to come
+    os.utime(path, ns=(soon, soon))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = archiver.after_timestamp_tick(fd, os.fstat(fd))
+        assert st.st_mtime_ns == soon
+        assert time.clock_gettime_ns(tick_clock) > st.st_mtime_ns  # any write now shows
+        sleeps: list[float] = []
+        monkeypatch.setattr(archiver.time, "sleep", sleeps.append)
+        far = time.clock_gettime_ns(tick_clock) + 3600 * 10**9  # dated an hour ahead
+        os.utime(path, ns=(far, far))
+        archiver.after_timestamp_tick(fd, os.fstat(fd))  # gives up, then reads anyway
+        assert len(sleeps) == archiver.MAX_TICK_WAITS
+    finally:
+        os.close(fd)

@@ -6,10 +6,14 @@ module decides what the bytes are and when they can be trusted:
 - **Regular files** are read between two ``stat`` calls (size, mtime, ctime, inode, also of
   the path, so a file renamed over it is seen). If anything changed, the file is read again
   after a short back-off, up to :data:`READ_ATTEMPTS` times; a file that keeps changing is
-  stored as last read, marked ``changed``, with a warning. A file whose mtime is so recent that
-  a write within the file system's timestamp granularity could hide behind an equal stat is
-  read twice and kept only if both reads agree. A file that vanished or cannot be read is left
-  out with a warning; it never fails the backup.
+  stored as last read, marked ``changed``, with a warning. Reading starts only once the file
+  system's (coarse) clock has left the tick of the file's mtime, so a write during the read
+  always shows in its stat. A file modified within the last second is read twice and kept
+  only if both reads agree (on file systems with coarse timestamps a write may not show in
+  the stat). A writer that stops in the middle of rewriting a file in place, for longer than
+  both reads take, leaves a torn file *at rest*, and that is what is stored: write such files
+  by rename, or keep the data in SQLite. A file that vanished or cannot be read is left out
+  with a warning; it never fails the backup.
 - **SQLite databases** (the file's header says so) are copied through SQLite's online backup
   API from their own connection (``sqlite_source.py``): whole committed transactions only, and
   the copy passes ``quick_check`` before it is stored. Their ``-wal``, ``-shm`` and
@@ -48,6 +52,11 @@ RETRY_BACKOFF_SECONDS = (0.02, 0.1, 0.3)
 # A file modified this recently may change again without its stat changing (timestamps are
 # only as fine as the kernel's clock tick, and some file systems are coarser still).
 RACY_WINDOW_NS = 1_000_000_000
+# File timestamps come from the kernel's coarse clock: a write within the tick of the last one
+# leaves the mtime unchanged. Before a file is read, wait (briefly) until that tick is over.
+TIMESTAMP_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
+TICK_WAIT_SECONDS = 0.002
+MAX_TICK_WAITS = 25
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 # Database copies are cut at fixed offsets aligned with pages of every SQLite page size, so a
@@ -135,6 +144,7 @@ class FileInput:
                             entry = DatabaseInput(self.name, self.path, self.sqlite).store(writer)
                             self.stored = entry is not None and entry.kind == "file"
                             return entry
+                before = after_timestamp_tick(fd, before)
                 started = time.time_ns()
                 refs = writer.store_stream(handle, before.st_size)
                 after = os.fstat(fd)
@@ -181,6 +191,18 @@ class FileInput:
             ctime_ns=None if (changed or racy) else st.st_ctime_ns,
             changed=changed,
         )
+
+
+def after_timestamp_tick(fd: int, st: os.stat_result) -> os.stat_result:
+    """``st`` again once the file system's clock has left the tick of the file's mtime, so
+    that any write from now on changes the mtime (bounded: a file written without pause, or
+    dated in the future, is read anyway; its stat then changes, or its reads differ)."""
+    for _ in range(MAX_TICK_WAITS):
+        if st.st_mtime_ns < time.clock_gettime_ns(TIMESTAMP_CLOCK):
+            break
+        time.sleep(TICK_WAIT_SECONDS)
+        st = os.fstat(fd)
+    return st
 
 
 def _file_entry(
