@@ -1,4 +1,6 @@
-"""The command line, run as real subprocesses in a throw-away project directory."""
+"""The command line, run in this process (``run_cli_inline``) in a throw-away project
+directory; the entry points themselves (``python -m``, the console script, the seed's
+``python src/infra/backup/__main__.py``) run as child processes."""
 
 from __future__ import annotations
 
@@ -7,17 +9,16 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from seed_config import SEED_BACKUP_TABLE
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MAIN_SCRIPT = PROJECT_ROOT / "src" / "infra" / "backup" / "__main__.py"
+from tests.factories import write_file, write_tree
+from tests.helpers import MAIN_SCRIPT, PROJECT_ROOT, run_cli_inline, run_cli_process
+
 VENV_BIN = Path(sys.executable).parent
-CliRunner = Callable[..., Any]
 
 ID_RE = re.compile(r"\b([a-z0-9_-]+_\d{8}_\d{6}(?:_\d+)?)\b")
 
@@ -52,20 +53,12 @@ CONFIG_MTIME = 1_690_000_000_555_555_555
 
 
 def make_project(root: Path, config: str = CONFIG) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.toml").write_text(config)
-    os.chmod(root / "config.toml", 0o644)
-    os.utime(root / "config.toml", ns=(CONFIG_MTIME, CONFIG_MTIME))
+    """A bot directory: ``config`` as config.toml, ``SECRETS`` (never backed up), ``FILES``."""
+    write_file(root / "config.toml", config.encode(), 0o644, CONFIG_MTIME)
     for name, content in SECRETS.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
-    for name, (content, mode, mtime_ns) in FILES.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        os.chmod(path, mode)
-        os.utime(path, ns=(mtime_ns, mtime_ns))
-    return root
+    return write_tree(root, FILES)
 
 
 def ok(result: object) -> None:
@@ -80,14 +73,14 @@ def created_id(stdout: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, run_cli: CliRunner) -> dict[str, object]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A project with two backups (manual, then pre_trade with a tag and a note): read-only."""
     root = make_project(tmp_path_factory.mktemp("cli") / "proj")
-    first = run_cli("create", cwd=root)
+    first = run_cli_inline("create", cwd=root)
     ok(first)
     assert "Backup created" in first.stdout
     first_id = created_id(first.stdout)
-    second = run_cli(
+    second = run_cli_inline(
         "create", "--type", "pre_trade", "--tag", "a=b", "--note", "x", "--json", cwd=root
     )
     ok(second)
@@ -96,12 +89,12 @@ def shared(tmp_path_factory: pytest.TempPathFactory, run_cli: CliRunner) -> dict
 
 
 @pytest.fixture
-def project(tmp_path: Path, run_cli: CliRunner) -> tuple[Path, list[str]]:
+def cli_project_with_two_backups(tmp_path: Path) -> tuple[Path, list[str]]:
     """A fresh project with two manual backups, for tests that change the repository."""
     root = make_project(tmp_path / "proj")
     ids = []
     for _ in range(2):
-        result = run_cli("create", "--json", cwd=root)
+        result = run_cli_inline("create", "--json", cwd=root)
         ok(result)
         ids.append(json.loads(result.stdout)["backup_id"])
     return root, ids
@@ -123,13 +116,13 @@ def test_create_ids_and_metadata(shared: dict[str, object]) -> None:
     assert (root / "backups" / "snapshots" / f"{first}.json").is_file()
 
 
-def test_list_plain_and_json(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_list_plain_and_json(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
-    result = run_cli("list", cwd=root)
+    result = run_cli_inline("list", cwd=root)
     ok(result)
     assert str(shared["first"]) in result.stdout
     assert str(shared["second"]) in result.stdout
-    result = run_cli("list", "--json", cwd=root)
+    result = run_cli_inline("list", "--json", cwd=root)
     ok(result)
     listed = json.loads(result.stdout)
     assert [b["backup_id"] for b in listed] == [shared["second"], shared["first"]]
@@ -139,31 +132,31 @@ def test_list_plain_and_json(shared: dict[str, object], run_cli: CliRunner) -> N
         assert "config.toml" in item["files"]
         assert item["size_bytes"] > 0
     # --json also accepted before the command
-    result = run_cli("--json", "list", cwd=root)
+    result = run_cli_inline("--json", "list", cwd=root)
     ok(result)
     assert json.loads(result.stdout) == listed
-    result = run_cli("list", "--type", "pre_trade", "--json", cwd=root)
+    result = run_cli_inline("list", "--type", "pre_trade", "--json", cwd=root)
     ok(result)
     assert [b["backup_id"] for b in json.loads(result.stdout)] == [shared["second"]]
 
 
-def test_list_shows_full_ids_at_80_columns(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_list_shows_full_ids_at_80_columns(shared: dict[str, object]) -> None:
     """A user at a default-width terminal (or piping to a file) must be able to copy the id."""
     root = Path(str(shared["root"]))
-    result = run_cli("list", cwd=root, env={"COLUMNS": "80"})
+    result = run_cli_inline("list", cwd=root, env={"COLUMNS": "80"})
     ok(result)
     assert str(shared["first"]) in result.stdout, result.stdout
     assert str(shared["second"]) in result.stdout, result.stdout
 
 
-def test_show_plain_and_json(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_show_plain_and_json(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
     first = str(shared["first"])
-    result = run_cli("show", first, cwd=root)
+    result = run_cli_inline("show", first, cwd=root)
     ok(result)
     assert first in result.stdout
     assert "live_runs/run_001.json" in result.stdout
-    result = run_cli("show", first, "--json", cwd=root)
+    result = run_cli_inline("show", first, "--json", cwd=root)
     ok(result)
     shown = json.loads(result.stdout)
     assert shown["backup_id"] == first
@@ -193,25 +186,25 @@ def assert_restored(target: Path) -> None:
         assert not (target / secret).exists(), secret
 
 
-def test_restore_newest_into_default_dir(run_cli: CliRunner, tmp_path: Path) -> None:
+def test_restore_newest_into_default_dir(tmp_path: Path) -> None:
     root = make_project(tmp_path / "copy")  # same sources, own repository
-    ok(run_cli("create", cwd=root))
-    second = run_cli("create", "--json", cwd=root)
+    ok(run_cli_inline("create", cwd=root))
+    second = run_cli_inline("create", "--json", cwd=root)
     ok(second)
     newest = json.loads(second.stdout)["backup_id"]
-    result = run_cli("restore", cwd=root)
+    result = run_cli_inline("restore", cwd=root)
     ok(result)
     assert newest in result.stdout
     assert_restored(root / "restore" / newest)
     assert sorted(p.name for p in (root / "restore").iterdir()) == [newest]
 
 
-def test_restore_by_id_with_target(
-    shared: dict[str, object], run_cli: CliRunner, tmp_path: Path
-) -> None:
+def test_restore_by_id_with_target(shared: dict[str, object], tmp_path: Path) -> None:
     root = Path(str(shared["root"]))
     target = tmp_path / "elsewhere" / "out"
-    result = run_cli("restore", str(shared["first"]), "--target", str(target), "--json", cwd=root)
+    result = run_cli_inline(
+        "restore", str(shared["first"]), "--target", str(target), "--json", cwd=root
+    )
     ok(result)
     payload = json.loads(result.stdout)
     assert payload["backup_id"] == shared["first"]
@@ -225,17 +218,17 @@ def test_restore_by_id_with_target(
 # -- verify ------------------------------------------------------------------------------------
 
 
-def test_verify(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_verify(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
-    result = run_cli("verify", cwd=root)
+    result = run_cli_inline("verify", cwd=root)
     ok(result)
     assert str(shared["second"]) in result.stdout
-    result = run_cli("verify", "--all", "--json", cwd=root)
+    result = run_cli_inline("verify", "--all", "--json", cwd=root)
     ok(result)
     reports = json.loads(result.stdout)
     assert {r["backup_id"] for r in reports} == {shared["first"], shared["second"]}
     assert all(r["ok"] and r["chunks"] > 0 for r in reports)
-    result = run_cli("verify", str(shared["first"]), cwd=root)
+    result = run_cli_inline("verify", str(shared["first"]), cwd=root)
     ok(result)
 
 
@@ -248,17 +241,17 @@ def damage_manifest(root: Path, backup_id: str) -> None:
     snapshot.write_bytes(bytes(raw))
 
 
-def test_verify_damaged_exit_4(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
-    root, (first, second) = project
+def test_verify_damaged_exit_4(cli_project_with_two_backups: tuple[Path, list[str]]) -> None:
+    root, (first, second) = cli_project_with_two_backups
     damage_manifest(root, second)
-    result = run_cli("verify", "--all", "--json", cwd=root)
+    result = run_cli_inline("verify", "--all", "--json", cwd=root)
     assert result.returncode == 4, (result.stdout, result.stderr)
     reports = {r["backup_id"]: r for r in json.loads(result.stdout)}
     assert reports[first]["ok"] is True
     assert reports[second]["ok"] is False and reports[second]["problems"]
     assert "Traceback" not in result.stderr
     # restore without an id falls back to the intact one
-    result = run_cli("restore", cwd=root)
+    result = run_cli_inline("restore", cwd=root)
     ok(result)
     assert (root / "restore" / first / "config.toml").is_file()
 
@@ -266,43 +259,43 @@ def test_verify_damaged_exit_4(project: tuple[Path, list[str]], run_cli: CliRunn
 # -- delete ------------------------------------------------------------------------------------
 
 
-def listed_ids(root: Path, run_cli: CliRunner) -> list[str]:
-    result = run_cli("list", "--json", cwd=root)
+def listed_ids(root: Path) -> list[str]:
+    result = run_cli_inline("list", "--json", cwd=root)
     ok(result)
     return [b["backup_id"] for b in json.loads(result.stdout)]
 
 
 @pytest.mark.parametrize("answer", ["n\n", "", "\n", "maybe\n"])
 def test_delete_without_confirmation_deletes_nothing(
-    project: tuple[Path, list[str]], run_cli: CliRunner, answer: str
+    cli_project_with_two_backups: tuple[Path, list[str]], answer: str
 ) -> None:
-    root, (first, second) = project
-    result = run_cli("delete", first, cwd=root, input=answer)
+    root, (first, second) = cli_project_with_two_backups
+    result = run_cli_inline("delete", first, cwd=root, input=answer)
     assert result.returncode == 7, (result.stdout, result.stderr)
     assert "--yes" in result.stderr
     assert "Traceback" not in result.stderr
-    assert sorted(listed_ids(root, run_cli)) == sorted([first, second])
+    assert sorted(listed_ids(root)) == sorted([first, second])
 
 
-def test_delete_with_y_and_with_yes(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
-    root, (first, second) = project
-    result = run_cli("delete", first, cwd=root, input="y\n")
+def test_delete_with_y_and_with_yes(cli_project_with_two_backups: tuple[Path, list[str]]) -> None:
+    root, (first, second) = cli_project_with_two_backups
+    result = run_cli_inline("delete", first, cwd=root, input="y\n")
     ok(result)
-    assert listed_ids(root, run_cli) == [second]
+    assert listed_ids(root) == [second]
     # the last good backup: refused even with --yes, unless --force
-    result = run_cli("delete", second, "--yes", cwd=root)
+    result = run_cli_inline("delete", second, "--yes", cwd=root)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "last good" in result.stderr and "--force" in result.stderr
-    assert listed_ids(root, run_cli) == [second]
-    ok(run_cli("create", cwd=root))
-    result = run_cli("delete", second, "--yes", cwd=root)
+    assert listed_ids(root) == [second]
+    ok(run_cli_inline("create", cwd=root))
+    result = run_cli_inline("delete", second, "--yes", cwd=root)
     ok(result)
-    assert second not in listed_ids(root, run_cli)
+    assert second not in listed_ids(root)
 
 
-def test_delete_json_cancel(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
-    root, (first, _second) = project
-    result = run_cli("delete", first, "--json", cwd=root, input="")
+def test_delete_json_cancel(cli_project_with_two_backups: tuple[Path, list[str]]) -> None:
+    root, (first, _second) = cli_project_with_two_backups
+    result = run_cli_inline("delete", first, "--json", cwd=root, input="")
     assert result.returncode == 7
     assert json.loads(result.stdout) == {"deleted": False, "backup_id": first}
 
@@ -321,9 +314,9 @@ def test_delete_json_cancel(project: tuple[Path, list[str]], run_cli: CliRunner)
         ["restore", "../../etc/passwd"],
     ],
 )
-def test_unknown_id_exit_3(shared: dict[str, object], run_cli: CliRunner, args: list[str]) -> None:
+def test_unknown_id_exit_3(shared: dict[str, object], args: list[str]) -> None:
     root = Path(str(shared["root"]))
-    result = run_cli(*args, cwd=root)
+    result = run_cli_inline(*args, cwd=root)
     if args[0] == "verify":
         # verify reports a missing backup as not ok; either form is acceptable as long as clear
         assert result.returncode in (3, 4), (result.stdout, result.stderr)
@@ -335,17 +328,17 @@ def test_unknown_id_exit_3(shared: dict[str, object], run_cli: CliRunner, args: 
     assert "Traceback" not in result.stderr
 
 
-def test_verify_unknown_id_exit_3(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_verify_unknown_id_exit_3(shared: dict[str, object]) -> None:
     """Exit code 3 means 'not found' (documented); verify of an id that does not exist is that,
     not an integrity failure of an existing backup."""
     root = Path(str(shared["root"]))
-    result = run_cli("verify", "manual_20000101_000000", cwd=root)
+    result = run_cli_inline("verify", "manual_20000101_000000", cwd=root)
     assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
 
 
-def test_json_errors_are_json(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_json_errors_are_json(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
-    result = run_cli("show", "manual_20000101_000000", "--json", cwd=root)
+    result = run_cli_inline("show", "manual_20000101_000000", "--json", cwd=root)
     assert result.returncode == 3
     payload = json.loads(result.stdout)
     assert payload["error"]["type"] == "BackupNotFoundError"
@@ -354,73 +347,75 @@ def test_json_errors_are_json(shared: dict[str, object], run_cli: CliRunner) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_config_with_unknown_key_exit_6(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_config_with_unknown_key_exit_6(tmp_path: Path) -> None:
     root = make_project(tmp_path / "bad", CONFIG + "retention_dayz = 3\n")
     for args in (["list"], ["create"]):
-        result = run_cli(*args, cwd=root)
+        result = run_cli_inline(*args, cwd=root)
         assert result.returncode == 6, (result.stdout, result.stderr)
         assert "retention_dayz" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (root / "backups").exists()
-    result = run_cli("list", "--json", cwd=root)
+    result = run_cli_inline("list", "--json", cwd=root)
     assert result.returncode == 6
     assert json.loads(result.stdout)["error"]["type"] == "ConfigError"
 
 
-def test_invalid_toml_exit_6(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_invalid_toml_exit_6(tmp_path: Path) -> None:
     root = make_project(tmp_path / "bad", "[backup\n")
-    result = run_cli("list", cwd=root)
+    result = run_cli_inline("list", cwd=root)
     assert result.returncode == 6, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
 
 
-def test_create_without_sources_is_a_clear_error(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_create_without_sources_is_a_clear_error(tmp_path: Path) -> None:
     root = tmp_path / "nosources"
     root.mkdir()
     (root / "config.toml").write_text('[backup]\nbackup_path = "./backups"\n')
-    result = run_cli("create", cwd=root)
+    result = run_cli_inline("create", cwd=root)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "sources" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_bad_type_and_tag_exit_2(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_bad_type_and_tag_exit_2(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
-    before = listed_ids(root, run_cli)
+    before = listed_ids(root)
     for args in (["create", "--type", "Pre Trade"], ["create", "--tag", "novalue"]):
-        result = run_cli(*args, cwd=root)
+        result = run_cli_inline(*args, cwd=root)
         assert result.returncode == 2, (result.stdout, result.stderr)
         assert "Traceback" not in result.stderr
-    assert listed_ids(root, run_cli) == before
+    assert listed_ids(root) == before
 
 
 def test_newer_repository_format_exit_4(
-    project: tuple[Path, list[str]], run_cli: CliRunner
+    cli_project_with_two_backups: tuple[Path, list[str]],
 ) -> None:
     import msgspec
 
     from src.infra.backup.format.manifest import RepoConfig, decode_checked, encode_checked
 
-    root, _ids = project
+    root, _ids = cli_project_with_two_backups
     path = root / "backups" / "repo.json"
     document = decode_checked(path.read_bytes(), RepoConfig, "repo.json")
     os.chmod(path, 0o600)
     path.write_bytes(encode_checked(msgspec.structs.replace(document, format=99)))
-    result = run_cli("list", cwd=root)
+    result = run_cli_inline("list", cwd=root)
     assert result.returncode == 4, (result.stdout, result.stderr)
     assert "99" in result.stderr and "upgrade" in result.stderr.lower()
     assert "Traceback" not in result.stderr
 
 
-def test_config_option(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_config_option(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    result = run_cli("--config", str(root / "config.toml"), "create", "--json", cwd=elsewhere)
+    result = run_cli_inline(
+        "--config", str(root / "config.toml"), "create", "--json", cwd=elsewhere
+    )
     ok(result)
     backup_id = json.loads(result.stdout)["backup_id"]
     assert (root / "backups" / "snapshots" / f"{backup_id}.json").is_file()
-    result = run_cli(
+    result = run_cli_inline(
         "list", "--json", cwd=elsewhere, env={"PEAK_TRADE_CONFIG_PATH": str(root / "config.toml")}
     )
     ok(result)
@@ -430,30 +425,30 @@ def test_config_option(tmp_path: Path, run_cli: CliRunner) -> None:
 # -- entry points ------------------------------------------------------------------------------
 
 
-def test_python_dash_m_and_console_script(shared: dict[str, object], run_cli: CliRunner) -> None:
+def test_python_dash_m_and_console_script(shared: dict[str, object]) -> None:
     root = Path(str(shared["root"]))
     expected = [shared["second"], shared["first"]]
     for command in (
         [sys.executable, "-m", "src.infra.backup"],
         [str(PROJECT_ROOT / ".venv" / "bin" / "peak-backup")],
     ):
-        result = run_cli("list", "--json", cwd=root, command=command)
+        result = run_cli_process("list", "--json", cwd=root, command=command)
         ok(result)
         assert [b["backup_id"] for b in json.loads(result.stdout)] == expected
-        result = run_cli("--help", cwd=root, command=command)
+        result = run_cli_process("--help", cwd=root, command=command)
         ok(result)
         for name in ("create", "list", "restore", "delete", "verify", "show"):
             assert name in result.stdout
 
 
-def test_seed_command_forms(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_seed_command_forms(tmp_path: Path) -> None:
     """The seed's commands, exactly as written (``python src/infra/backup/__main__.py ...``
     with the project's venv active), from the project directory."""
     root = make_project(tmp_path / "seed")
     path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
     def run(*args: str, input: str | None = None) -> Any:
-        return run_cli(
+        return run_cli_process(
             *args, cwd=root, input=input, env={"PATH": path}, command=["python", str(MAIN_SCRIPT)]
         )
 
@@ -472,32 +467,30 @@ def test_seed_command_forms(tmp_path: Path, run_cli: CliRunner) -> None:
     assert_restored(root / "restore" / first)
     result = run("delete", first, input="y\n")
     ok(result)
-    assert listed_ids(root, run_cli) == [second]
+    assert listed_ids(root) == [second]
 
 
-def test_empty_repository(tmp_path: Path, run_cli: CliRunner) -> None:
+def test_empty_repository(tmp_path: Path) -> None:
     root = make_project(tmp_path / "empty")
-    result = run_cli("list", cwd=root)
+    result = run_cli_inline("list", cwd=root)
     ok(result)
     assert "No backups" in result.stdout
     for args in (["restore"], ["verify"]):
-        result = run_cli(*args, cwd=root)
+        result = run_cli_inline(*args, cwd=root)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         assert "no backup" in result.stderr.lower()
         assert "Traceback" not in result.stderr
-    result = run_cli("list", "--json", cwd=root)
+    result = run_cli_inline("list", "--json", cwd=root)
     ok(result)
     assert json.loads(result.stdout) == []
 
 
-def test_include_secrets_without_encryption_does_not_store_secrets(
-    tmp_path: Path, run_cli: CliRunner
-) -> None:
+def test_include_secrets_without_encryption_does_not_store_secrets(tmp_path: Path) -> None:
     """DESIGN.md: secrets files are excluded "unless the repository is encrypted and the user
     opts in". Opting in on an unencrypted repository must not put .env into it in clear text
     (a clear configuration error would also do)."""
     root = make_project(tmp_path / "secrets", CONFIG + "include_secrets = true\n")
-    result = run_cli("create", "--json", cwd=root)
+    result = run_cli_inline("create", "--json", cwd=root)
     if result.returncode == 6:
         assert "include_secrets" in result.stdout + result.stderr
         return
@@ -510,12 +503,12 @@ def test_include_secrets_without_encryption_does_not_store_secrets(
     ], files
 
 
-def test_delete_damaged_backup(project: tuple[Path, list[str]], run_cli: CliRunner) -> None:
+def test_delete_damaged_backup(cli_project_with_two_backups: tuple[Path, list[str]]) -> None:
     """A backup whose manifest is damaged (skipped by list, DAMAGED in verify) can be deleted
     from the command line."""
-    root, (first, second) = project
+    root, (first, second) = cli_project_with_two_backups
     damage_manifest(root, second)
-    result = run_cli("delete", second, "--yes", cwd=root)
+    result = run_cli_inline("delete", second, "--yes", cwd=root)
     ok(result)
     assert not (root / "backups" / "snapshots" / f"{second}.json").exists()
-    assert listed_ids(root, run_cli) == [first]
+    assert listed_ids(root) == [first]

@@ -1,5 +1,5 @@
 """``diff`` and ``cat``: the pure value diff, backup-to-backup and backup-to-disk diffs, and
-the two commands run as real subprocesses."""
+the two commands run in this process (``run_cli_inline``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import uuid
 from decimal import Decimal
 from fractions import Fraction
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MAIN_SCRIPT, cli_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +32,7 @@ from src.infra.backup.app.diff import (
     values_equal,
 )
 from src.infra.backup.format.values import decode_value, encode_value
+from tests.helpers import run_cli_inline
 
 # --------------------------------------------------------------------------- diff_values
 
@@ -401,15 +400,8 @@ def test_diff_result_lines_without_changes() -> None:
 
 
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, str(MAIN_SCRIPT), *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=cli_env(),
-        timeout=60,
-        check=False,
-    )
+    """``peak-backup *args`` in ``cwd``, its output as bytes (``cat`` writes binary)."""
+    return run_cli_inline(*args, cwd=cwd, text=False)
 
 
 def _ok(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -421,7 +413,7 @@ BINARY = bytes(range(256)) * 40 + b"\r\n\x00no trailing newline"
 
 
 @pytest.fixture
-def cli_project(tmp_path: Path) -> tuple[Path, str, str]:
+def two_differing_backups(tmp_path: Path) -> tuple[Path, str, str]:
     """A project with config.toml, two backups with data and files; returns (root, id1, id2)."""
     root = tmp_path / "proj"
     (root / "live").mkdir(parents=True)
@@ -449,8 +441,8 @@ def cli_project(tmp_path: Path) -> tuple[Path, str, str]:
     return root, id1, id2
 
 
-def test_cli_diff_text(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_diff_text(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     out = _ok(_cli(root, "diff", id1, id2))
     lines = out.splitlines()
     assert lines[0] == f"{id1} -> {id2}: 1 added, 0 removed, 3 changed"
@@ -462,16 +454,16 @@ def test_cli_diff_text(cli_project: tuple[Path, str, str]) -> None:
     assert same.strip() == f"{id2} -> {id2}: no changes"
 
 
-def test_cli_diff_max(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_diff_max(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     lines = _ok(_cli(root, "diff", id1, id2, "--max", "1")).splitlines()
     assert len(lines) == 3 and lines[-1] == "... 3 more changes"
     assert len(_ok(_cli(root, "diff", id1, id2, "--max", "0")).splitlines()) == 5
     assert _cli(root, "diff", id1, id2, "--max", "-1").returncode == 2
 
 
-def test_cli_diff_json(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_diff_json(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     changes = json.loads(_ok(_cli(root, "diff", id1, id2, "--json")))
     assert {"path": "portfolio.equity", "kind": "changed", "old": 10000, "new": 9500} in changes
     added = next(c for c in changes if c["path"] == "history")
@@ -488,8 +480,8 @@ def test_cli_diff_json(cli_project: tuple[Path, str, str]) -> None:
     assert b"2 more changes" in bounded.stderr
 
 
-def test_cli_diff_against_sources(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_diff_against_sources(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     out = _ok(_cli(root, "diff", id2))
     assert out.splitlines()[0] == f"{id2} -> the sources on disk: no changes"
     assert "data entries not compared (only files exist on disk): portfolio, history" in out
@@ -501,8 +493,8 @@ def test_cli_diff_against_sources(cli_project: tuple[Path, str, str]) -> None:
     assert [c["path"] for c in data] == ["live/a.json", "live/new.txt"]
 
 
-def test_cli_diff_errors(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, _ = cli_project
+def test_cli_diff_errors(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, _ = two_differing_backups
     missing = _cli(root, "--json", "diff", id1, "manual_20000101_000000")
     assert missing.returncode == 3
     assert json.loads(missing.stdout)["error"]["type"] == "BackupNotFoundError"
@@ -510,8 +502,8 @@ def test_cli_diff_errors(cli_project: tuple[Path, str, str]) -> None:
     assert _cli(root, "diff", id1).returncode == 2  # no sources configured
 
 
-def test_cli_cat_data(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_cat_data(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     out = _ok(_cli(root, "cat", id1, "portfolio"))
     assert json.loads(out) == {
         "equity": 10000,
@@ -523,8 +515,8 @@ def test_cli_cat_data(cli_project: tuple[Path, str, str]) -> None:
     assert history["trades"][299] == {"id": 299, "p": "299"}
 
 
-def test_cli_cat_file_is_binary_safe(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, id2 = cli_project
+def test_cli_cat_file_is_binary_safe(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, id2 = two_differing_backups
     result = _cli(root, "cat", id1, "live/blob.bin")
     assert result.returncode == 0, result.stderr
     assert result.stdout == BINARY
@@ -537,8 +529,8 @@ def test_cli_cat_file_is_binary_safe(cli_project: tuple[Path, str, str]) -> None
     assert base64.b64decode(as_json["base64"]) == BINARY
 
 
-def test_cli_cat_errors(cli_project: tuple[Path, str, str]) -> None:
-    root, id1, _ = cli_project
+def test_cli_cat_errors(two_differing_backups: tuple[Path, str, str]) -> None:
+    root, id1, _ = two_differing_backups
     missing = _cli(root, "cat", id1, "nope")
     assert missing.returncode == 3
     assert b"has no entry 'nope'" in missing.stderr and b"portfolio" in missing.stderr

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CliRunner
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager, StorageError
 from src.infra.backup.repository.check import check_repository
+from tests.helpers import run_cli_inline
 
 TMPFS_SIZE = "8m"
 STEP = 512 * 1024
@@ -187,7 +187,7 @@ def test_full_disk_recovered_by_delete_and_prune(disk: Path) -> None:
     assert_intact(disk, made)
 
 
-def test_cli_create_on_a_full_disk(disk: Path, tmp_path: Path, run_cli: CliRunner) -> None:
+def test_cli_create_on_a_full_disk(disk: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "live_runs").mkdir(parents=True)
     (project / "config.toml").write_text(
@@ -195,27 +195,27 @@ def test_cli_create_on_a_full_disk(disk: Path, tmp_path: Path, run_cli: CliRunne
         'sources = ["config.toml", "live_runs/"]\n'
     )
     (project / "live_runs" / "small.json").write_text('{"equity": 1}\n')
-    first = run_cli("create", cwd=project)
+    first = run_cli_inline("create", cwd=project)
     assert first.returncode == 0, first.stderr
 
     (project / "live_runs" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     fill_up(disk / "filler.bin")
     os.truncate(disk / "filler.bin", max(0, (disk / "filler.bin").stat().st_size - 1024 * 1024))
-    result = run_cli("create", cwd=project)
+    result = run_cli_inline("create", cwd=project)
     print(f"\n[disk-full] CLI: exit {result.returncode}, stderr: {result.stderr.strip()}")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert any(marker in result.stderr.lower() for marker in MARKERS), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
-    as_json = run_cli("create", "--json", cwd=project)
+    as_json = run_cli_inline("create", "--json", cwd=project)
     assert as_json.returncode == 1
     assert "Traceback" not in as_json.stderr + as_json.stdout
     assert any(marker in as_json.stdout.lower() for marker in MARKERS), as_json.stdout
 
-    listed = run_cli("list", "--json", cwd=project)
+    listed = run_cli_inline("list", "--json", cwd=project)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count('"backup_id"') == 1  # only the first backup
 
     (disk / "filler.bin").unlink()
-    again = run_cli("create", cwd=project)
+    again = run_cli_inline("create", cwd=project)
     assert again.returncode == 0, again.stderr

@@ -43,8 +43,9 @@ from src.infra.backup import (
 from src.infra.backup.errors import PassphraseRequiredError, WrongPassphraseError
 from src.infra.backup.format.crypto import AEAD_ALGORITHMS
 from src.infra.backup.format.manifest import RepoConfig, decode_checked, encode_checked
+from tests.factories import write_file
+from tests.helpers import run_cli_inline, run_cli_process
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PEAK_BACKUP = [str(VENV_BIN / "peak-backup")] if (VENV_BIN / "peak-backup").exists() else None
 PW = "correct horse battery staple"
@@ -53,7 +54,6 @@ MARKER_FILE = "QZXV-file-marker-4410"
 FILE_NAME = "run_marker_0042.json"
 FILE_MTIME_NS = 1_700_000_000_123_456_789
 PASSWORD_ENV = ("PEAK_BACKUP_PASSWORD", "PEAK_BACKUP_PASSWORD_FILE", "PEAK_BACKUP_NEW_PASSWORD")
-CliRunner = Callable[..., Any]
 
 
 @pytest.fixture(autouse=True)
@@ -79,12 +79,9 @@ def rich_state() -> dict[str, Any]:
 
 
 def make_project(root: Path) -> Path:
-    live = root / "live_runs"
-    live.mkdir(parents=True, exist_ok=True)
-    path = live / FILE_NAME
-    path.write_text(json.dumps({"run": 42, "secret": MARKER_FILE}) + "\n")
-    os.chmod(path, 0o640)
-    os.utime(path, ns=(FILE_MTIME_NS, FILE_MTIME_NS))
+    """A bot directory with one run file holding ``MARKER_FILE``."""
+    content = (json.dumps({"run": 42, "secret": MARKER_FILE}) + "\n").encode()
+    write_file(root / "live_runs" / FILE_NAME, content, 0o640, FILE_MTIME_NS)
     return root
 
 
@@ -335,19 +332,17 @@ def write_cli_config(directory: Path, repo: Path, *extra: str) -> None:
     (directory / "config.toml").write_text("\n".join(lines) + "\n")
 
 
-def test_cli_wrong_and_missing_passphrase_exit_8(
-    built: dict[str, Built], tmp_path: Path, run_cli: CliRunner
-) -> None:
+def test_cli_wrong_and_missing_passphrase_exit_8(built: dict[str, Built], tmp_path: Path) -> None:
     repo = built["aes-256-gcm"]
     write_cli_config(tmp_path, repo.repo)
     before = tree_state(repo.repo)
     for args in (("list",), ("restore", "--verify"), ("verify",), ("show", repo.backup_id)):
-        result = run_cli(*args, cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": "wrong"})
+        result = run_cli_inline(*args, cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": "wrong"})
         assert result.returncode == 8, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr + result.stdout
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines == ["error: wrong passphrase for this repository"], (args, lines)
-    result = run_cli("--json", "list", cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": "wrong"})
+    result = run_cli_inline("--json", "list", cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": "wrong"})
     assert result.returncode == 8
     error = json.loads(result.stdout)["error"]
     assert error == {
@@ -356,19 +351,17 @@ def test_cli_wrong_and_missing_passphrase_exit_8(
         "message": "wrong passphrase for this repository",
     }
 
-    missing = run_cli("list", cwd=tmp_path)  # stdin is an empty pipe, not a terminal
+    missing = run_cli_process("list", cwd=tmp_path)  # stdin is an empty pipe, not a terminal
     assert missing.returncode == 8, (missing.stdout, missing.stderr)
     assert "Traceback" not in missing.stderr
     assert "needs a passphrase" in missing.stderr and "PEAK_BACKUP_PASSWORD" in missing.stderr
-    missing_json = run_cli("--json", "list", cwd=tmp_path)
+    missing_json = run_cli_process("--json", "list", cwd=tmp_path)
     assert json.loads(missing_json.stdout)["error"]["type"] == "PassphraseRequiredError"
     assert tree_state(repo.repo) == before, "a failed unlock changed the repository"
 
 
 @pytest.mark.skipif(PEAK_BACKUP is None, reason="the peak-backup console script is not installed")
-def test_key_passwd_rewraps_only_repo_json(
-    built: dict[str, Built], tmp_path: Path, run_cli: CliRunner
-) -> None:
+def test_key_passwd_rewraps_only_repo_json(built: dict[str, Built], tmp_path: Path) -> None:
     repo = built["chacha20-poly1305"].copy(tmp_path / "repo")
     work = tmp_path / "work"
     work.mkdir()
@@ -376,7 +369,7 @@ def test_key_passwd_rewraps_only_repo_json(
     new = "n3w passphrase ünïcode"
     before = tree_state(repo.repo)
 
-    refused = run_cli(
+    refused = run_cli_process(
         "key",
         "passwd",
         cwd=work,
@@ -386,7 +379,7 @@ def test_key_passwd_rewraps_only_repo_json(
     assert refused.returncode == 8, refused.stderr
     assert tree_state(repo.repo) == before
 
-    changed = run_cli(
+    changed = run_cli_process(
         "--json",
         "key",
         "passwd",
@@ -402,10 +395,12 @@ def test_key_passwd_rewraps_only_repo_json(
     chunks = [k for k in before if k.startswith("chunks/")]
     assert chunks and all(after[k] == before[k] for k in chunks)  # bytes and mtimes
 
-    ok = run_cli("--json", "list", cwd=work, command=PEAK_BACKUP, env={"PEAK_BACKUP_PASSWORD": new})
+    ok = run_cli_process(
+        "--json", "list", cwd=work, command=PEAK_BACKUP, env={"PEAK_BACKUP_PASSWORD": new}
+    )
     assert ok.returncode == 0, ok.stderr
     assert [b["backup_id"] for b in json.loads(ok.stdout)] == [repo.backup_id]
-    old = run_cli("list", cwd=work, command=PEAK_BACKUP, env={"PEAK_BACKUP_PASSWORD": PW})
+    old = run_cli_process("list", cwd=work, command=PEAK_BACKUP, env={"PEAK_BACKUP_PASSWORD": PW})
     assert old.returncode == 8 and "wrong passphrase" in old.stderr
     # In this process too (the key cache must not let the old passphrase in).
     assert repo.manager(passphrase=new).load_backup(repo.backup_id) == rich_state()
@@ -750,7 +745,7 @@ def test_secrets_only_into_an_encrypted_repository_when_asked(
 
 
 def test_encryption_configured_for_an_unencrypted_repository_is_a_config_error(
-    built: dict[str, Built], tmp_path: Path, run_cli: CliRunner
+    built: dict[str, Built], tmp_path: Path
 ) -> None:
     plain = built["plain"].copy(tmp_path / "repo")
     write_cli_config(tmp_path, plain.repo, 'encryption = "chacha20-poly1305"')
@@ -761,7 +756,7 @@ def test_encryption_configured_for_an_unencrypted_repository_is_a_config_error(
         BackupManager(config, passphrase=PW).create_backup({"x": 1})
     with pytest.raises(ConfigError):
         BackupManager(config, passphrase=PW).list_backups()
-    result = run_cli("list", cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": PW})
+    result = run_cli_inline("list", cwd=tmp_path, env={"PEAK_BACKUP_PASSWORD": PW})
     assert result.returncode == 6, (result.stdout, result.stderr)
     assert "not encrypted" in result.stderr and "Traceback" not in result.stderr
     assert tree_state(plain.repo) == before
@@ -770,27 +765,27 @@ def test_encryption_configured_for_an_unencrypted_repository_is_a_config_error(
 # -- the CLI flow -------------------------------------------------------------------------------
 
 
-def test_cli_init_create_list_restore_with_env_and_password_file(
-    tmp_path: Path, run_cli: CliRunner
-) -> None:
+def test_cli_init_create_list_restore_with_env_and_password_file(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     write_cli_config(project, Path("./bk"), 'sources = ["live_runs/"]')
     env = {"PEAK_BACKUP_PASSWORD": PW}
 
-    init = run_cli("--json", "init", "--encryption", cwd=project, env=env)
+    init = run_cli_inline("--json", "init", "--encryption", cwd=project, env=env)
     assert init.returncode == 0, (init.stdout, init.stderr)
     assert json.loads(init.stdout)["encrypted"] is True
     header = json.loads((project / "bk" / "repo.json").read_text())["encryption"]
     assert header["aead"] == "aes-256-gcm"  # the default AEAD
-    again = run_cli("init", "--encryption", cwd=project, env=env)
+    again = run_cli_inline("init", "--encryption", cwd=project, env=env)
     assert again.returncode == 1 and "already exists" in again.stderr
 
-    created = run_cli("--json", "create", "--tag", "via=env", cwd=project, env=env)
+    created = run_cli_inline("--json", "create", "--tag", "via=env", cwd=project, env=env)
     assert created.returncode == 0, created.stderr
     first = json.loads(created.stdout)["backup_id"]
-    listed = run_cli("--json", "list", cwd=project, env=env)
+    listed = run_cli_inline("--json", "list", cwd=project, env=env)
     assert [b["backup_id"] for b in json.loads(listed.stdout)] == [first]
-    restored = run_cli("--json", "restore", "--verify", "--target", "out1", cwd=project, env=env)
+    restored = run_cli_inline(
+        "--json", "restore", "--verify", "--target", "out1", cwd=project, env=env
+    )
     assert restored.returncode == 0, restored.stderr
     assert json.loads(restored.stdout)["verified"] is True
     original = (project / "live_runs" / FILE_NAME).read_bytes()
@@ -801,25 +796,25 @@ def test_cli_init_create_list_restore_with_env_and_password_file(
     os.chmod(password_file, 0o600)
     pf = ("--password-file", str(password_file))
     (project / "live_runs" / "new.json").write_text('{"run": 43}\n')
-    second_run = run_cli(*pf, "--json", "create", cwd=project)
+    second_run = run_cli_inline(*pf, "--json", "create", cwd=project)
     assert second_run.returncode == 0, second_run.stderr
     second = json.loads(second_run.stdout)["backup_id"]
-    listed = run_cli(*pf, "--json", "list", cwd=project)
+    listed = run_cli_inline(*pf, "--json", "list", cwd=project)
     assert sorted(b["backup_id"] for b in json.loads(listed.stdout)) == sorted([first, second])
-    restored = run_cli(*pf, "restore", second, "--verify", "--target", "out2", cwd=project)
+    restored = run_cli_inline(*pf, "restore", second, "--verify", "--target", "out2", cwd=project)
     assert restored.returncode == 0, restored.stderr
     assert "verified" in restored.stdout
     assert (project / "out2" / "live_runs" / "new.json").read_text() == '{"run": 43}\n'
     assert "WARNING" not in restored.stderr  # 0600 file: no permission warning
     # $PEAK_BACKUP_PASSWORD_FILE works too; a file with the wrong passphrase is exit 8.
-    by_env = run_cli(
+    by_env = run_cli_inline(
         "--json", "list", cwd=project, env={"PEAK_BACKUP_PASSWORD_FILE": str(password_file)}
     )
     assert by_env.returncode == 0, by_env.stderr
     bad_file = tmp_path / "bad.txt"
     bad_file.write_text("nope\n")
     os.chmod(bad_file, 0o600)
-    bad = run_cli("--password-file", str(bad_file), "list", cwd=project)
+    bad = run_cli_inline("--password-file", str(bad_file), "list", cwd=project)
     assert bad.returncode == 8 and "wrong passphrase" in bad.stderr
     for content in all_bytes(project / "bk").values():
         assert MARKER_FILE.encode() not in content
@@ -828,7 +823,7 @@ def test_cli_init_create_list_restore_with_env_and_password_file(
     other = tmp_path / "other"
     other.mkdir()
     write_cli_config(other, Path("./bk"))
-    aes = run_cli(*pf, "init", "--encryption", "aes-256-gcm", cwd=other)
+    aes = run_cli_inline(*pf, "init", "--encryption", "aes-256-gcm", cwd=other)
     assert aes.returncode == 0, aes.stderr
     assert json.loads((other / "bk" / "repo.json").read_text())["encryption"]["aead"] == (
         "aes-256-gcm"

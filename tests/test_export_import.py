@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import stat
 import sys
 import tarfile
@@ -21,17 +20,10 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupError, BackupManager, RecoveryManager
-from src.infra.backup.app import exporting
-from src.infra.backup.app.exporting import (
-    BackupExistsError,
-    InvalidExportError,
-    UnsafeArchiveError,
-    export_backup,
-    import_backup,
-)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CliRunner = Callable[..., Any]
+from src.infra.backup.app.export import export_backup, import_backup, tar_safety
+from src.infra.backup.errors import BackupExistsError, InvalidExportError, UnsafeArchiveError
+from tests.factories import write_file, write_tree
+from tests.helpers import PROJECT_ROOT, run_cli_inline
 
 PLAIN_DATA = {
     "portfolio": {
@@ -69,19 +61,11 @@ def _load_naive() -> Any:
     return module
 
 
-def _write(path: Path, content: bytes, mode: int, mtime_ns: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    os.chmod(path, mode)
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-
-
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    for name, (content, mode, mtime_ns) in FILES.items():
-        _write(root / name, content, mode, mtime_ns)
-    _write(tmp_path / "outside" / "notes.txt", *OUTSIDE)
+def file_tree(tmp_path: Path) -> Path:
+    """``FILES`` below ``tmp_path/project``, and one file outside it (``outside/notes.txt``)."""
+    root = write_tree(tmp_path / "project", FILES)
+    write_file(tmp_path / "outside" / "notes.txt", *OUTSIDE)
     return root
 
 
@@ -130,8 +114,8 @@ def _assert_restored_files(manager: BackupManager, backup_id: str, target: Path)
 # --------------------------------------------------------------------------- round trips
 
 
-def test_export_dir_and_import_round_trip(tmp_path: Path, project: Path) -> None:
-    source = _manager(tmp_path / "repo", project)
+def test_export_dir_and_import_round_trip(tmp_path: Path, file_tree: Path) -> None:
+    source = _manager(tmp_path / "repo", file_tree)
     backup_id = source.create_backup(
         PLAIN_DATA, "pre_trade", tags={"order": "42"}, note="before BTC buy"
     )
@@ -147,7 +131,7 @@ def test_export_dir_and_import_round_trip(tmp_path: Path, project: Path) -> None
         assert path.read_bytes() == content
         assert stat.S_IMODE(path.stat().st_mode) == mode
         assert path.stat().st_mtime_ns == mtime_ns
-    outside = project.parent / "outside" / "notes.txt"
+    outside = file_tree.parent / "outside" / "notes.txt"
     exported_outside = exported / "_root" / outside.relative_to("/")
     assert exported_outside.read_bytes() == OUTSIDE[0]
     assert exported_outside.stat().st_mtime_ns == OUTSIDE[2]
@@ -187,8 +171,8 @@ def test_export_dir_and_import_round_trip(tmp_path: Path, project: Path) -> None
     )
 
 
-def test_export_tar_gz_with_gzip_round_trip(tmp_path: Path, project: Path) -> None:
-    source = _manager(tmp_path / "repo", project)
+def test_export_tar_gz_with_gzip_round_trip(tmp_path: Path, file_tree: Path) -> None:
+    source = _manager(tmp_path / "repo", file_tree)
     backup_id = source.create_backup(PLAIN_DATA, "manual")
     archive = export_backup(source, backup_id, tmp_path / "out", fmt="tar.gz", gzip=True)
     assert archive == (tmp_path / "out" / f"{backup_id}.tar.gz").absolute()
@@ -402,8 +386,8 @@ def test_invalid_ids_in_metadata_are_refused(tmp_path: Path, bad_id: str) -> Non
         import_backup(_manager(tmp_path / "repo"), folder)
 
 
-def test_symlink_inside_an_export_folder_is_refused(tmp_path: Path, project: Path) -> None:
-    source = _manager(tmp_path / "repo", project)
+def test_symlink_inside_an_export_folder_is_refused(tmp_path: Path, file_tree: Path) -> None:
+    source = _manager(tmp_path / "repo", file_tree)
     backup_id = source.create_backup({"a": 1}, "manual")
     exported = export_backup(source, backup_id, tmp_path / "out")
     secret = tmp_path / "secret.txt"
@@ -488,11 +472,11 @@ def test_tar_slip_is_refused_before_anything_is_written(tmp_path: Path, kind: st
 def test_archive_size_and_shape_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backup_id, folder = _valid_export_archive(tmp_path)
     archive = _evil_archive(tmp_path / "big.tar.gz", folder, backup_id, lambda tar: None)
-    monkeypatch.setattr(exporting, "MAX_IMPORT_BYTES", 10)
+    monkeypatch.setattr(tar_safety, "MAX_IMPORT_BYTES", 10)
     with pytest.raises(UnsafeArchiveError, match="more than 10 bytes"):
         import_backup(_manager(tmp_path / "repo"), archive)
     monkeypatch.undo()
-    monkeypatch.setattr(exporting, "MAX_MEMBERS", 2)
+    monkeypatch.setattr(tar_safety, "MAX_MEMBERS", 2)
     with pytest.raises(UnsafeArchiveError, match="more than 2 members"):
         import_backup(_manager(tmp_path / "repo"), archive)
     monkeypatch.undo()
@@ -515,18 +499,18 @@ def test_archive_size_and_shape_limits(tmp_path: Path, monkeypatch: pytest.Monke
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_export_and_import_json(tmp_path: Path, project: Path, run_cli: CliRunner) -> None:
+def test_cli_export_and_import_json(tmp_path: Path, file_tree: Path) -> None:
     config = (
         '[backup]\nbackup_path = "./backups"\nretention_days = 0\n'
         'sources = ["config.toml", "live_runs/"]\n'
     )
-    (project / "config.toml").write_text(config)
-    created = run_cli("create", "--type", "pre_trade", "--json", cwd=project)
+    (file_tree / "config.toml").write_text(config)
+    created = run_cli_inline("create", "--type", "pre_trade", "--json", cwd=file_tree)
     assert created.returncode == 0, created.stderr
     backup_id = json.loads(created.stdout)["backup_id"]
 
     for fmt in ("dir", "tar.gz"):
-        result = run_cli(
+        result = run_cli_inline(
             "export",
             backup_id,
             "--to",
@@ -535,7 +519,7 @@ def test_cli_export_and_import_json(tmp_path: Path, project: Path, run_cli: CliR
             fmt,
             "--gzip",
             "--json",
-            cwd=project,
+            cwd=file_tree,
         )
         assert result.returncode == 0, result.stderr
         payload = json.loads(result.stdout)
@@ -546,23 +530,25 @@ def test_cli_export_and_import_json(tmp_path: Path, project: Path, run_cli: CliR
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.toml").write_text('[backup]\nbackup_path = "./backups"\nretention_days = 0\n')
-    archive = project / "out-tar.gz" / f"{backup_id}.tar.gz"
-    imported = run_cli("--json", "import", str(archive), cwd=other)
+    archive = file_tree / "out-tar.gz" / f"{backup_id}.tar.gz"
+    imported = run_cli_inline("--json", "import", str(archive), cwd=other)
     assert imported.returncode == 0, imported.stderr
     payload = json.loads(imported.stdout)
     assert payload["imported"] is True
     assert payload["backup_id"] == backup_id and payload["backup_type"] == "pre_trade"
     assert "live_runs/run_001.json" in payload["files"]
 
-    again = run_cli("import", str(project / "out-dir" / backup_id), "--json", cwd=other)
+    again = run_cli_inline("import", str(file_tree / "out-dir" / backup_id), "--json", cwd=other)
     assert again.returncode == 1
     error = json.loads(again.stdout)["error"]
     assert error["type"] == "BackupExistsError" and error["exit_code"] == 1
     assert f"backup {backup_id} already exists" in error["message"]
 
-    plain = run_cli("import", str(project / "out-dir" / backup_id), cwd=other)
+    plain = run_cli_inline("import", str(file_tree / "out-dir" / backup_id), cwd=other)
     assert plain.returncode == 1
     assert "already exists" in plain.stderr
 
-    missing = run_cli("export", "manual_20000101_000000", "--to", "x", "--json", cwd=project)
+    missing = run_cli_inline(
+        "export", "manual_20000101_000000", "--to", "x", "--json", cwd=file_tree
+    )
     assert missing.returncode == 3

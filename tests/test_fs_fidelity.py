@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryError, RecoveryManager
-from src.infra.backup.cli import EXIT_WARNINGS
+from src.infra.backup.cli.context import EXIT_WARNINGS
 from src.infra.backup.files.archiver import FileInput, RecordedEntry, entry_sources
 from src.infra.backup.files.sources import scan_sources
 from src.infra.backup.format.manifest import FORMAT_VERSION
-from tests.conftest import CliRunner
+from tests.helpers import MAIN_SCRIPT, run_cli_inline
 
 IS_ROOT = os.geteuid() == 0
 
@@ -169,25 +169,23 @@ def test_temp_files_of_a_killed_restore_are_never_backed_up(tmp_path: Path) -> N
     assert names == {"state", "state/a.json"}
 
 
-def test_cli_create_with_warnings_exits_10_and_lists_them(
-    tmp_path: Path, outside: Path, run_cli: CliRunner
-) -> None:
+def test_cli_create_with_warnings_exits_10_and_lists_them(tmp_path: Path, outside: Path) -> None:
     state = make_tree(tmp_path, outside)
     os.mkfifo(state / "pipe")
     (tmp_path / "config.toml").write_text(
         '[backup]\nbackup_path = "./repo"\nsources = ["state/"]\nretention_days = 0\n'
     )
-    result = run_cli("create", "--json", cwd=tmp_path)
+    result = run_cli_inline("create", "--json", cwd=tmp_path)
     assert result.returncode == EXIT_WARNINGS == 10, result.stderr
     created = json.loads(result.stdout)
     assert len(created["warnings"]) == 1 and "pipe" in created["warnings"][0]
     assert "pipe" in result.stderr  # named on stderr too
-    shown = run_cli("show", created["backup_id"], cwd=tmp_path)
+    shown = run_cli_inline("show", created["backup_id"], cwd=tmp_path)
     assert shown.returncode == 0 and "FIFO" in shown.stdout
-    listed = json.loads(run_cli("list", "--json", cwd=tmp_path).stdout)
+    listed = json.loads(run_cli_inline("list", "--json", cwd=tmp_path).stdout)
     assert listed[0]["warnings"] == created["warnings"]
     os.unlink(state / "pipe")
-    clean = run_cli("create", "--json", cwd=tmp_path)
+    clean = run_cli_inline("create", "--json", cwd=tmp_path)
     assert clean.returncode == 0 and json.loads(clean.stdout)["warnings"] == []
 
 
@@ -210,13 +208,12 @@ def test_unreadable_file_is_skipped_with_a_warning(tmp_path: Path) -> None:
         '[backup]\nbackup_path = "./repo"\nsources = ["state/"]\nretention_days = 0\n'
     )
     env = {k: v for k, v in os.environ.items() if k != "PEAK_TRADE_CONFIG_PATH"}
-    script = Path(__file__).resolve().parents[1] / "src" / "infra" / "backup" / "__main__.py"
     assert SETPRIV is not None
     result = subprocess.run(
         [
             SETPRIV,
             "--bounding-set=-dac_override,-dac_read_search",
-            *(sys.executable, "-B", str(script), "create", "--json"),
+            *(sys.executable, "-B", str(MAIN_SCRIPT), "create", "--json"),
         ],
         cwd=project,
         capture_output=True,
@@ -311,20 +308,21 @@ def test_in_place_restore_recreates_links_and_directories(tmp_path: Path, outsid
     assert os.readlink(state / "current.json") == "big.bin"
 
 
-def test_cat_of_a_link_and_a_hard_link(tmp_path: Path, outside: Path, run_cli: CliRunner) -> None:
+def test_cat_of_a_link_and_a_hard_link(tmp_path: Path, outside: Path) -> None:
     state = make_tree(tmp_path, outside)
     (tmp_path / "config.toml").write_text(
         '[backup]\nbackup_path = "./repo"\nsources = ["state/"]\nretention_days = 0\n'
     )
-    created = run_cli("create", "--json", cwd=tmp_path)
+    created = run_cli_inline("create", "--json", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     backup_id = json.loads(created.stdout)["backup_id"]
-    link = run_cli("cat", backup_id, "state/current.json", cwd=tmp_path)
+    link = run_cli_inline("cat", backup_id, "state/current.json", cwd=tmp_path)
     assert link.returncode == 0 and link.stdout == "data.json\n"
-    hard = run_cli("cat", backup_id, "state/big.bin", "--json", cwd=tmp_path)  # hard-link name
+    # state/big.bin is the name of a hard link
+    hard = run_cli_inline("cat", backup_id, "state/big.bin", "--json", cwd=tmp_path)
     assert hard.returncode == 0, hard.stderr
     assert base64.b64decode(json.loads(hard.stdout)["base64"]) == (state / "big.bin").read_bytes()
-    directory = run_cli("cat", backup_id, "state/empty", cwd=tmp_path)
+    directory = run_cli_inline("cat", backup_id, "state/empty", cwd=tmp_path)
     assert directory.returncode == 2 and "is a directory" in directory.stderr
     assert (state / "big.bin").exists()
 
@@ -344,7 +342,7 @@ def test_the_repository_inside_a_source_is_never_backed_up(tmp_path: Path) -> No
 def test_export_and_import_keep_links_and_directories(
     tmp_path: Path, outside: Path, fmt: str
 ) -> None:
-    from src.infra.backup.app.exporting import export_backup, import_backup
+    from src.infra.backup.app.export import export_backup, import_backup
 
     make_tree(tmp_path, outside)
     manager = tree_manager(tmp_path)

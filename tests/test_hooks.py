@@ -24,11 +24,13 @@ from src.infra.backup import (
     RecoveryManager,
     load_backup_config,
 )
-from src.infra.backup.app.config import HooksSettings
+from src.infra.backup.app.config_sections import HooksSettings
 from src.infra.backup.app.hooks import run_hooks
+from src.infra.backup.app.outcome import BackupOutcome
 from src.infra.backup.errors import CommandSourceError, HookError
-from src.infra.backup.files.commands import CommandSourceSettings, HookCommand, open_command_source
-from src.infra.backup.monitoring.status import BackupOutcome
+from src.infra.backup.files.commands import open_command_source
+from src.infra.backup.files.settings import CommandSourceSettings, HookCommand
+from tests.helpers import run_cli_inline
 
 PY = sys.executable
 MISSING_PROGRAM = "peak-backup-no-such-program-7f3a"
@@ -201,11 +203,11 @@ def test_bad_command_sources_name_the_key(tmp_path: Path, body: str, named: list
     assert not (tmp_path / "bot" / "backups").exists()
 
 
-def test_unknown_hook_key_from_the_cli_writes_nothing(tmp_path: Path, run_cli: Any) -> None:
+def test_unknown_hook_key_from_the_cli_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
         '[backup]\nbackup_path = "backups"\n[backup.hooks]\nbefor = ["touch ran"]\n'
     )
-    result = run_cli("create", cwd=tmp_path)
+    result = run_cli_inline("create", cwd=tmp_path)
     assert result.returncode == 6, result.stderr
     assert "befor" in result.stderr and "known keys" in result.stderr
     assert not (tmp_path / "backups").exists()

@@ -5,8 +5,6 @@ after), against real SeaweedFS servers that are stopped and started again."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -18,9 +16,10 @@ from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import ConfigError
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.replication import open_replica
-from src.infra.backup.repository.repository import DataInput
+from src.infra.backup.repository.writer import DataInput
 from src.infra.backup.storage.s3 import S3Store
-from tests.conftest import PROJECT_ROOT, S3Bucket, create_bucket, run_cli_process
+from tests.conftest import S3Bucket, create_bucket
+from tests.helpers import run_cli_inline, run_python
 from tools.s3_server import SeaweedS3
 
 
@@ -97,13 +96,7 @@ def test_exit_flushes_pending_uploads(tmp_path: Path, s3_bucket: S3Bucket) -> No
         print(manager.create_backup({"blob": "x" * 200_000}))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, config],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(script, config, timeout=120)
     assert done.returncode == 0, done.stderr
     assert remote_ids(s3_bucket) == [done.stdout.strip()]
 
@@ -131,7 +124,7 @@ def test_replica_down_then_back(tmp_path: Path, s3_server: SeaweedS3) -> None:
             f'path = "{bucket.url}"\nmax_lag = "1s"\n' + bucket.toml()
         )
         time.sleep(1.2)
-        status = run_cli_process("status", "--json", cwd=tmp_path)
+        status = run_cli_inline("status", "--json", cwd=tmp_path)
         assert status.returncode == 9, status.stdout + status.stderr
         report = json.loads(status.stdout)
         assert any(p.startswith("off-site") for p in report["problems"])
@@ -139,7 +132,7 @@ def test_replica_down_then_back(tmp_path: Path, s3_server: SeaweedS3) -> None:
         server.restart()
         assert manager.flush_offsite(60)
         assert remote_ids(bucket) == sorted([first, *later])
-        status = run_cli_process("status", "--json", cwd=tmp_path)
+        status = run_cli_inline("status", "--json", cwd=tmp_path)
         assert json.loads(status.stdout)["offsite"]["pending_backups"] == 0
     finally:
         server.stop()
@@ -243,11 +236,11 @@ def test_cli_sync_move_drains_the_fallback(tmp_path: Path) -> None:
         "manual",
         [DataInput("where", encode_value("fallback"), ENCODING_NAME)],
     ).backup_id
-    status = run_cli_process("status", "--json", cwd=tmp_path)
+    status = run_cli_inline("status", "--json", cwd=tmp_path)
     assert status.returncode == 9
     assert any(p.startswith("fallback:") for p in json.loads(status.stdout)["problems"])
 
-    moved = run_cli_process("sync", "--from", "fallback", "--move", "--json", cwd=tmp_path)
+    moved = run_cli_inline("sync", "--from", "fallback", "--move", "--json", cwd=tmp_path)
     assert moved.returncode == 0, moved.stderr
     report = json.loads(moved.stdout)
     assert report["copied"] == [stranded]
@@ -256,5 +249,5 @@ def test_cli_sync_move_drains_the_fallback(tmp_path: Path) -> None:
     assert primary.load_backup(arrived) == {"where": "fallback"}
     assert primary.load_backup(first) == {"where": "primary"}
     assert fallback.list_backups() == []
-    status = run_cli_process("status", "--json", cwd=tmp_path)
+    status = run_cli_inline("status", "--json", cwd=tmp_path)
     assert status.returncode == 0, status.stdout

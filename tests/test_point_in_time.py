@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,8 +19,8 @@ from src.infra.backup import (
 )
 from src.infra.backup.format.manifest import encode_checked
 from src.infra.backup.policy.point_in_time import parse_moment, select_between
+from tests.helpers import run_cli_inline
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 UTC = timezone.utc
 
 
@@ -126,52 +123,50 @@ def test_select_between_is_inclusive(timeline: BackupManager) -> None:
     assert select_between(backups, "2025-12-19", None) == []
 
 
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PEAK_TRADE_CONFIG_PATH"}
-    env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "src/infra/backup/__main__.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture
-def cli_project(tmp_path: Path, timeline: BackupManager) -> Path:
+def timeline_cwd(tmp_path: Path, timeline: BackupManager) -> Path:
+    """The working directory of ``timeline``'s repository, with a config.toml for it."""
     (tmp_path / "config.toml").write_text('[backup]\nbackup_path = "repo"\nretention_days = 0\n')
     return tmp_path
 
 
-def test_cli_list_since_until(cli_project: Path) -> None:
-    result = cli(
-        cli_project, "list", "--since", "2025-12-17 10:00", "--until", "2025-12-17 10:30", "--json"
+def test_cli_list_since_until(timeline_cwd: Path) -> None:
+    result = run_cli_inline(
+        "list",
+        "--since",
+        "2025-12-17 10:00",
+        "--until",
+        "2025-12-17 10:30",
+        "--json",
+        cwd=timeline_cwd,
     )
     assert result.returncode == 0, result.stderr
     ids = [b["backup_id"] for b in json.loads(result.stdout)]
     assert ids == ["pre_trade_20251217_103000", "manual_20251217_100000"]
-    result = cli(cli_project, "list", "--type", "manual", "--until", "2025-12-17")
+    result = run_cli_inline("list", "--type", "manual", "--until", "2025-12-17", cwd=timeline_cwd)
     assert result.returncode == 0 and "manual_20251217_100000" in result.stdout
     assert "pre_trade" not in result.stdout
-    result = cli(cli_project, "list", "--since", "2026-01-01")
+    result = run_cli_inline("list", "--since", "2026-01-01", cwd=timeline_cwd)
     assert result.returncode == 0 and "No backups in that time range" in result.stdout
-    result = cli(cli_project, "list", "--since", "soon")
+    result = run_cli_inline("list", "--since", "soon", cwd=timeline_cwd)
     assert result.returncode == 2 and "ISO format" in result.stderr
 
 
-def test_cli_restore_at(cli_project: Path) -> None:
-    result = cli(cli_project, "restore", "--at", "2025-12-17 10:15", "--target", "out", "--json")
+def test_cli_restore_at(timeline_cwd: Path) -> None:
+    result = run_cli_inline(
+        "restore", "--at", "2025-12-17 10:15", "--target", "out", "--json", cwd=timeline_cwd
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["backup_id"] == "manual_20251217_100000"
-    assert json.loads((cli_project / "out" / "value.json").read_text()) == "b"
-    result = cli(cli_project, "restore", "--at", "2025-12-17 10:15", "--type", "pre_trade")
+    assert json.loads((timeline_cwd / "out" / "value.json").read_text()) == "b"
+    result = run_cli_inline(
+        "restore", "--at", "2025-12-17 10:15", "--type", "pre_trade", cwd=timeline_cwd
+    )
     assert result.returncode == 0, result.stderr
-    assert (cli_project / "restore" / "pre_trade_20251217_090000" / "value.json").exists()
-    result = cli(cli_project, "restore", "--at", "2025-12-01 00:00")
+    assert (timeline_cwd / "restore" / "pre_trade_20251217_090000" / "value.json").exists()
+    result = run_cli_inline("restore", "--at", "2025-12-01 00:00", cwd=timeline_cwd)
     assert result.returncode == 3 and "no backup at or before" in result.stderr
-    result = cli(cli_project, "restore", "manual_20251217_100000", "--at", "2025-12-17")
+    result = run_cli_inline(
+        "restore", "manual_20251217_100000", "--at", "2025-12-17", cwd=timeline_cwd
+    )
     assert result.returncode == 2

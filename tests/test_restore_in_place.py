@@ -15,8 +15,8 @@ import pytest
 from src.infra.backup import BackupConfig, BackupManager, RecoveryError, RecoveryManager
 from src.infra.backup.files.in_place import ABSENT_KEY, PRE_RESTORE_TYPE, matches_filters
 from src.infra.backup.format.manifest import encode_checked
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tests.factories import write_tree
+from tests.helpers import PROJECT_ROOT, run_cli_inline
 
 # name -> (content, mode, mtime_ns)
 FILES = {
@@ -48,12 +48,7 @@ def fingerprint(root: Path) -> Tree:
 
 
 def make_project(root: Path) -> Path:
-    for name, (content, mode, mtime_ns) in FILES.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        os.chmod(path, mode)
-        os.utime(path, ns=(mtime_ns, mtime_ns))
+    write_tree(root, FILES)
     (root / "live_runs" / ".env").write_bytes(b"API_KEY=secret\n")  # never backed up
     (root / "README.md").write_text("not a source\n")
     return root
@@ -70,13 +65,16 @@ def project_manager(root: Path) -> BackupManager:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def in_place_project(tmp_path: Path) -> Path:
+    """The tree of ``FILES`` (plus a secret and a file that is not a source), the sources of
+    ``manager_with_sources``."""
     return make_project(tmp_path / "project")
 
 
 @pytest.fixture
-def manager(project: Path) -> BackupManager:
-    return project_manager(project)
+def manager_with_sources(in_place_project: Path) -> BackupManager:
+    """A manager backing up ``in_place_project`` (config.toml, live_runs/) into its ``repo``."""
+    return project_manager(in_place_project)
 
 
 def change_tree(root: Path) -> None:
@@ -93,13 +91,13 @@ def change_tree(root: Path) -> None:
 
 
 def test_restore_in_place_restores_changed_files_byte_identical(
-    project: Path, manager: BackupManager
+    in_place_project: Path, manager_with_sources: BackupManager
 ) -> None:
-    before = fingerprint(project)
-    backup_id = manager.create_backup({"state": {"equity": 1}}, include_files=True)
-    change_tree(project)
-    result = RecoveryManager(manager).restore_in_place(backup_id)
-    after = fingerprint(project)
+    before = fingerprint(in_place_project)
+    backup_id = manager_with_sources.create_backup({"state": {"equity": 1}}, include_files=True)
+    change_tree(in_place_project)
+    result = RecoveryManager(manager_with_sources).restore_in_place(backup_id)
+    after = fingerprint(in_place_project)
     for name in FILES:
         assert after[name] == before[name], name
     assert "live_runs/extra.json" in after  # no --delete: extra files stay
@@ -113,7 +111,7 @@ def test_restore_in_place_restores_changed_files_byte_identical(
         + len(FILES["live_runs/run_001.json"][0])
     )
     assert result.pre_restore_id is not None
-    info = manager.get_backup_info(result.pre_restore_id)
+    info = manager_with_sources.get_backup_info(result.pre_restore_id)
     assert info.backup_type == PRE_RESTORE_TYPE
     assert info.tags == {"restore_of": backup_id}
     assert sorted(info.file_paths) == [
@@ -122,52 +120,57 @@ def test_restore_in_place_restores_changed_files_byte_identical(
         "live_runs/run_002.json",
     ]
     assert info.data_keys == [ABSENT_KEY]
-    assert manager.load_backup(result.pre_restore_id)[ABSENT_KEY] == ["live_runs/sub/trades.jsonl"]
+    assert manager_with_sources.load_backup(result.pre_restore_id)[ABSENT_KEY] == [
+        "live_runs/sub/trades.jsonl"
+    ]
 
 
 @pytest.mark.parametrize("delete", [False, True])
 def test_undo_through_pre_restore_backup_is_byte_identical(
-    project: Path, manager: BackupManager, delete: bool
+    in_place_project: Path, manager_with_sources: BackupManager, delete: bool
 ) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    edited = fingerprint(project)
-    recovery = RecoveryManager(manager)
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    edited = fingerprint(in_place_project)
+    recovery = RecoveryManager(manager_with_sources)
     result = recovery.restore_in_place(backup_id, delete=delete)
-    assert fingerprint(project) != edited
+    assert fingerprint(in_place_project) != edited
     assert result.pre_restore_id is not None
     undo = recovery.restore_in_place(result.pre_restore_id)
-    assert fingerprint(project) == edited  # content, mode and mtime of every file
+    assert fingerprint(in_place_project) == edited  # content, mode and mtime of every file
     assert undo.pre_restore_id is not None  # the undo can itself be undone
 
 
-def test_redo_after_undo_equals_the_restore(project: Path, manager: BackupManager) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    recovery = RecoveryManager(manager)
+def test_redo_after_undo_equals_the_restore(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    recovery = RecoveryManager(manager_with_sources)
     first = recovery.restore_in_place(backup_id, delete=True)
-    restored = fingerprint(project)
+    restored = fingerprint(in_place_project)
     assert first.pre_restore_id is not None
     undo = recovery.restore_in_place(first.pre_restore_id)
     assert undo.pre_restore_id is not None
     recovery.restore_in_place(undo.pre_restore_id)
-    assert fingerprint(project) == restored
+    assert fingerprint(in_place_project) == restored
 
 
 def test_delete_removes_only_sourced_files_in_backed_up_directories(
-    project: Path, manager: BackupManager
+    in_place_project: Path, manager_with_sources: BackupManager
 ) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    (project / "notes.txt").write_text("root files are not sources\n")
-    result = RecoveryManager(manager).restore_in_place(backup_id, delete=True)
-    assert result.paths("delete") == [project / "live_runs" / "extra.json"]
-    assert not (project / "live_runs" / "extra.json").exists()
-    assert (project / "live_runs" / ".env").exists()  # a secret: never a source
-    assert (project / "live_runs" / "newdir" / "x.json").exists()  # no backed-up file there
-    assert (project / "notes.txt").exists() and (project / "README.md").exists()
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    (in_place_project / "notes.txt").write_text("root files are not sources\n")
+    result = RecoveryManager(manager_with_sources).restore_in_place(backup_id, delete=True)
+    assert result.paths("delete") == [in_place_project / "live_runs" / "extra.json"]
+    assert not (in_place_project / "live_runs" / "extra.json").exists()
+    assert (in_place_project / "live_runs" / ".env").exists()  # a secret: never a source
+    # no backed-up file in newdir/: nothing there is deleted
+    assert (in_place_project / "live_runs" / "newdir" / "x.json").exists()
+    assert (in_place_project / "notes.txt").exists() and (in_place_project / "README.md").exists()
     assert result.pre_restore_id is not None
-    saved = manager.get_backup_info(result.pre_restore_id).file_paths
+    saved = manager_with_sources.get_backup_info(result.pre_restore_id).file_paths
     assert "live_runs/extra.json" in saved
 
 
@@ -225,14 +228,18 @@ def test_delete_with_a_pre_restore_backup_stays_within_what_it_covers(
     assert not (state / "c.txt").exists() and (state / "b.txt").exists()
 
 
-def test_dry_run_writes_nothing(project: Path, manager: BackupManager) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    edited = fingerprint(project)
-    backups = len(manager.list_backups())
-    result = RecoveryManager(manager).restore_in_place(backup_id, dry_run=True, delete=True)
-    assert fingerprint(project) == edited
-    assert len(manager.list_backups()) == backups
+def test_dry_run_writes_nothing(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    edited = fingerprint(in_place_project)
+    backups = len(manager_with_sources.list_backups())
+    result = RecoveryManager(manager_with_sources).restore_in_place(
+        backup_id, dry_run=True, delete=True
+    )
+    assert fingerprint(in_place_project) == edited
+    assert len(manager_with_sources.list_backups()) == backups
     assert result.dry_run and result.pre_restore_id is None and result.bytes_written == 0
     actions = {a.name: a.action for a in result.actions if a.kind != "dir"}
     assert actions == {
@@ -246,19 +253,21 @@ def test_dry_run_writes_nothing(project: Path, manager: BackupManager) -> None:
     }
 
 
-def test_overwrite_never_and_always(project: Path, manager: BackupManager) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    edited = (project / "live_runs" / "run_001.json").read_bytes()
-    recovery = RecoveryManager(manager)
+def test_overwrite_never_and_always(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    edited = (in_place_project / "live_runs" / "run_001.json").read_bytes()
+    recovery = RecoveryManager(manager_with_sources)
     never = recovery.restore_in_place(backup_id, overwrite="never")
-    assert (project / "live_runs" / "run_001.json").read_bytes() == edited
-    assert (project / "live_runs" / "sub" / "trades.jsonl").exists()  # missing: created
+    assert (in_place_project / "live_runs" / "run_001.json").read_bytes() == edited
+    assert (in_place_project / "live_runs" / "sub" / "trades.jsonl").exists()  # missing: created
     assert never.counts["kept"] == 5 and never.counts["create"] == 1
     assert never.counts["overwrite"] == 0
     always = recovery.restore_in_place(backup_id, overwrite="always")
     assert always.counts["overwrite"] == len(FILES)  # identical files rewritten too
-    assert fingerprint(project)["live_runs/run_001.json"] == (
+    assert fingerprint(in_place_project)["live_runs/run_001.json"] == (
         FILES["live_runs/run_001.json"][1],
         FILES["live_runs/run_001.json"][2],
         FILES["live_runs/run_001.json"][0],
@@ -267,38 +276,39 @@ def test_overwrite_never_and_always(project: Path, manager: BackupManager) -> No
         recovery.restore_in_place(backup_id, overwrite="sometimes")  # type: ignore[arg-type]
 
 
-def test_if_changed_compares_content_not_mtime(project: Path, manager: BackupManager) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    path = project / "live_runs" / "run_002.json"
+def test_if_changed_compares_content_not_mtime(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    path = in_place_project / "live_runs" / "run_002.json"
     mode, mtime_ns = path.stat().st_mode, path.stat().st_mtime_ns
     path.write_bytes(b'{"run": 9}\n')  # same size, other content
     os.utime(path, ns=(mtime_ns, mtime_ns))  # and the same mtime
     os.chmod(path, mode)
-    result = RecoveryManager(manager).restore_in_place(backup_id)
+    result = RecoveryManager(manager_with_sources).restore_in_place(backup_id)
     assert [a.name for a in result.actions if a.action == "overwrite"] == ["live_runs/run_002.json"]
     assert path.read_bytes() == FILES["live_runs/run_002.json"][0]
 
 
 def test_include_and_exclude_select_a_partial_restore(
-    project: Path, manager: BackupManager
+    in_place_project: Path, manager_with_sources: BackupManager
 ) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    recovery = RecoveryManager(manager)
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    recovery = RecoveryManager(manager_with_sources)
     result = recovery.restore_in_place(backup_id, include=["live_runs/sub"], delete=True)
     assert [a.name for a in result.actions if a.kind != "dir"] == ["live_runs/sub/trades.jsonl"]
     assert result.filtered == len(FILES) - 1 + 1  # and the directory live_runs
-    assert (project / "live_runs" / "extra.json").exists()  # outside the selection
-    assert (project / "config.toml").read_bytes() != FILES["config.toml"][0]
+    assert (in_place_project / "live_runs" / "extra.json").exists()  # outside the selection
+    assert (in_place_project / "config.toml").read_bytes() != FILES["config.toml"][0]
     result = recovery.restore_in_place(
         backup_id, include=["live_runs/*.json"], exclude=["*run_001*"], delete=True
     )
     names = {a.name: a.action for a in result.actions}
     assert names["live_runs/extra.json"] == "delete"
     assert "live_runs/run_001.json" not in names and "config.toml" not in names
-    assert (project / "live_runs" / "run_001.json").read_bytes() != FILES["live_runs/run_001.json"][
-        0
-    ]
+    run_001 = in_place_project / "live_runs" / "run_001.json"
+    assert run_001.read_bytes() != FILES["live_runs/run_001.json"][0]
     with pytest.raises(ValueError, match="sequence of patterns"):
         recovery.restore_in_place(backup_id, include="live_runs")  # type: ignore[arg-type]
 
@@ -313,13 +323,17 @@ def test_matches_filters() -> None:
     assert matches_filters("/srv/x.json", ["/srv/*"], ())
 
 
-def test_data_only_backup_writes_nothing(project: Path, manager: BackupManager) -> None:
-    backup_id = manager.create_backup({"portfolio": {"equity": 1}}, include_files=False)
-    before = fingerprint(project)
-    result = RecoveryManager(manager).restore_in_place(backup_id)
+def test_data_only_backup_writes_nothing(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
+    backup_id = manager_with_sources.create_backup(
+        {"portfolio": {"equity": 1}}, include_files=False
+    )
+    before = fingerprint(in_place_project)
+    result = RecoveryManager(manager_with_sources).restore_in_place(backup_id)
     assert result.actions == [] and result.skipped_data == ["portfolio"]
     assert result.pre_restore_id is None
-    assert fingerprint(project) == before
+    assert fingerprint(in_place_project) == before
 
 
 def test_absolute_entries_outside_the_base_directory(tmp_path: Path) -> None:
@@ -391,105 +405,99 @@ def forge(manager: BackupManager, backup_id: str, new_id: str, **changes: object
     ],
 )
 def test_hostile_manifest_writes_nothing(
-    project: Path, manager: BackupManager, tmp_path: Path, changes: dict[str, object]
+    in_place_project: Path,
+    manager_with_sources: BackupManager,
+    tmp_path: Path,
+    changes: dict[str, object],
 ) -> None:
-    backup_id = manager.create_backup(None, include_files=True)
-    change_tree(project)
-    before = fingerprint(project)
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    change_tree(in_place_project)
+    before = fingerprint(in_place_project)
     outside_before = sorted(p.name for p in tmp_path.iterdir())
-    forged = forge(manager, backup_id, "manual_20200101_000000", **changes)
-    backups = len(manager.list_backups())
+    forged = forge(manager_with_sources, backup_id, "manual_20200101_000000", **changes)
+    backups = len(manager_with_sources.list_backups())
     with pytest.raises(RecoveryError, match="cannot be restored in place safely"):
-        RecoveryManager(manager).restore_in_place(forged, delete=True)
-    assert fingerprint(project) == before  # not even the safe entries were written
-    assert len(manager.list_backups()) == backups  # no pre_restore backup either
+        RecoveryManager(manager_with_sources).restore_in_place(forged, delete=True)
+    assert fingerprint(in_place_project) == before  # not even the safe entries were written
+    assert len(manager_with_sources.list_backups()) == backups  # no pre_restore backup either
     assert sorted(p.name for p in tmp_path.iterdir()) == outside_before
     assert not Path("/etc/x").exists()
 
 
 def test_symlinked_directory_on_the_way_is_refused(
-    project: Path, manager: BackupManager, tmp_path: Path
+    in_place_project: Path, manager_with_sources: BackupManager, tmp_path: Path
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    (project / "live_runs" / "sub" / "trades.jsonl").unlink()
-    (project / "live_runs" / "sub").rmdir()
-    backup_id = manager.create_backup(None, include_files=True)
-    forged = forge(manager, backup_id, "manual_20200101_000000", name="live_runs/sub/evil.json")
-    (project / "live_runs" / "sub").symlink_to(outside, target_is_directory=True)
+    (in_place_project / "live_runs" / "sub" / "trades.jsonl").unlink()
+    (in_place_project / "live_runs" / "sub").rmdir()
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    forged = forge(
+        manager_with_sources, backup_id, "manual_20200101_000000", name="live_runs/sub/evil.json"
+    )
+    (in_place_project / "live_runs" / "sub").symlink_to(outside, target_is_directory=True)
     with pytest.raises(RecoveryError, match="symbolic link"):
-        RecoveryManager(manager).restore_in_place(forged)
+        RecoveryManager(manager_with_sources).restore_in_place(forged)
     assert list(outside.iterdir()) == []
     # The same for a link in place of the file itself.
-    (project / "live_runs" / "sub").unlink()
-    (project / "live_runs" / "run_001.json").unlink()
-    (project / "live_runs" / "run_001.json").symlink_to(outside / "target.json")
+    (in_place_project / "live_runs" / "sub").unlink()
+    (in_place_project / "live_runs" / "run_001.json").unlink()
+    (in_place_project / "live_runs" / "run_001.json").symlink_to(outside / "target.json")
     with pytest.raises(RecoveryError, match="symbolic link"):
-        RecoveryManager(manager).restore_in_place(backup_id)
+        RecoveryManager(manager_with_sources).restore_in_place(backup_id)
     assert list(outside.iterdir()) == []
 
 
-def test_absolute_entry_inside_a_source_root_only(project: Path, manager: BackupManager) -> None:
+def test_absolute_entry_inside_a_source_root_only(
+    in_place_project: Path, manager_with_sources: BackupManager
+) -> None:
     """An absolute entry is taken as-is only within the configured source roots."""
-    backup_id = manager.create_backup(None, include_files=True)
-    inside = str(project / "live_runs" / "abs.json")
-    forged = forge(manager, backup_id, "manual_20200101_000000", name=inside)
-    result = RecoveryManager(manager).restore_in_place(forged, dry_run=True)
+    backup_id = manager_with_sources.create_backup(None, include_files=True)
+    inside = str(in_place_project / "live_runs" / "abs.json")
+    forged = forge(manager_with_sources, backup_id, "manual_20200101_000000", name=inside)
+    result = RecoveryManager(manager_with_sources).restore_in_place(forged, dry_run=True)
     assert Path(inside) in result.paths("create")
-    outside = str(project.parent / "elsewhere.json")
-    forged = forge(manager, backup_id, "manual_20200101_000001", name=outside)
+    outside = str(in_place_project.parent / "elsewhere.json")
+    forged = forge(manager_with_sources, backup_id, "manual_20200101_000001", name=outside)
     with pytest.raises(RecoveryError, match="outside the source roots"):
-        RecoveryManager(manager).restore_in_place(forged)
+        RecoveryManager(manager_with_sources).restore_in_place(forged)
     assert not Path(outside).exists()
 
 
 # -- command line --------------------------------------------------------------------------
 
 
-def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PEAK_TRADE_CONFIG_PATH"}
-    env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "src/infra/backup/__main__.py"), *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def test_cli_in_place_dry_run_restore_and_undo(project: Path) -> None:
-    (project / "config.toml").write_text(
-        (project / "config.toml").read_text()
+def test_cli_in_place_dry_run_restore_and_undo(in_place_project: Path) -> None:
+    (in_place_project / "config.toml").write_text(
+        (in_place_project / "config.toml").read_text()
         + '\n[backup]\nbackup_path = "repo"\nretention_days = 0\n'
         'sources = ["live_runs/"]\n'
     )
-    created = cli(project, "create")
+    created = run_cli_inline("create", cwd=in_place_project)
     assert created.returncode == 0, created.stderr
-    change_tree(project)
-    edited = fingerprint(project)
-    dry = cli(project, "restore", "--in-place", "--dry-run", "--delete", "--json")
+    change_tree(in_place_project)
+    edited = fingerprint(in_place_project)
+    dry = run_cli_inline(
+        "restore", "--in-place", "--dry-run", "--delete", "--json", cwd=in_place_project
+    )
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert plan["dry_run"] and plan["pre_restore_id"] is None
     assert plan["counts"]["create"] == 1 and plan["counts"]["delete"] == 1
-    assert fingerprint(project) == edited
-    text = cli(project, "restore", "--in-place", "--dry-run")
+    assert fingerprint(in_place_project) == edited
+    text = run_cli_inline("restore", "--in-place", "--dry-run", cwd=in_place_project)
     assert "create" in text.stdout and "trades.jsonl" in text.stdout
-    done = cli(project, "restore", "--in-place", "--delete")
+    done = run_cli_inline("restore", "--in-place", "--delete", cwd=in_place_project)
     assert done.returncode == 0, done.stderr
     assert "pre_restore_" in done.stdout and "undo with" in done.stdout
     pre_id = next(w for w in done.stdout.split() if w.startswith("pre_restore_")).rstrip(";")
-    assert not (project / "live_runs" / "extra.json").exists()
-    undo = cli(project, "restore", pre_id, "--in-place")
+    assert not (in_place_project / "live_runs" / "extra.json").exists()
+    undo = run_cli_inline("restore", pre_id, "--in-place", cwd=in_place_project)
     assert undo.returncode == 0, undo.stderr
-    assert fingerprint(project) == edited
+    assert fingerprint(in_place_project) == edited
 
 
-def test_cli_in_place_options_need_in_place(project: Path) -> None:
+def test_cli_in_place_options_need_in_place(in_place_project: Path) -> None:
     for args in (
         ["--dry-run"],
         ["--delete"],
@@ -497,9 +505,11 @@ def test_cli_in_place_options_need_in_place(project: Path) -> None:
         ["--include", "x"],
         ["--in-place", "--target", "t"],
     ):
-        result = cli(project, "restore", "manual_20200101_000000", *args)
+        result = run_cli_inline("restore", "manual_20200101_000000", *args, cwd=in_place_project)
         assert result.returncode == 2, (args, result.stderr)
-    bad = cli(project, "restore", "x", "--in-place", "--overwrite", "sometimes")
+    bad = run_cli_inline(
+        "restore", "x", "--in-place", "--overwrite", "sometimes", cwd=in_place_project
+    )
     assert bad.returncode == 2
 
 

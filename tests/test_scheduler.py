@@ -22,7 +22,7 @@ from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.app.scheduler import BackupScheduler
 from src.infra.backup.errors import BackupError, ConfigError
 from src.infra.backup.monitoring.metrics import metrics_available
-from tests.conftest import MAIN_SCRIPT, cli_env
+from tests.helpers import MAIN_SCRIPT, cli_env, run_cli_inline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,16 +204,16 @@ def test_config_validation_of_schedule_keys() -> None:
             BackupConfig(**{key: value})
 
 
-def test_run_refuses_when_disabled(tmp_path: Path, run_cli: Any) -> None:
+def test_run_refuses_when_disabled(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
         '[backup]\nenabled = false\nbackup_path = "repo"\nsources = ["config.toml"]\n'
     )
-    result = run_cli("run", cwd=tmp_path)
+    result = run_cli_inline("run", cwd=tmp_path)
     assert result.returncode == 6
     assert "enabled = false" in result.stderr
 
 
-def test_run_process_sigterm(tmp_path: Path, run_cli: Any) -> None:
+def test_run_process_sigterm(tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("payload")
     (tmp_path / "config.toml").write_text(
         "[backup]\nenabled = true\ninterval_hours = 0.0005\nretention_days = 0\n"
@@ -256,7 +256,7 @@ def test_run_process_sigterm(tmp_path: Path, run_cli: Any) -> None:
     assert len(infos) >= 2
     assert {info.backup_type for info in infos} == {"automatic"}
     for info in infos:
-        result = run_cli("verify", info.backup_id, cwd=tmp_path)
+        result = run_cli_inline("verify", info.backup_id, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
 
 

@@ -10,8 +10,6 @@ scheduler's endless ``while True`` loop runs once.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,7 @@ from typing import Any
 import pytest
 from seed_config import SEED_BACKUP_TABLE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MAIN = REPO_ROOT / "src" / "infra" / "backup" / "__main__.py"
+from tests.helpers import PROJECT_ROOT, run_cli_process
 
 PROGRAMMATIC = """
 from src.infra.backup import BackupManager, BackupConfig
@@ -290,24 +287,24 @@ def run(sample: str, namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory as the seed assumes: ``./backups`` relative to it."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PEAK_TRADE_CONFIG_PATH", raising=False)
-    monkeypatch.syspath_prepend(str(REPO_ROOT))
+def seed_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working directory as the seed assumes it (``./backups`` relative to it), with the
+    project root importable. It is ``tmp_path``: the autouse ``_isolated_cwd`` already changed
+    into it and removed $PEAK_TRADE_CONFIG_PATH."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT))
     return tmp_path
 
 
-def test_programmatic_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_programmatic_sample(seed_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ns = run(PROGRAMMATIC, {})
     assert ns["portfolio"] == {"positions": [{"symbol": "BTC/USD", "size": 0.1}], "equity": 10000}
     out = capsys.readouterr().out
     assert f"Backup created: {ns['backup_id']}" in out
     assert f"{ns['backup_id']}: " in out and " bytes" in out
-    assert (project / "backups" / "snapshots" / f"{ns['backup_id']}.json").is_file()
+    assert (seed_cwd / "backups" / "snapshots" / f"{ns['backup_id']}.json").is_file()
 
 
-def test_what_is_backed_up_samples(project: Path) -> None:
+def test_what_is_backed_up_samples(seed_cwd: Path) -> None:
     from datetime import datetime
 
     ns = run(PROGRAMMATIC, {})
@@ -323,7 +320,7 @@ def test_what_is_backed_up_samples(project: Path) -> None:
     assert pre["portfolio"]["positions"][0]["entry_price"] == 50000
 
 
-def test_recovery_samples(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_recovery_samples(seed_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ns = run(PROGRAMMATIC, {})
     created = ns["backup_id"]
     sample = AUTOMATIC_RECOVERY.replace("manual_20251217_214030", created)
@@ -338,7 +335,7 @@ def test_recovery_samples(project: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "Backup is valid" in capsys.readouterr().out
 
 
-def test_rollback_sample(project: Path) -> None:
+def test_rollback_sample(seed_cwd: Path) -> None:
     from src.infra.backup import BackupManager
 
     restored: list[Any] = []
@@ -362,17 +359,17 @@ def test_rollback_sample(project: Path) -> None:
     assert restored == [{"equity": 10000.0, "positions": [{"symbol": "BTC/USD", "size": 0.1}]}]
 
 
-def test_config_toml_and_loading(project: Path) -> None:
-    (project / "config.toml").write_text(CONFIG_TOML)
+def test_config_toml_and_loading(seed_cwd: Path) -> None:
+    (seed_cwd / "config.toml").write_text(CONFIG_TOML)
     ns = run(CONFIG_LOAD, {})
     manager = ns["manager"]
     assert ns["cfg"].backup.interval_hours == 24
     assert manager.config.retention_days == 30 and manager.config.compress is True
     backup_id = manager.create_backup({"x": 1})
-    assert (project / "backups" / "snapshots" / f"{backup_id}.json").is_file()
+    assert (seed_cwd / "backups" / "snapshots" / f"{backup_id}.json").is_file()
 
 
-def test_scheduled_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scheduled_sample(seed_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import schedule
 
     # The endless loop runs once; the job is run as the scheduler would at 02:00.
@@ -391,7 +388,7 @@ def test_scheduled_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert ns["manager"].list_backups("scheduled")
 
 
-def test_retention_and_cleanup_samples(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_retention_and_cleanup_samples(seed_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from src.infra.backup import BackupConfig, BackupManager
 
     ns = run(
@@ -408,7 +405,7 @@ def test_retention_and_cleanup_samples(project: Path, capsys: pytest.CaptureFixt
     assert len(BackupManager().list_backups()) == 1
 
 
-def test_metadata_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_metadata_sample(seed_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from src.infra.backup import BackupManager
 
     BackupManager().create_backup({"portfolio": {"equity": 1}, "config": {"a": 1}})
@@ -419,7 +416,7 @@ def test_metadata_sample(project: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert " KB" in out
 
 
-def test_troubleshooting_samples(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_troubleshooting_samples(seed_cwd: Path, caplog: pytest.LogCaptureFixture) -> None:
     from src.infra.backup import BackupManager, RecoveryManager
 
     logger = logging.getLogger("seed")
@@ -460,7 +457,7 @@ upload_to_s3(backup_id)
 
 
 def test_s3_sample(
-    project: Path,
+    seed_cwd: Path,
     s3_server: Any,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -486,46 +483,35 @@ def test_s3_sample(
     assert BackupManager().load_backup(ns["backup_id"]) == {"portfolio": {"equity": 1}}
 
 
-def cli(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(MAIN), *args],
-        cwd=cwd,
-        input=stdin,
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+def test_seed_cli_commands(seed_cwd: Path) -> None:
+    (seed_cwd / "config.toml").write_text(CONFIG_TOML + 'sources = ["config.toml", "state/"]\n')
+    (seed_cwd / "state").mkdir()
+    (seed_cwd / "state" / "portfolio.json").write_text('{"equity": 10000}\n')
 
-
-def test_seed_cli_commands(project: Path) -> None:
-    (project / "config.toml").write_text(CONFIG_TOML + 'sources = ["config.toml", "state/"]\n')
-    (project / "state").mkdir()
-    (project / "state" / "portfolio.json").write_text('{"equity": 10000}\n')
-
-    first = cli(project, "create")
+    first = run_cli_process("create", cwd=seed_cwd, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "Backup created: manual_" in first.stdout
-    second = cli(project, "create")
+    second = run_cli_process("create", cwd=seed_cwd, timeout=120)
     assert second.returncode == 0, second.stderr
 
-    listed = cli(project, "list")
+    listed = run_cli_process("list", cwd=seed_cwd, timeout=120)
     assert listed.returncode == 0 and listed.stdout.count("manual_") >= 2
 
-    restored = cli(project, "restore")
+    restored = run_cli_process("restore", cwd=seed_cwd, timeout=120)
     assert restored.returncode == 0, restored.stderr
-    ids = sorted(p.name for p in (project / "restore").iterdir())
+    ids = sorted(p.name for p in (seed_cwd / "restore").iterdir())
     assert len(ids) == 1
-    assert (project / "restore" / ids[0] / "state" / "portfolio.json").read_text() == (
+    assert (seed_cwd / "restore" / ids[0] / "state" / "portfolio.json").read_text() == (
         '{"equity": 10000}\n'
     )
 
-    other = sorted(p.stem for p in (project / "backups" / "snapshots").glob("*.json"))[0]
-    specific = cli(project, "restore", other)
+    other = sorted(p.stem for p in (seed_cwd / "backups" / "snapshots").glob("*.json"))[0]
+    specific = run_cli_process("restore", other, cwd=seed_cwd, timeout=120)
     assert specific.returncode == 0, specific.stderr
-    assert (project / "restore" / other / "config.toml").read_text() == (
-        project / "config.toml"
+    assert (seed_cwd / "restore" / other / "config.toml").read_text() == (
+        seed_cwd / "config.toml"
     ).read_text()
 
-    deleted = cli(project, "delete", other, stdin="y\n")
+    deleted = run_cli_process("delete", other, cwd=seed_cwd, input="y\n", timeout=120)
     assert deleted.returncode == 0, deleted.stderr
-    assert not (project / "backups" / "snapshots" / f"{other}.json").exists()
+    assert not (seed_cwd / "backups" / "snapshots" / f"{other}.json").exists()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
+from src.infra.backup.app.outcome import BackupOutcome
 from src.infra.backup.errors import BackupError, ConfigError, UnsupportedValueError
 from src.infra.backup.format.layout import status_key
 from src.infra.backup.monitoring.health import BackupHealthCheck, check_backup_health
@@ -29,16 +28,15 @@ from src.infra.backup.monitoring.metrics import (
     start_http_server,
     write_textfile,
 )
-from src.infra.backup.monitoring.status import (
-    BackupOutcome,
-    collect_status,
+from src.infra.backup.monitoring.status import collect_status
+from src.infra.backup.repository.history import (
     current_host,
     read_status,
     record_failure,
     record_success,
     record_verify,
 )
-from tests.conftest import PROJECT_ROOT, CliRunner
+from tests.helpers import run_cli_inline, run_python
 
 CONFIG = """\
 [backup]
@@ -54,7 +52,7 @@ def _ago(**kwargs: float) -> datetime:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def configured_cwd(tmp_path: Path) -> Path:
     """A directory with a config.toml (repository ./repo, one source file)."""
     (tmp_path / "config.toml").write_text(CONFIG)
     (tmp_path / "data.txt").write_text("positions: BTC 0.1\n")
@@ -62,14 +60,15 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def project_manager(project: Path) -> BackupManager:
+def project_manager(configured_cwd: Path) -> BackupManager:
+    """A manager on the repository of ``configured_cwd``."""
     return BackupManager(
-        BackupConfig(backup_path=project / "repo", retention_days=0, interval_hours=24)
+        BackupConfig(backup_path=configured_cwd / "repo", retention_days=0, interval_hours=24)
     )
 
 
-def _status(run_cli: CliRunner, cwd: Path, *args: str) -> tuple[int, dict[str, object]]:
-    result = run_cli("status", "--json", *args, cwd=cwd)
+def _status(cwd: Path, *args: str) -> tuple[int, dict[str, object]]:
+    result = run_cli_inline("status", "--json", *args, cwd=cwd)
     return result.returncode, json.loads(result.stdout)
 
 
@@ -174,13 +173,11 @@ def test_verify_is_recorded(manager: BackupManager) -> None:
 # -- the status command -------------------------------------------------------------------------
 
 
-def test_status_fresh_repository(
-    project: Path, project_manager: BackupManager, run_cli: CliRunner
-) -> None:
-    created = run_cli("create", "--type", "daily", cwd=project)
+def test_status_fresh_repository(configured_cwd: Path, project_manager: BackupManager) -> None:
+    created = run_cli_inline("create", "--type", "daily", cwd=configured_cwd)
     assert created.returncode == 0, created.stderr
-    assert run_cli("verify", cwd=project).returncode == 0
-    code, doc = _status(run_cli, project)
+    assert run_cli_inline("verify", cwd=configured_cwd).returncode == 0
+    code, doc = _status(configured_cwd)
     assert code == 0, doc
     assert doc["ok"] is True and doc["problems"] == []
     daily = doc["types"]["daily"]  # type: ignore[index]
@@ -188,48 +185,44 @@ def test_status_fresh_repository(
     assert daily["last_success"]["backup_id"] == backup_id
     assert daily["last_success"]["size_bytes"] > 0 and daily["age_seconds"] < 600
     assert daily["last_failure"] is None
-    chunks = project / "repo" / "chunks"
+    chunks = configured_cwd / "repo" / "chunks"
     assert doc["repository_size_bytes"] == sum(
         p.stat().st_size for p in chunks.rglob("*") if p.is_file()
     )
     assert doc["last_verify"]["ok"] is True  # type: ignore[index]
     assert doc["stale_after_seconds"] == 48 * 3600
-    text = run_cli("status", cwd=project)
+    text = run_cli_inline("status", cwd=configured_cwd)
     assert text.returncode == 0 and backup_id in text.stdout and "OK" in text.stdout
 
 
-def test_status_stale_repository(
-    project: Path, project_manager: BackupManager, run_cli: CliRunner
-) -> None:
+def test_status_stale_repository(configured_cwd: Path, project_manager: BackupManager) -> None:
     backup_id = project_manager.create_backup({"a": 1}, "daily")
     record_success(
         project_manager.repository.store, "daily", backup_id, time=_ago(hours=49), size_bytes=10
     )
-    code, doc = _status(run_cli, project)
+    code, doc = _status(configured_cwd)
     assert code == 9 and doc["ok"] is False
     assert "stale" in doc["problems"][0]  # type: ignore[index]
-    assert _status(run_cli, project, "--max-age", "3d")[0] == 0  # --max-age overrides
-    assert _status(run_cli, project, "--max-age", "1h")[0] == 9
-    text = run_cli("status", cwd=project)
+    assert _status(configured_cwd, "--max-age", "3d")[0] == 0  # --max-age overrides
+    assert _status(configured_cwd, "--max-age", "1h")[0] == 9
+    text = run_cli_inline("status", cwd=configured_cwd)
     assert text.returncode == 9 and "stale" in text.stdout
-    assert run_cli("status", "--max-age", "soon", cwd=project).returncode == 2
+    assert run_cli_inline("status", "--max-age", "soon", cwd=configured_cwd).returncode == 2
 
 
-def test_status_failed_repository(
-    project: Path, project_manager: BackupManager, run_cli: CliRunner
-) -> None:
+def test_status_failed_repository(configured_cwd: Path, project_manager: BackupManager) -> None:
     project_manager.create_backup({"a": 1}, "daily")
     project_manager.create_backup({"a": 1}, "pre_trade")
     record_failure(project_manager.repository.store, "pre_trade", "disk full")
-    code, doc = _status(run_cli, project)
+    code, doc = _status(configured_cwd)
     assert code == 9
     assert doc["types"]["pre_trade"]["failing"] is True  # type: ignore[index]
     assert doc["types"]["daily"]["failing"] is False  # type: ignore[index]
     assert any("disk full" in p for p in doc["problems"])  # type: ignore[attr-defined]
 
 
-def test_status_without_repository(project: Path, run_cli: CliRunner) -> None:
-    code, doc = _status(run_cli, project)
+def test_status_without_repository(configured_cwd: Path) -> None:
+    code, doc = _status(configured_cwd)
     assert code == 9 and doc["repository_exists"] is False
     assert doc["problems"] == ["no successful backup"]
 
@@ -384,14 +377,7 @@ else:
     raise AssertionError("no error")
 print("ok")
 """
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(script)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
@@ -434,8 +420,8 @@ def test_json_log_lines_carry_structured_fields(
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
 
 
-def test_cli_log_json(project: Path, run_cli: CliRunner) -> None:
-    result = run_cli("--log-json", "-v", "create", "--type", "daily", cwd=project)
+def test_cli_log_json(configured_cwd: Path) -> None:
+    result = run_cli_inline("--log-json", "-v", "create", "--type", "daily", cwd=configured_cwd)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     created = [line for line in lines if line.get("outcome") == "created"]

@@ -14,20 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
+from src.infra.backup import BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, InvalidInputError
 from src.infra.backup.repository.replication import lag, open_replica, sync
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.s3 import S3Store
-from tests.conftest import MAIN_SCRIPT, S3Bucket, cli_env, run_cli_process
+from tests.conftest import S3Bucket
+from tests.factories import fresh_manager
+from tests.helpers import MAIN_SCRIPT, cli_env, run_cli_inline
 
 PASSWORD = "sync passphrase"
-
-
-def local_manager(path: Path, **overrides: object) -> BackupManager:
-    values: dict[str, object] = {"backup_path": path, "retention_days": 0, **overrides}
-    return BackupManager(BackupConfig(**values))  # type: ignore[arg-type]
 
 
 def make_backups(manager: BackupManager, count: int, start: int = 0) -> list[str]:
@@ -40,7 +37,7 @@ def make_backups(manager: BackupManager, count: int, start: int = 0) -> list[str
 
 
 def test_sync_to_s3_copies_only_what_is_missing(tmp_path: Path, s3_bucket: S3Bucket) -> None:
-    local = local_manager(tmp_path / "repo")
+    local = fresh_manager(tmp_path / "repo")
     ids = make_backups(local, 3)
     source = local.repository
     replica = open_replica(source, S3Store(s3_bucket.url, s3_bucket.options), create=True)
@@ -61,7 +58,7 @@ def test_sync_to_s3_copies_only_what_is_missing(tmp_path: Path, s3_bucket: S3Buc
 
 
 def test_encrypted_replica_holds_only_ciphertext(tmp_path: Path, s3_bucket: S3Bucket) -> None:
-    local = local_manager(tmp_path / "repo", encryption="aes-256-gcm")
+    local = fresh_manager(tmp_path / "repo", encryption="aes-256-gcm")
     local = BackupManager(local.config, passphrase=PASSWORD)
     backup_id = local.create_backup({"strategy": {"secret_edge": 0.42}})
     replica = open_replica(local.repository, S3Store(s3_bucket.url, s3_bucket.options), create=True)
@@ -75,7 +72,7 @@ def test_encrypted_replica_holds_only_ciphertext(tmp_path: Path, s3_bucket: S3Bu
 
 
 def test_a_different_repository_is_refused(tmp_path: Path) -> None:
-    one, other = local_manager(tmp_path / "one"), local_manager(tmp_path / "other")
+    one, other = fresh_manager(tmp_path / "one"), fresh_manager(tmp_path / "other")
     one.create_backup({"a": 1})
     other.create_backup({"b": 2})
     with pytest.raises(InvalidInputError, match="another repository"):
@@ -83,7 +80,7 @@ def test_a_different_repository_is_refused(tmp_path: Path) -> None:
 
 
 def test_damage_is_never_copied(tmp_path: Path) -> None:
-    local = local_manager(tmp_path / "repo")
+    local = fresh_manager(tmp_path / "repo")
     good, bad = local.create_backup({"good": 1}), local.create_backup({"bad": 2})
     blob_ids = local.repository.blob_sizes(local.repository.read_manifest(bad))
     shared = local.repository.blob_sizes(local.repository.read_manifest(good))
@@ -103,7 +100,7 @@ def test_damage_is_never_copied(tmp_path: Path) -> None:
 def test_interrupted_sync_resumes_without_reuploading(tmp_path: Path, s3_bucket: S3Bucket) -> None:
     """A `sync` process SIGKILLed mid-copy; the next run copies exactly the blobs the bucket
     still lacks, and only complete backups are ever listed there."""
-    local = local_manager(tmp_path / "repo")
+    local = fresh_manager(tmp_path / "repo")
     ids = [local.create_backup({"blob": os.urandom(6 * 1024 * 1024), "n": n}) for n in range(6)]
     config = tmp_path / "config.toml"
     config.write_text(
@@ -147,36 +144,36 @@ def test_cli_sync_dry_run_json_and_sync_from(tmp_path: Path, s3_bucket: S3Bucket
         '[backup]\nbackup_path = "repo"\nsources = ["state.json"]\n' + s3_bucket.toml()
     )
     for _ in range(2):
-        assert run_cli_process("create", cwd=tmp_path).returncode == 0
-    dry = run_cli_process("sync", "--to", s3_bucket.url, "--dry-run", "--json", cwd=tmp_path)
+        assert run_cli_inline("create", cwd=tmp_path).returncode == 0
+    dry = run_cli_inline("sync", "--to", s3_bucket.url, "--dry-run", "--json", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert len(json.loads(dry.stdout)["backups"]) == 2
     assert not S3Store(s3_bucket.url, s3_bucket.options).exists("repo.json")  # wrote nothing
 
-    done = run_cli_process("sync", "--to", s3_bucket.url, "--json", cwd=tmp_path)
+    done = run_cli_inline("sync", "--to", s3_bucket.url, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert len(report["copied"]) == 2 and report["lag"]["backups"] == []
-    text = run_cli_process("sync", "--to", s3_bucket.url, cwd=tmp_path)
+    text = run_cli_inline("sync", "--to", s3_bucket.url, cwd=tmp_path)
     assert "up to date" in text.stdout
     assert s3_bucket.server.secret_key not in done.stdout + text.stdout + text.stderr
 
     (tmp_path / "repo").rename(tmp_path / "lost")
-    back = run_cli_process("sync", "--from", s3_bucket.url, cwd=tmp_path)
+    back = run_cli_inline("sync", "--from", s3_bucket.url, cwd=tmp_path)
     assert back.returncode == 0, back.stderr
     assert "Synced 2 backups" in back.stdout
     (tmp_path / "state.json").write_text('{"equity": 0}')
-    restored = run_cli_process("restore", "--in-place", cwd=tmp_path, input="y\n")
+    restored = run_cli_inline("restore", "--in-place", cwd=tmp_path, input="y\n")
     assert restored.returncode == 0, restored.stderr
     assert (tmp_path / "state.json").read_text() == '{"equity": 1}'
-    assert RecoveryManager(local_manager(tmp_path / "repo")).verify_backup(report["copied"][-1])
+    assert RecoveryManager(fresh_manager(tmp_path / "repo")).verify_backup(report["copied"][-1])
 
 
 def test_sync_between_local_directories(tmp_path: Path) -> None:
-    local = local_manager(tmp_path / "repo")
+    local = fresh_manager(tmp_path / "repo")
     ids = make_backups(local, 2)
     replica = open_replica(local.repository, LocalStore(tmp_path / "usb"), create=True)
     assert sync(local.repository, replica).copied == ids
     opened = Repository.open(LocalStore(tmp_path / "usb"), create=False)
     assert opened.config.repository_id == local.repository.config.repository_id
-    assert local_manager(tmp_path / "usb").load_backup(ids[-1]) == local.load_backup(ids[-1])
+    assert fresh_manager(tmp_path / "usb").load_backup(ids[-1]) == local.load_backup(ids[-1])
