@@ -126,7 +126,8 @@ class RepositoryReader:
         self._manifests: dict[str, tuple[str, Manifest]] = {}
         self._damaged: dict[str, tuple[str, str]] = {}
         self._chunk_lists: dict[str, list[ChunkRef]] = {}
-        self._id_hint: dict[str, int] = {}
+        # (base id, the next id to try) of the last backup this process committed
+        self._next_free: tuple[str, str] = ("", "")
         self._last_committed: tuple[str, Manifest] | None = None
         self._collections: dict[str, tuple[str, frozenset[str]]] = {}
         # backup id -> (manifest version, summary, sort key); the last sorted listing

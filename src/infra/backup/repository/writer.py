@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, Protocol
@@ -31,6 +31,8 @@ from src.infra.backup.errors import (
 from src.infra.backup.format.ids import (
     id_sort_key,
     is_valid_backup_id,
+    new_backup_id,
+    next_id,
     validate_backup_type,
 )
 from src.infra.backup.format.index import (
@@ -407,12 +409,8 @@ class RepositoryWriter(RepositoryReader):
         """Write the manifest exclusively under a fresh id (or the fixed id and time of an
         import): the backup's commit point."""
         now = fixed[1] if fixed else datetime.now(timezone.utc)
-        base = f"{backup_type}_{now.astimezone():%Y%m%d_%H%M%S}"
-        suffix = self._id_hint.get(base, 1)
-        while True:
-            backup_id = base if suffix == 1 else f"{base}_{suffix}"
-            if fixed:
-                backup_id = fixed[0]
+        base_id = new_backup_id(backup_type, f"{now.astimezone():%Y%m%d_%H%M%S}")
+        for backup_id in self._candidate_ids(base_id, fixed):
             manifest = Manifest(
                 format=manifest_format(entries, warnings or []),
                 backup_id=backup_id,
@@ -437,19 +435,36 @@ class RepositoryWriter(RepositoryReader):
             except ObjectExistsError:
                 if fixed:
                     raise ObjectExistsError(f"backup {backup_id} already exists") from None
-                suffix += 1
                 continue
-            if not fixed:
-                self._id_hint = {base: suffix + 1}
-            manifest = msgspec.json.decode(raw, type=Manifest)
-            try:
-                version = self.store.stat(snapshot_key(backup_id)).version
-            except (KeyError, StorageError):
-                # Deleted at once by another process, or the store failed right after the
-                # commit: the backup is committed either way; it just is not cached.
-                return manifest
-            with self._lock:
-                self._manifests[backup_id] = (version, manifest)
-                self._last_committed = (version, manifest)
-            self._remember_summary(version, summarize(manifest))
+            if not fixed:  # the next backup within this second starts after this id
+                self._next_free = (base_id, next_id(backup_id))
+            return self._remember_committed(msgspec.json.decode(raw, type=Manifest))
+        raise AssertionError("unreachable: the candidate ids never end")
+
+    def _candidate_ids(self, base_id: str, fixed: tuple[str, datetime] | None) -> Iterator[str]:
+        """The ids to try in turn: the fixed one of an import (once), else ``base_id``
+        (``<type>_<local time>``), then ``_2``, ``_3`` ... (starting after the last id this
+        process took within the same second)."""
+        if fixed:
+            yield fixed[0]
+            return
+        last_base, candidate = self._next_free
+        if last_base != base_id:
+            candidate = base_id
+        while True:
+            yield candidate
+            candidate = next_id(candidate)
+
+    def _remember_committed(self, manifest: Manifest) -> Manifest:
+        """Cache a just-committed manifest (the parent of this process's next backup)."""
+        try:
+            version = self.store.stat(snapshot_key(manifest.backup_id)).version
+        except (KeyError, StorageError):
+            # Deleted at once by another process, or the store failed right after the
+            # commit: the backup is committed either way; it just is not cached.
             return manifest
+        with self._lock:
+            self._manifests[manifest.backup_id] = (version, manifest)
+            self._last_committed = (version, manifest)
+        self._remember_summary(version, summarize(manifest))
+        return manifest
