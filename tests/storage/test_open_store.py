@@ -11,7 +11,8 @@ import pytest
 
 from src.infra.backup.errors import ConfigError, StorageError
 from src.infra.backup.storage import LocalStore, open_store
-from src.infra.backup.storage.s3 import S3Options, S3Store
+from src.infra.backup.storage.s3 import S3Store
+from src.infra.backup.storage.s3_location import S3Options
 from tests.conftest import PROJECT_ROOT
 
 
@@ -62,7 +63,7 @@ def test_importing_the_engine_loads_neither_obstore_nor_the_test_kit() -> None:
     code = (
         "import sys, src.infra.backup, src.infra.backup.storage\n"
         "from src.infra.backup.storage import open_store\n"
-        "from src.infra.backup.storage.s3 import S3Options, parse_s3_url\n"
+        "from src.infra.backup.storage.s3_location import S3Options, parse_s3_url\n"
         "loaded = [m for m in ('obstore', 'pytest', 'src.infra.backup.storage.testing')"
         " if m in sys.modules]\n"
         "assert not loaded, loaded\n"

@@ -40,7 +40,7 @@ from src.infra.backup.format.layout import PROBE_PREFIX
 from src.infra.backup.policy.retention import RetentionPolicy
 from src.infra.backup.storage import open_store
 from src.infra.backup.storage.base import Store
-from src.infra.backup.storage.s3 import S3Options, parse_s3_url
+from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
 if TYPE_CHECKING:
     from src.infra.backup.files.settings import SqliteOptions

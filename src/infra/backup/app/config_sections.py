@@ -5,7 +5,6 @@ settings; every mistake is a :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from src.infra.backup.files.settings import CommandSourceSettings, HookCommand
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.format.ids import is_valid_backup_type
 from src.infra.backup.policy.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
-from src.infra.backup.storage.s3 import S3Options, parse_s3_url
+from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
 
 class _OffsiteTable(msgspec.Struct, forbid_unknown_fields=True):
@@ -381,6 +380,8 @@ _RETENTION_KEYS = frozenset(_RetentionRules.__struct_fields__)
 def unknown_key_error(
     key: object, allowed: frozenset[str], where: str, extra: str = ""
 ) -> ConfigError:
+    import difflib  # only to suggest a key for a mistyped one
+
     close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
 from src.infra.backup.app.maintenance import AutoPrune
-from src.infra.backup.app.outcome import BackupHook, record_outcome
 from src.infra.backup.app.passphrase import read_passphrase
 from src.infra.backup.errors import (
     BackupError,
@@ -48,6 +47,7 @@ from src.infra.backup.repository.writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
     from src.infra.backup.app.offsite import ReplicaCoordinator
+    from src.infra.backup.app.outcome import BackupHook
     from src.infra.backup.repository.check import CheckReport
     from src.infra.backup.repository.gc import PruneReport
 
@@ -166,6 +166,8 @@ class BackupManager:
         error: BackupError | None = None,
     ) -> None:
         """Log the outcome, record it in the run history and pass it to ``self.hooks``."""
+        from src.infra.backup.app.outcome import record_outcome
+
         record_outcome(
             backup_type,
             time.monotonic() - started,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -180,7 +179,7 @@ def _swap_into_place(destination: Path, create: Callable[[Path], None]) -> None:
     """``create`` a link under a temporary name beside ``destination`` (named like the
     restore's temp files, so a killed restore's leftover is swept), rename it over
     ``destination`` and make that durable; the temporary never outlives a failure."""
-    temp = destination.parent / f"{TEMP_PREFIX}{restore_temp_tag()}{secrets.token_hex(8)}"
+    temp = destination.parent / f"{TEMP_PREFIX}{restore_temp_tag()}{os.urandom(8).hex()}"
     try:
         create(temp)
         os.replace(temp, destination)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import os
@@ -337,6 +336,8 @@ class RepositoryKeys:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RepositoryKeys):
             return NotImplemented
+        import hmac  # loads OpenSSL's hash module: only when keys are compared
+
         return self.aead == other.aead and hmac.compare_digest(self.master, other.master)
 
     def __hash__(self) -> int:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -30,7 +28,7 @@ BACKUP_LEASE_KIND = "backup"
 
 # The host name recorded in leases, manifests and status files. $PEAK_BACKUP_HOST overrides it
 # (containers whose host names change on every start; tests that play several hosts).
-HOSTNAME = os.environ.get("PEAK_BACKUP_HOST") or socket.gethostname() or "localhost"
+HOSTNAME = os.environ.get("PEAK_BACKUP_HOST") or os.uname().nodename or "localhost"
 JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
 # Breaking a stale lock is itself guarded by an exclusive token; a token older than this is
 # left by a breaker that died and is ignored.
@@ -102,7 +100,7 @@ class Lease:
         self.store = store
         self.kind = kind
         self.ttl = ttl
-        self.key = lease_key(kind, secrets.token_hex(8))
+        self.key = lease_key(kind, os.urandom(8).hex())
         self.started = utcnow()
         self.expires = self.started
         self._renewed_at = 0.0
@@ -189,7 +187,7 @@ class ExclusiveLock(Lease):
         try:
             # Unique content: a store may accept an exclusive put of identical bytes (S3, a
             # retried conditional PUT), and two breakers must never both win.
-            owner = f"{HOSTNAME} {os.getpid()} {secrets.token_hex(8)}".encode()
+            owner = f"{HOSTNAME} {os.getpid()} {os.urandom(8).hex()}".encode()
             self.store.put(token, owner, exclusive=True, durable=False)
         except ObjectExistsError:
             try:

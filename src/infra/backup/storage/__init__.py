@@ -23,7 +23,7 @@ from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from src.infra.backup.storage.s3 import S3Options
+    from src.infra.backup.storage.s3_location import S3Options
 
 __all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "Store", "open_store"]
 
@@ -57,7 +57,8 @@ def open_store(
     kind = scheme.group(1)
     if kind == "s3":
         # Imported here: a local repository never loads the S3 backend.
-        from src.infra.backup.storage.s3 import S3Store, parse_s3_url
+        from src.infra.backup.storage.s3 import S3Store
+        from src.infra.backup.storage.s3_location import parse_s3_url
 
         try:
             parse_s3_url(text)

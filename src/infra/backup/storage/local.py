@@ -12,7 +12,6 @@ import builtins
 import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -59,7 +58,7 @@ def write_temp_file(
     ``directory`` (fsync'ed unless ``sync=False``) and return its path. The name is
     ``.tmp-<tag><16 hex>``; the store's own files have no tag, restores name their writer
     (see ``restore_temp.py``)."""
-    temp = directory / f"{TEMP_PREFIX}{tag}{secrets.token_hex(8)}"
+    temp = directory / f"{TEMP_PREFIX}{tag}{os.urandom(8).hex()}"
     pieces = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:

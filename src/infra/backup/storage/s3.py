@@ -29,18 +29,18 @@ the native client only by repositories on S3.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
+from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
 if TYPE_CHECKING:
     from obstore.store import S3Store as _ObstoreS3
@@ -52,39 +52,6 @@ MULTIPART_PART_SIZE = 8 * 1024 * 1024
 # Where the conditional-write probe object goes unless the caller names a place (the
 # repository passes a key in its lock namespace; the store knows no repository names).
 DEFAULT_PROBE_PREFIX = "probe-"
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach the bucket. Credentials left ``None`` come from the usual AWS environment
-    variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-    ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) or the instance's role.
-    Secrets are excluded from ``repr`` so they cannot reach a log line by accident."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    timeout: timedelta = timedelta(seconds=30)
-    connect_timeout: timedelta = timedelta(seconds=5)
-    max_retries: int = 5
-    retry_timeout: timedelta = timedelta(minutes=3)
-    concurrency: int = 8
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; ``ValueError`` if it is
-    not one."""
-    if not url.startswith("s3://"):
-        raise ValueError(f"{url!r} is not an s3:// URL")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    if not bucket or not all(c.isalnum() or c in "-." for c in bucket) or len(bucket) < 3:
-        raise ValueError(f"{url!r}: invalid bucket name {bucket!r}")
-    prefix = prefix.strip("/")
-    if prefix:
-        validate_key(prefix)
-    return bucket, prefix
 
 
 class S3Store(Store):
@@ -124,7 +91,7 @@ class S3Store(Store):
 
         with self._probe_lock:
             if self._conditional is None:
-                key = f"{self.probe_prefix}{secrets.token_hex(8)}"
+                key = f"{self.probe_prefix}{os.urandom(8).hex()}"
                 self._call("write", key, obstore.put, self._client, key, b"probe", mode="create")
                 try:
                     obstore.put(self._client, key, b"probe", mode="create")
