@@ -34,7 +34,7 @@ from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.repository.replication import open_replica, sync
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.local import LocalStore
-from src.infra.backup.storage.s3 import S3Options
+from src.infra.backup.storage.s3_location import S3Options
 from tools.s3_server import SeaweedS3
 
 DEFAULT_OUT = Path(__file__).parent / "results"

@@ -73,8 +73,10 @@ def fuzz_totals() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tallies", description=__doc__)
-    parser.add_argument("which", nargs="*", choices=["faults", "fuzz"], default=[])
+    parser.add_argument("which", nargs="*", help="faults, fuzz (default: both)")
     which = parser.parse_args(argv).which or ["faults", "fuzz"]
+    if set(which) - {"faults", "fuzz"}:
+        parser.error(f"unknown: {sorted(set(which) - {'faults', 'fuzz'})}")
     codes = [fault_totals() if name == "faults" else fuzz_totals() for name in which]
     return max(codes)
 

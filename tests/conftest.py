@@ -3,13 +3,24 @@
 Every test runs with its working directory in its own ``tmp_path`` and without
 ``$PEAK_TRADE_CONFIG_PATH``, so nothing ever picks up the project's own ``config.toml`` or
 writes to ``/work/main/backups``.
+
+Temporary directories go to a tmpfs (``/dev/shm``) when there is one with room, unless
+``--basetemp``, ``$PYTEST_DEBUG_TEMPROOT`` or ``$TMPDIR`` says otherwise: the code under test
+fsyncs every object it writes, which costs milliseconds each on a disk and nothing on a tmpfs
+(the calls are still made; what they would protect against, a power cut, no test can show).
+
+Under pytest-xdist (``make test`` runs two workers) each worker is its own session: it starts
+its own S3 server on free ports, under a lock so two servers never pick the same port.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +32,7 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.storage.s3 import S3Options
+from src.infra.backup.storage.s3_location import S3Options
 from tools.s3_server import S3Endpoint, S3ServerUnavailableError, SeaweedS3
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +40,26 @@ MAIN_SCRIPT = PROJECT_ROOT / "src" / "infra" / "backup" / "__main__.py"
 CONFIG_ENV = "PEAK_TRADE_CONFIG_PATH"
 
 CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+FAST_TEMP_ROOT = Path("/dev/shm")
+FAST_TEMP_MIN_FREE = 4 << 30  # room to spare: a whole run writes about 130 MB
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put pytest's temporary directories on a tmpfs, unless told where they go."""
+    if config.option.basetemp or {"PYTEST_DEBUG_TEMPROOT", "TMPDIR"} & os.environ.keys():
+        return
+    try:
+        stat = os.statvfs(FAST_TEMP_ROOT)
+    except OSError:
+        return
+    if stat.f_bavail * stat.f_frsize >= FAST_TEMP_MIN_FREE and os.access(FAST_TEMP_ROOT, os.W_OK):
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(FAST_TEMP_ROOT)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked slow run first (in their collection order, the rest after them in
+    theirs): on several workers none of them then starts last and runs on alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -97,15 +128,44 @@ def run_cli() -> CliRunner:
 # -- a real S3 server (SeaweedFS) ---------------------------------------------------------------
 
 REQUIRE_S3_ENV = "PEAK_REQUIRE_S3"  # set by CI: an S3 server that cannot start fails the run
+PORT_LOCK = Path(tempfile.gettempdir()) / "peak-backup-test-ports.lock"
+
+
+@contextlib.contextmanager
+def port_lock() -> Iterator[None]:
+    """Held while a test server picks free ports and until it has bound them, so servers
+    starting at the same time (xdist workers, other test runs on this machine) never pick
+    the same port."""
+    with open(PORT_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def start_server(server: SeaweedS3, attempts: int = 3) -> SeaweedS3:
+    """``server.start()`` under :func:`port_lock`; a start that fails (a port taken by a process
+    that does not take the lock) is tried again on other free ports."""
+    for attempt in range(attempts):
+        try:
+            with port_lock():
+                return server.start()
+        except S3ServerUnavailableError:
+            if attempt == attempts - 1:
+                raise
+            server._ports = []  # new free ports next time
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    """One SeaweedFS per test session on 127.0.0.1 (free ports), stopped by its PID. Tests
-    using it skip with the reason if it cannot start, unless ``$PEAK_REQUIRE_S3`` is set."""
+    """One SeaweedFS per test session (per xdist worker) on 127.0.0.1 (free ports), killed by
+    its PID at the end (its data is thrown away). Tests using it skip with the reason if it
+    cannot start, unless ``$PEAK_REQUIRE_S3`` is set."""
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        server.start()
+        start_server(server)
     except S3ServerUnavailableError as exc:
         if os.environ.get(REQUIRE_S3_ENV):
             pytest.fail(f"the S3 test server is required but did not start: {exc}")
@@ -113,7 +173,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ WRITER = textwrap.dedent(
     repo, worker, count, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     manager = BackupManager(BackupConfig(backup_path=repo, retention_days=0))
     # Warm up (imports, repo.json) before the start signal, so all writers overlap.
+    print("ready", flush=True)
     deadline = time.time() + 30
     while not os.path.exists(go) and time.time() < deadline:
         time.sleep(0.005)
@@ -91,7 +92,9 @@ def test_four_processes_create_25_backups_each(tmp_path: Path) -> None:
         )
         for w in range(4)
     ]
-    time.sleep(0.8)  # let them import
+    for proc in workers:  # all have imported and wait for the signal: they will overlap
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n", proc.communicate()[1]
     go.touch()
     results = []
     for proc in workers:
@@ -104,8 +107,6 @@ def test_four_processes_create_25_backups_each(tmp_path: Path) -> None:
     assert len(set(all_ids)) == 100, "duplicate ids"
     for backup_id in all_ids:
         assert ID_PATTERN.match(backup_id), backup_id
-    suffixed = [i for i in all_ids if ID_PARTS.match(i)["n"]]  # type: ignore[index]
-    print(f"\n{len(suffixed)} of 100 ids carry a collision suffix")
 
     manager = BackupManager(BackupConfig(backup_path=repo, retention_days=0))
     listed = [info.backup_id for info in manager.list_backups()]

@@ -4,6 +4,14 @@ A child process backs up a deterministic, growing state (and two real files) in 
 parent kills it at a random moment, over and over, each time a new child against the same
 repository. After every kill, every listed backup must load, verify, and equal exactly the
 state the child would have written for the index stored inside it.
+
+Each kill lands inside the backup loop: the parent waits until the child says it is ready
+(imported, manager open), so no kill is spent on interpreter startup. A third of the kills
+come at a random moment (encoding, chunking, writing, anything); a third while the child is
+stopped in the middle of its n-th object write (the temporary file written and fsync'ed, not
+yet renamed into place; n random); a third in the middle of writing a backup's manifest, the
+commit point (that backup must then not exist). On a fast disk a random moment rarely falls
+inside a write, so the last two kinds make sure the kills mid-write happen every run.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import pytest
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-KILLS = 30
+KILLS = 12  # 4 at a random moment, 4 mid-write, 4 mid-commit
 
 # Shared by the child (which writes) and the parent (which regenerates and compares).
 GENERATOR = """
@@ -85,7 +93,24 @@ CHILD = (
 import sys
 from src.infra.backup import BackupConfig, BackupManager
 
-repo, workdir, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+repo, workdir, start, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if pause:  # "<directory or any>:<n>": stop in the n-th object write there, for the kill
+    import time
+    from src.infra.backup.storage import local
+
+    where, nth = pause.split(":")
+    real_write_temp_file, seen = local.write_temp_file, [0]
+
+    def write_temp_file(directory, data, **options):
+        temp = real_write_temp_file(directory, data, **options)
+        if where in ("any", directory.name):
+            seen[0] += 1
+            if seen[0] == int(nth):
+                print("paused", temp, flush=True)  # written and synced, not renamed yet
+                time.sleep(3600)
+        return temp
+
+    local.write_temp_file = write_temp_file
 manager = BackupManager(BackupConfig(
     backup_path=repo, retention_days=0, sources=["static.toml", "live_runs/"], base_dir=workdir,
 ))
@@ -151,58 +176,64 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_backup(tmp_path: Path)
     workdir.mkdir()
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
-    print(f"\ncrash test seed {seed}")
 
     verified: dict[str, int] = {}
     counts = {
         "kills": 0,
-        "during_startup": 0,
         "mid_write": 0,
-        "in_loop_no_temp_left": 0,
         "commits_seen": 0,
         "after_commit_before_report": 0,
     }
-    started_at = time.monotonic()
     for kill in range(KILLS):
+        mode = ("moment", "write", "commit")[kill % 3]
+        pause = {"moment": "", "write": f"any:{rng.randint(1, 40)}", "commit": "snapshots:1"}
+        args = [str(repo), str(workdir), str(kill * 10_000), pause[mode]]
         before_temps = temp_files(repo)
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(repo), str(workdir), str(kill * 10_000)],
+            [sys.executable, "-c", CHILD, *args],
             cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(rng.uniform(0.05, 0.6))
+        assert child.stdout is not None
+        ready = child.stdout.readline()
+        assert ready == "ready\n", (ready, child.communicate()[1])
+        before_kill: list[str] = []
+        if mode == "moment":
+            time.sleep(rng.uniform(0.0, 0.5))  # a random moment in the backup loop
+        else:
+            for line in child.stdout:  # until the child stops inside the write
+                before_kill.append(line)
+                if line.startswith("paused"):
+                    break
         assert child.poll() is None, child.communicate()[1]  # it must still be running
         os.kill(child.pid, signal.SIGKILL)
         out, err = child.communicate(timeout=30)
         assert child.returncode == -signal.SIGKILL, err
         counts["kills"] += 1
-        lines = out.splitlines()
-        counts["commits_seen"] += sum(1 for line in lines if line.startswith("committed"))
+        lines = [line.rstrip("\n") for line in before_kill] + out.splitlines()
+        printed = sum(1 for line in lines if line.startswith("committed"))
+        counts["commits_seen"] += printed
         new_temps = temp_files(repo) - before_temps
-        if "ready" not in lines:
-            counts["during_startup"] += 1
-        elif new_temps:
-            counts["mid_write"] += 1
-        else:
-            counts["in_loop_no_temp_left"] += 1
+        if mode != "moment":
+            paused = next(line for line in lines if line.startswith("paused")).split()[1]
+            # The kill came inside the write: its temporary file is left, nothing else.
+            assert str(Path(paused).relative_to(repo)) in new_temps, (mode, paused, new_temps)
+        counts["mid_write"] += bool(new_temps)
         listed_before = len(verified)
         check_repository(repo, workdir, verified)
-        printed = sum(1 for line in lines if line.startswith("committed"))
         unreported = len(verified) - listed_before - printed
         assert unreported in (0, 1), f"{unreported} backups appeared that the child never began"
+        if mode == "commit":
+            assert unreported == 0, "a backup killed while writing its manifest is listed"
         counts["after_commit_before_report"] += unreported
 
     listed = check_repository(repo, workdir, {})  # at the end: everything, fully, again
-    elapsed = time.monotonic() - started_at
-    print(
-        f"crash test: {counts}; {listed} backups committed; "
-        f"{len(temp_files(repo))} temp files left; {elapsed:.1f} s"
-    )
-    assert listed == len(verified)
-    assert listed > 0, "no backup was ever committed"
+    assert listed == len(verified), (seed, counts)
+    assert listed > 0, f"no backup was ever committed (seed {seed}, {counts})"
     assert listed >= counts["commits_seen"]
+    assert counts["mid_write"] >= 2 * KILLS // 3, counts
 
     # The repository stays fully usable after all that debris.
     manager = BackupManager(BackupConfig(backup_path=repo, retention_days=0))

@@ -6,6 +6,11 @@ with flipped, truncated, inserted or deleted bytes; and, the hard case, structur
 with a VALID checksum (recomputed after editing) but hostile content: negative or huge sizes,
 bad chunk ids, traversal names, duplicate names, lying chunk-list counts, future formats, odd
 timestamps. Restores of hostile manifests must write nothing outside the target.
+
+Each property runs as ``fuzz_*`` (hypothesis drives it) inside a ``test_*`` that then asserts on
+the outcomes of all its examples: at least that some damaged or hostile inputs were refused, so
+a reader that stops checking (e.g. ignores a checksum) fails here even though it raises nothing.
+``python -m bench.tallies fuzz`` runs this module and prints the outcome counts per target.
 """
 
 from __future__ import annotations
@@ -74,12 +79,26 @@ FULL = settings(
     deadline=timedelta(seconds=10),
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
-TALLY: dict[str, Counter[str]] = {}
+TALLY: dict[str, Counter[str]] = {}  # outcome counts per target, for bench/tallies.py
 ZERO_SUM = "0" * 64
 
 
 def tally(target: str, outcome: str) -> None:
     TALLY.setdefault(target, Counter())[outcome] += 1
+
+
+def run_fuzz(fuzz: Callable[..., None], target: str, *fixtures: object) -> Counter[str]:
+    """Run the property ``fuzz`` (every example) and return what it tallied under ``target``."""
+    before = Counter(TALLY.get(target, Counter()))
+    fuzz(*fixtures)
+    counts = TALLY.get(target, Counter()) - before
+    assert counts, f"{target}: no example ran"
+    return counts
+
+
+def refused(counts: Counter[str], prefix: str = "") -> int:
+    """How many outcomes (``prefix`` + the outcome) were a refusal: a BackupError class."""
+    return sum(n for key, n in counts.items() if key.startswith(prefix) and key.endswith("Error"))
 
 
 def outcome_of(call: Callable[[], object]) -> tuple[str, object]:
@@ -404,9 +423,14 @@ def seal(doc: dict[str, Any], kind: type[Manifest] | type[RepoConfig]) -> bytes:
 
 @FUZZ
 @given(raw=st.binary(max_size=3000), as_manifest=st.booleans())
-def test_decode_checked_random_bytes(raw: bytes, as_manifest: bool) -> None:
+def fuzz_decode_checked_random_bytes(raw: bytes, as_manifest: bool) -> None:
     result, _ = outcome_of(lambda: decode_as(raw, not as_manifest))
     tally("decode_checked random bytes", result)
+
+
+def test_decode_checked_random_bytes() -> None:
+    counts = run_fuzz(fuzz_decode_checked_random_bytes, "decode_checked random bytes")
+    assert "ok" not in counts, counts  # random bytes never carry a valid checksum
 
 
 JSON_VALUES = st.recursive(
@@ -428,11 +452,17 @@ JSON_VALUES = st.recursive(
     ),
     as_manifest=st.booleans(),
 )
-def test_decode_checked_random_json_with_valid_checksum(
+def fuzz_decode_checked_random_json_with_valid_checksum(
     doc: dict[str, Any], as_manifest: bool
 ) -> None:
     result, _ = outcome_of(lambda: decode_as(checksummed(doc), not as_manifest))
     tally("decode_checked random JSON, valid checksum", result)
+
+
+def test_decode_checked_random_json_with_valid_checksum() -> None:
+    target = "decode_checked random JSON, valid checksum"
+    counts = run_fuzz(fuzz_decode_checked_random_json_with_valid_checksum, target)
+    assert refused(counts) > 0, counts  # the schema refuses what the checksum lets through
 
 
 @FUZZ
@@ -466,7 +496,7 @@ def mutated_body(draw: st.DrawFn, original: bytes) -> bytes:
 
 @FUZZ
 @given(data=st.data(), which=st.sampled_from(["manifest_new", "manifest_old", "repo_json"]))
-def test_decode_checked_mutated_with_valid_checksum(
+def fuzz_decode_checked_mutated_with_valid_checksum(
     template: Template, data: st.DataObject, which: str
 ) -> None:
     original = (template.root / template.targets()[which]).read_bytes()
@@ -475,22 +505,38 @@ def test_decode_checked_mutated_with_valid_checksum(
     tally("decode_checked byte damage, valid checksum", result)
 
 
+def test_decode_checked_mutated_with_valid_checksum(template: Template) -> None:
+    target = "decode_checked byte damage, valid checksum"
+    counts = run_fuzz(fuzz_decode_checked_mutated_with_valid_checksum, target, template)
+    assert refused(counts) > 0, counts
+
+
 @FUZZ
 @given(raw=st.binary(max_size=2000) | JSON_VALUES.map(msgspec.json.encode))
-def test_decode_chunk_list_random(raw: bytes) -> None:
+def fuzz_decode_chunk_list_random(raw: bytes) -> None:
     result, refs = outcome_of(lambda: decode_chunk_list(raw, "x"))
     if result == "ok":
         assert isinstance(refs, list) and all(isinstance(r, ChunkRef) for r in refs)
     tally("decode_chunk_list random", result)
 
 
+def test_decode_chunk_list_random() -> None:
+    counts = run_fuzz(fuzz_decode_chunk_list_random, "decode_chunk_list random")
+    assert refused(counts) > 0, counts
+
+
 @FUZZ
 @given(data=st.data())
-def test_decode_chunk_list_mutated(data: st.DataObject) -> None:
+def fuzz_decode_chunk_list_mutated(data: st.DataObject) -> None:
     refs = [ChunkRef(chunk_id(bytes([n])), n + 1, n + 9) for n in range(5)]
     raw = data.draw(mutated(encode_chunk_list(refs)))
     result, _ = outcome_of(lambda: decode_chunk_list(raw, "x"))
     tally("decode_chunk_list mutated", result)
+
+
+def test_decode_chunk_list_mutated() -> None:
+    counts = run_fuzz(fuzz_decode_chunk_list_mutated, "decode_chunk_list mutated")
+    assert refused(counts) > 0, counts
 
 
 PLAIN = b"fills and positions " * 40
@@ -508,16 +554,21 @@ PLAIN = b"fills and positions " * 40
     size=st.sampled_from([len(PLAIN)]) | BAD_INTS,
     cid=st.sampled_from([chunk_id(PLAIN)]) | BAD_IDS,
 )
-def test_blob_decode_random(blob: bytes, size: int, cid: str) -> None:
+def fuzz_blob_decode_random(blob: bytes, size: int, cid: str) -> None:
     result, plain = outcome_of(lambda: BlobCodec().decode(blob, cid, size))
     if result == "ok":
         assert plain == PLAIN and cid == chunk_id(PLAIN)
     tally("BlobCodec.decode random", result)
 
 
+def test_blob_decode_random() -> None:
+    counts = run_fuzz(fuzz_blob_decode_random, "BlobCodec.decode random")
+    assert refused(counts) > 0, counts
+
+
 @FUZZ
 @given(data=st.data(), codec=st.sampled_from([0, 1, 2]))
-def test_blob_decode_mutated_never_wrong_data(data: st.DataObject, codec: int) -> None:
+def fuzz_blob_decode_mutated_never_wrong_data(data: st.DataObject, codec: int) -> None:
     original = blob_of(PLAIN, codec)
     blob = data.draw(mutated(original))
     result, plain = outcome_of(lambda: BlobCodec().decode(blob, chunk_id(PLAIN), len(PLAIN)))
@@ -528,18 +579,31 @@ def test_blob_decode_mutated_never_wrong_data(data: st.DataObject, codec: int) -
         assert plain == PLAIN  # a change that still decodes must decode to the right bytes
 
 
+def test_blob_decode_mutated_never_wrong_data() -> None:
+    target = "corruptions (chunk blobs)"
+    counts = run_fuzz(fuzz_blob_decode_mutated_never_wrong_data, target)
+    assert counts["detected"] > 0, counts
+
+
 @FUZZ
 @given(
     codec=st.sampled_from([1, 2]),
     content_size=st.booleans(),
     size=BAD_INTS,
 )
-def test_blob_decode_hostile_expected_size(codec: int, content_size: bool, size: int) -> None:
+def fuzz_blob_decode_hostile_expected_size(codec: int, content_size: bool, size: int) -> None:
     """The expected size comes from a manifest or chunk list, i.e. from the repository: a
     negative or huge one must be refused, not passed on to the decompressor."""
     blob = blob_of(PLAIN, codec, content_size=content_size)
     result, _ = outcome_of(lambda: BlobCodec().decode(blob, chunk_id(PLAIN), size))
+    if size != len(PLAIN):
+        assert result != "ok", f"expected size {size} accepted for {len(PLAIN)} bytes"
     tally("BlobCodec.decode hostile sizes", result)
+
+
+def test_blob_decode_hostile_expected_size() -> None:
+    counts = run_fuzz(fuzz_blob_decode_hostile_expected_size, "BlobCodec.decode hostile sizes")
+    assert refused(counts) > 0, counts
 
 
 # -- 2. full read paths on a real repository ---------------------------------------------------
@@ -550,17 +614,22 @@ TARGETS = ["manifest_new", "manifest_old", "repo_json", "chunk_small", "chunk_la
 
 @FULL
 @given(which=st.sampled_from(TARGETS), raw=st.binary(max_size=4096))
-def test_read_paths_random_bytes(template: Template, workdir: Path, which: str, raw: bytes) -> None:
+def fuzz_read_paths_random_bytes(template: Template, workdir: Path, which: str, raw: bytes) -> None:
     key = template.targets()[which]
     with planted(workdir, {key: raw}):
         outcomes = exercise(template, workdir, which, trusted=True)
     errors = set(outcomes.values()) - {"ok", "True"}
-    tally("read paths, random bytes", "some error" if errors else "all ok")
+    assert errors, f"random bytes in place of {key} went unnoticed: {outcomes}"
+    tally("read paths, random bytes", "some error")
+
+
+def test_read_paths_random_bytes(template: Template, workdir: Path) -> None:
+    run_fuzz(fuzz_read_paths_random_bytes, "read paths, random bytes", template, workdir)
 
 
 @FULL
 @given(which=st.sampled_from(TARGETS), data=st.data())
-def test_read_paths_mutated_files(
+def fuzz_read_paths_mutated_files(
     template: Template, workdir: Path, which: str, data: st.DataObject
 ) -> None:
     key = template.targets()[which]
@@ -574,16 +643,31 @@ def test_read_paths_mutated_files(
         tally("corruptions (repository files)", "detected" if detected else "harmless")
 
 
+def test_read_paths_mutated_files(template: Template, workdir: Path) -> None:
+    target = "corruptions (repository files)"
+    counts = run_fuzz(fuzz_read_paths_mutated_files, target, template, workdir)
+    assert counts["detected"] > 0, counts
+
+
 @FULL
 @given(which=st.sampled_from(["manifest_new", "manifest_old", "repo_json"]), data=st.data())
-def test_read_paths_byte_damage_with_valid_checksum(
+def fuzz_read_paths_byte_damage_with_valid_checksum(
     template: Template, workdir: Path, which: str, data: st.DataObject
 ) -> None:
     key = template.targets()[which]
     raw = data.draw(mutated_body((template.root / key).read_bytes()))
     with planted(workdir, {key: raw}):
         outcomes = exercise(template, workdir, which, trusted=False)
-    tally("read paths, byte damage with valid checksum", f"list {outcomes['list']}")
+    target = "read paths, byte damage with valid checksum"
+    tally(target, f"list {outcomes['list']}")
+    tally(target, "some error" if set(outcomes.values()) - {"ok", "True"} else "all ok")
+
+
+def test_read_paths_byte_damage_with_valid_checksum(template: Template, workdir: Path) -> None:
+    target = "read paths, byte damage with valid checksum"
+    fuzz = fuzz_read_paths_byte_damage_with_valid_checksum
+    counts = run_fuzz(fuzz, target, template, workdir)
+    assert counts["some error"] > 0, counts
 
 
 HOSTILE_ID = "manual_20991231_235959"
@@ -713,6 +797,12 @@ def fingerprint(root: Path, skip: Path) -> dict[str, tuple[int, int, bytes | Non
     return found
 
 
+def planted_verdict(outcomes: dict[str, str]) -> str:
+    """Whether the planted backup was refused: it did not load, or did not verify."""
+    refused = outcomes["load_planted"] != "ok" or outcomes["verify_planted"] != "True"
+    return "planted refused" if refused else "planted accepted"
+
+
 def restore_checked(sandbox: Path, backup_id: str, stats: str) -> Callable[[RecoveryManager], None]:
     """A restore of ``backup_id`` into ``sandbox/a/b/target`` that must write nothing else."""
 
@@ -733,7 +823,7 @@ def restore_checked(sandbox: Path, backup_id: str, stats: str) -> Callable[[Reco
 
 @FULL
 @given(data=st.data())
-def test_read_paths_hostile_manifest(
+def fuzz_read_paths_hostile_manifest(
     template: Template, workdir: Path, sandbox: Path, data: st.DataObject
 ) -> None:
     base = document((template.root / template.targets()["manifest_new"]).read_bytes())
@@ -754,11 +844,18 @@ def test_read_paths_hostile_manifest(
         for backup_id in template.ids:
             assert manager.load_backup(backup_id) == template.data[backup_id]
     tally(what, f"list {outcomes['list']}")
+    tally(what, planted_verdict(outcomes))
+
+
+def test_read_paths_hostile_manifest(template: Template, workdir: Path, sandbox: Path) -> None:
+    target = "read paths, hostile manifest (valid checksum)"
+    counts = run_fuzz(fuzz_read_paths_hostile_manifest, target, template, workdir, sandbox)
+    assert counts["planted refused"] > 0, counts
 
 
 @FULL
 @given(data=st.data())
-def test_read_paths_hostile_chunk_content(
+def fuzz_read_paths_hostile_chunk_content(
     template: Template, workdir: Path, sandbox: Path, data: st.DataObject
 ) -> None:
     """Chunks with a VALID id but hostile content: a data entry whose bytes are not a valid
@@ -794,7 +891,7 @@ def test_read_paths_hostile_chunk_content(
         what = "read paths, hostile chunk list (valid chunk id)"
     extra[f"snapshots/{HOSTILE_ID}.json"] = seal(doc, Manifest)
     with planted(workdir, extra):
-        exercise(
+        outcomes = exercise(
             template,
             workdir,
             what,
@@ -803,6 +900,13 @@ def test_read_paths_hostile_chunk_content(
             planted_id=HOSTILE_ID,
         )
     tally(what, "examples")
+    tally("read paths, hostile chunk content (valid chunk id)", planted_verdict(outcomes))
+
+
+def test_read_paths_hostile_chunk_content(template: Template, workdir: Path, sandbox: Path) -> None:
+    target = "read paths, hostile chunk content (valid chunk id)"
+    counts = run_fuzz(fuzz_read_paths_hostile_chunk_content, target, template, workdir, sandbox)
+    assert counts["planted refused"] > 0, counts
 
 
 REPO_EDITS = st.sampled_from(
@@ -822,7 +926,7 @@ REPO_EDITS = st.sampled_from(
 
 @FULL
 @given(edits=st.lists(REPO_EDITS, min_size=1, max_size=3), data=st.data())
-def test_read_paths_hostile_repo_json(
+def fuzz_read_paths_hostile_repo_json(
     template: Template, workdir: Path, edits: list[str], data: st.DataObject
 ) -> None:
     doc = document((template.root / "repo.json").read_bytes())
@@ -855,6 +959,12 @@ def test_read_paths_hostile_repo_json(
     tally("read paths, hostile repo.json (valid checksum)", f"open {outcomes['open']}")
 
 
+def test_read_paths_hostile_repo_json(template: Template, workdir: Path) -> None:
+    target = "read paths, hostile repo.json (valid checksum)"
+    counts = run_fuzz(fuzz_read_paths_hostile_repo_json, target, template, workdir)
+    assert refused(counts, "open ") > 0, counts
+
+
 LEASE = msgspec.json.encode(
     LeaseRecord(
         "backup",
@@ -884,11 +994,9 @@ COORDINATION = {
 
 @FULL
 @given(which=st.sampled_from(sorted(COORDINATION)), data=st.data())
-def test_prune_reads_damaged_leases_locks_and_collection_records(
+def fuzz_prune_reads_damaged_leases_locks_and_collection_records(
     template: Template, workdir: Path, which: str, data: st.DataObject
 ) -> None:
-    """Leases, the prune lock and collection records carry no checksum: any damage (a torn
-    write, a flipped bit, a stray file) must give a BackupError or be tolerated."""
     original = COORDINATION[which]
     raw = data.draw(
         st.binary(max_size=300)
@@ -905,6 +1013,18 @@ def test_prune_reads_damaged_leases_locks_and_collection_records(
         result, _ = outcome_of(lambda: manager.prune())
         (workdir / "locks" / "prune.lock").unlink(missing_ok=True)
     tally("prune with damaged lease/lock/collection files", result)
+
+
+def test_prune_reads_damaged_leases_locks_and_collection_records(
+    template: Template, workdir: Path
+) -> None:
+    """Leases, the prune lock and collection records carry no checksum: any damage (a torn
+    write, a flipped bit, a stray file) must give a BackupError or be tolerated, and some of
+    it must be refused (the files are parsed and checked, not ignored)."""
+    target = "prune with damaged lease/lock/collection files"
+    fuzz = fuzz_prune_reads_damaged_leases_locks_and_collection_records
+    counts = run_fuzz(fuzz, target, template, workdir)
+    assert refused(counts) > 0, counts
 
 
 # -- 3. concrete cases -------------------------------------------------------------------------
@@ -1099,12 +1219,3 @@ def test_stored_chunk_with_damaged_frame_header(template: Template, workdir: Pat
     with planted(workdir, {key: damaged}):
         outcomes = exercise(template, workdir, "zstd frame header", trusted=True)
     assert outcomes["check"] != "ok"
-
-
-def test_fuzz_totals() -> None:
-    """Print the outcome counts of every fuzz target above (for the team note)."""
-    if not TALLY:
-        pytest.skip("no fuzz runs in this session")
-    print("\n[fuzz] outcomes per target:")
-    for target, counts in TALLY.items():
-        print(f"  {target}: {dict(counts)}")

@@ -4,23 +4,22 @@ leaking credentials, two hosts and a pruner on one bucket, and the server dying 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ObjectExistsError, StorageError
 from src.infra.backup.storage.s3 import S3Store
-from tests.conftest import PROJECT_ROOT, S3Bucket, create_bucket, run_cli_process
+from tests.conftest import PROJECT_ROOT, S3Bucket, create_bucket, start_server
+from tests.helpers import run_cli_inline
 from tools.s3_server import SeaweedS3, free_ports
 
 ZERO = timedelta(0)
@@ -78,11 +77,11 @@ def test_cli_on_s3_never_shows_credentials(s3_bucket: S3Bucket, tmp_path: Path) 
     )
     outputs = []
     for args in (["create"], ["list", "--json"], ["verify", "--all", "--json"], ["status"]):
-        result = run_cli_process(*args, cwd=tmp_path)
+        result = run_cli_inline(*args, cwd=tmp_path)
         outputs.append(result.stdout + result.stderr)
         assert result.returncode == 0, result.stderr
     assert "manual_" in outputs[1]
-    listed = json.loads(run_cli_process("list", "--json", cwd=tmp_path).stdout)
+    listed = json.loads(run_cli_inline("list", "--json", cwd=tmp_path).stdout)
     assert len(listed) == 1
 
     wrong = "WRONG-" + secret
@@ -90,7 +89,7 @@ def test_cli_on_s3_never_shows_credentials(s3_bucket: S3Bucket, tmp_path: Path) 
         (tmp_path / "config.toml").read_text().replace(secret, wrong)
     )
     for args in (["list"], ["create", "--json"], ["-v", "list"]):
-        result = run_cli_process(*args, cwd=tmp_path)
+        result = run_cli_inline(*args, cwd=tmp_path)
         assert result.returncode != 0
         assert "access denied" in result.stdout + result.stderr
         outputs.append(result.stdout + result.stderr)
@@ -127,9 +126,11 @@ def test_conditional_writes_and_the_fallback(s3_bucket: S3Bucket) -> None:
     assert fallback.get("snapshots/b.json") == b"one"
 
 
+@pytest.mark.timeout(30)  # a guard only: a hang fails here instead of blocking the suite
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     """Nothing listens on the endpoint: a StorageError naming the location, after the
-    configured retries, not a hang and not a client exception."""
+    configured retries (the client's message counts them), not a hang and not a client
+    exception."""
     (port,) = free_ports(1)
     config = BackupConfig(
         backup_path="s3://peak-bucket/repo",
@@ -142,10 +143,10 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
             "connect_timeout": "1s",
         },
     )
-    started = time.monotonic()
     with pytest.raises(StorageError, match=r"s3://peak-bucket/repo") as info:
         BackupManager(config).create_backup({"a": 1})
-    assert time.monotonic() - started < 30
+    # The mechanism: the configured retry budget was spent, then the error surfaced.
+    assert "after 1 retries, max_retries: 1" in str(info.value), info.value
     assert "SK-never-shown" not in str(info.value)
 
 
@@ -271,42 +272,41 @@ def test_two_hosts_and_a_pruner_share_a_bucket(s3_bucket: S3Bucket, tmp_path: Pa
 # -- the server dies in the middle of an upload --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_server_killed_mid_upload(tmp_path: Path, s3_server: SeaweedS3) -> None:
-    """A private server is SIGKILLed while a large backup uploads: a clear error (or a
-    completed backup), nothing partial listed; once it is back the next backup completes."""
-    server = SeaweedS3(tmp_path / "private-s3")
-    server.start()
+def test_server_killed_mid_upload(
+    tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private server is SIGKILLed while a large backup uploads its chunks (at the 10th
+    chunk, with more uploads of the same batch in flight): a clear error, nothing partial
+    listed; once it is back the next backup completes."""
+    server = start_server(SeaweedS3(tmp_path / "private-s3"))
     try:
         bucket = create_bucket(server, "killed-bucket")
         manager = BackupManager(bucket.config())
         first = manager.create_backup({"small": 1})
-        big = {"blob": os.urandom(48 * 1024 * 1024)}
-        outcome: dict[str, Any] = {}
+        store = manager.repository.store
+        assert isinstance(store, S3Store)
+        real_upload, uploads, killed_at = store._upload, itertools.count(1), []
 
-        def backup() -> None:
-            try:
-                outcome["id"] = manager.create_backup(big)
-            except BackupError as exc:
-                outcome["error"] = exc
+        def upload(key: str, data: bytes) -> None:  # runs in the store's upload threads
+            if next(uploads) == 10:
+                server.kill()
+                killed_at.append(key)
+            real_upload(key, data)
 
-        thread = threading.Thread(target=backup)
-        thread.start()
-        time.sleep(0.4)  # encoding and chunking are done; chunks are uploading
-        server.kill()
-        thread.join(timeout=120)
-        assert not thread.is_alive()
-        if "error" in outcome:
-            assert isinstance(outcome["error"], StorageError), outcome["error"]
-            assert "s3://killed-bucket/repo" in str(outcome["error"])
+        monkeypatch.setattr(store, "_upload", upload)
+        with pytest.raises(StorageError, match="s3://killed-bucket/repo"):
+            manager.create_backup({"blob": os.urandom(256 * 1024)})  # ~100 chunks
+        assert killed_at, "the server was not killed during the upload"
         server.restart()
         fresh = BackupManager(bucket.config())
         ids = {b.backup_id for b in fresh.list_backups()}
-        assert first in ids and ids <= {first, outcome.get("id")}
+        assert ids == {first}
         check = fresh.check(read_data=False)
         assert not check.missing_chunks and not check.damaged_manifests
         after = fresh.create_backup({"after": True})
         assert fresh.load_backup(after) == {"after": True}
         assert RecoveryManager(fresh).verify_backup(after)
     finally:
-        server.stop()
+        server.kill()

@@ -14,13 +14,14 @@ its backups are synced back byte for byte once the primary works again.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from src.infra.backup.app.config import BackupConfig
-from src.infra.backup.app.config_sections import OffsiteSettings
+from src.infra.backup.app.config_sections import OffsiteSettings, is_s3_url
 from src.infra.backup.errors import (
     BackupError,
     RepositoryBusyError,
@@ -62,6 +63,11 @@ def offsite_replicator(
         raise BackupError("no [backup.offsite] is configured")
     policy = settings.retention
     state = {"last_prune": float("-inf")}
+    if is_s3_url(settings.path):
+        # Loaded now, in the thread that backs up: the replicator may first open the replica
+        # while the interpreter exits (the flush), when the S3 backend's thread-pool module
+        # can no longer be imported ("can't register atexit after shutdown").
+        importlib.import_module("src.infra.backup.storage.s3")
 
     def open_destination(source: Repository) -> Repository:
         return open_replica(source, config.store_at(settings.path), create=True)
