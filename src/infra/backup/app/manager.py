@@ -3,43 +3,43 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from src.infra.backup.app.background import BackgroundWriter, Capture
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
-from src.infra.backup.app.maintenance import AutoPrune
-from src.infra.backup.app.passphrase import read_passphrase
+from src.infra.backup.app.maintenance import (
+    AutoPrune,
+    is_last_good,
+    plan_after_create,
+    plan_retention,
+)
+from src.infra.backup.app.passphrase import read_passphrase, refuse_unexpected_plaintext
+from src.infra.backup.app.request import BackupRequest, checked_request, encoded_request
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
     ConfigError,
-    InvalidInputError,
     RepositoryNotFoundError,
     StorageError,
 )
 from src.infra.backup.format.ids import (
-    id_sort_key,
     is_valid_backup_id,
-    note_problem,
     type_of_id,
     validate_backup_type,
-    validate_entry_name,
-    validate_tags,
 )
-from src.infra.backup.format.index import Summary
 from src.infra.backup.format.manifest import Manifest
+from src.infra.backup.format.values import ENCODING_NAME
 from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.policy.retention import (
     Decision,
-    apply_policy,
-    apply_retention_days,
 )
 from src.infra.backup.repository.reader import ProgressCallback
 from src.infra.backup.repository.repository import Repository
@@ -56,18 +56,6 @@ if TYPE_CHECKING:
 # docs/PERFORMANCE.md, "Start-up").
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackupRequest:
-    """One ``create_backup`` call, checked and with its values encoded (once)."""
-
-    backup_type: str
-    values: list[DataInput]
-    tags: dict[str, str]
-    note: str | None
-    include_files: bool
-    progress: ProgressCallback | None
 
 
 class BackupManager:
@@ -91,6 +79,7 @@ class BackupManager:
         self._passphrase_source = passphrase
         self._repository: Repository | None = None
         self._auto_prune = AutoPrune(self.config, self.prune)
+        self._background = BackgroundWriter()
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
         self._replica_coordinator: ReplicaCoordinator | None = None
@@ -139,19 +128,12 @@ class BackupManager:
                 if not create:
                     raise
                 repository = self._replicas.create_primary(store)
-            if self.config.encryption != "none" and not repository.encrypted:
-                raise ConfigError(
-                    f"[backup] encryption = {self.config.encryption!r}, but the repository at "
-                    f"{store.location} is not encrypted (encryption is chosen when a "
-                    "repository is created: use a new backup_path)"
-                )
-            if isinstance(self._passphrase_source, str) and not repository.encrypted:
-                # A passphrase given outright means the caller expects encryption: refuse to
-                # write in the clear (e.g. to a repo.json whose encryption was stripped).
-                raise ConfigError(
-                    f"a passphrase was given, but the repository at {store.location} is not "
-                    "encrypted; refusing to store backups unencrypted"
-                )
+            refuse_unexpected_plaintext(
+                repository,
+                store.location,
+                encryption=self.config.encryption,
+                passphrase_given=isinstance(self._passphrase_source, str),
+            )
             self._repository = repository
             if self.config.fallback_path is not None:
                 self._replicas.prepare_fallback(repository)
@@ -164,6 +146,7 @@ class BackupManager:
         *,
         manifest: Manifest | None = None,
         error: BackupError | None = None,
+        in_background: bool = False,
     ) -> None:
         """Log the outcome, record it in the run history and pass it to ``self.hooks``."""
         from src.infra.backup.app.outcome import record_outcome
@@ -177,6 +160,7 @@ class BackupManager:
             open_repository=lambda: self.open_repository(create=False),
             hooks=self.hooks,
             logger=log,
+            in_background=in_background,
         )
 
     def _passphrase(self) -> str:
@@ -215,6 +199,25 @@ class BackupManager:
         (``PEAK_BACKUP_OUTCOME`` and friends, see ``hooks.outcome_environment``); their
         failures are only logged. Internal snapshots (``pre_restore``) do not run hooks.
         """
+        return self._backup(
+            backup_type,
+            lambda: encoded_request(
+                checked_request(
+                    self.config, data, backup_type, tags, note, include_files, progress
+                ),
+                data,
+            ),
+        )
+
+    def _backup(
+        self,
+        backup_type: str,
+        make_request: Callable[[], BackupRequest],
+        *,
+        in_background: bool = False,
+    ) -> str:
+        """One backup attempt around ``make_request()``: hooks, the write (or the fallback),
+        outcome recording, the off-site notification. Returns the id; raises its error."""
         started = time.monotonic()
         hooks = self.config.hooks
         if hooks.before or hooks.after:
@@ -238,14 +241,7 @@ class BackupManager:
                         self._record(backup_type, started, error=exc)
                         raise
                 try:
-                    request = self._request(
-                        data,
-                        backup_type,
-                        tags=tags,
-                        note=note,
-                        include_files=include_files,
-                        progress=progress,
-                    )
+                    request = make_request()
                     manifest = self._write(request)
                 except StorageError as exc:
                     rescued = self._replicas.backup_to_fallback(
@@ -258,7 +254,7 @@ class BackupManager:
                     result = rescued
                     return rescued.backup_id
                 except BackupError as exc:
-                    self._record(backup_type, started, error=exc)
+                    self._record(backup_type, started, error=exc, in_background=in_background)
                     raise
                 self._record(backup_type, started, manifest=manifest)
                 result = manifest
@@ -309,34 +305,6 @@ class BackupManager:
         repository)."""
         return self._replicas.fallback_lag()
 
-    def _request(
-        self,
-        data: Mapping[str, Any] | None,
-        backup_type: str,
-        *,
-        tags: Mapping[str, str] | None,
-        note: str | None,
-        include_files: bool | None,
-        progress: ProgressCallback | None,
-    ) -> BackupRequest:
-        """Check the arguments and encode the values, once per backup (a fallback backup
-        reuses them). Nothing is written; bad input raises :class:`InvalidInputError`."""
-        validate_backup_type(backup_type)
-        checked_tags = validate_tags(tags)
-        problem = note_problem(note)
-        if problem:
-            raise InvalidInputError(problem)
-        if data is not None and not isinstance(data, Mapping):
-            raise InvalidInputError(
-                f"data must be a dict of names to values, not {type(data).__name__}"
-            )
-        values = []
-        for key, value in (data or {}).items():
-            validate_entry_name(key)
-            values.append(DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]"))
-        files = include_files if include_files is not None else self.config.has_file_sources
-        return BackupRequest(backup_type, values, checked_tags, note, files, progress)
-
     def _write(self, request: BackupRequest, target: Repository | None = None) -> Manifest:
         """Store ``request`` with the configured file sources into the repository (or into
         ``target``, the fallback: then no retention runs)."""
@@ -371,6 +339,7 @@ class BackupManager:
             base_dir=str(self.config.source_root) if request.include_files else None,
             progress=request.progress,
             warnings=warnings,
+            taken_at=request.taken_at,
         )
         if target is None and (self.config.retention is not None or self.config.retention_days > 0):
             try:
@@ -380,20 +349,10 @@ class BackupManager:
         return manifest
 
     def _retain_after_create(self, new_id: str) -> None:
-        """Retention on the path of every backup, kept cheap with thousands of backups: plan
-        on a names-only listing (what this process knows of each id), and re-plan on a
-        validated listing only if a backup to forget was replaced since it was read."""
-        repository = self.repository
-        summaries = repository.list_summaries(validate=False)
-        if self.config.retention is None and summaries:
-            cutoff = datetime.now(timezone.utc) - timedelta(days=self.config.retention_days)
-            if summaries[-1].time_utc >= cutoff:  # the oldest is young enough: nothing to do
-                return
-        decisions: list[Decision] | None = self._plan(summaries, protect=[new_id])
-        forget = [d.backup_id for d in decisions or () if not d.keep]
-        if not all(repository.summary_is_current(backup_id) for backup_id in forget):
-            decisions = None  # apply_retention plans again on a validated listing
-        self.apply_retention(protect=[new_id], decisions=decisions)
+        """Retention on the path of every backup (see ``maintenance.plan_after_create``)."""
+        decisions = plan_after_create(self.repository, self.config, new_id)
+        if decisions != []:
+            self.apply_retention(protect=[new_id], decisions=decisions)
 
     async def acreate_backup(
         self,
@@ -425,6 +384,62 @@ class BackupManager:
             progress=progress,
         )
 
+    def start_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+    ) -> Future[str]:
+        """Capture ``data`` now and store it in the background (see ``app/background.py``).
+
+        Returns as soon as the state is captured: the caller may change ``data`` at once,
+        also in place and deep inside, and the backup still holds it as it was at the call.
+        The returned :class:`concurrent.futures.Future` gives the backup id once the backup
+        is durable (``.result(timeout)``), or raises its error; the failure is also recorded
+        in the run history. The backup's time, and the time in its id, is the call's; the
+        id's suffix (``_2`` ...) is chosen when it commits. Arguments are checked at the
+        call (:class:`InvalidInputError`); values are encoded by the capture, so an
+        unsupported value raises from ``.result()``. Backups still pending when the process
+        exits are waited for (up to 5 minutes); a process killed first loses them, and only
+        them.
+        """
+        request = checked_request(self.config, data, backup_type, tags, note, include_files)
+        taken_at = datetime.now(timezone.utc)
+        capture = Capture.take(data or {})
+
+        def make_request() -> BackupRequest:
+            values = [
+                DataInput(name, payload, ENCODING_NAME) for name, payload in capture.payloads()
+            ]
+            return replace(request, values=values, taken_at=taken_at)
+
+        return self._background.submit(
+            lambda: self._backup(backup_type, make_request, in_background=True)
+        )
+
+    async def astart_backup(
+        self,
+        data: Mapping[str, Any] | None = None,
+        backup_type: str = "manual",
+        *,
+        tags: Mapping[str, str] | None = None,
+        note: str | None = None,
+        include_files: bool | None = None,
+    ) -> Future[str]:
+        """:meth:`start_backup` for asyncio code (it blocks only for the capture); await
+        ``asyncio.wrap_future(handle)`` for the id."""
+        return self.start_backup(
+            data, backup_type, tags=tags, note=note, include_files=include_files
+        )
+
+    def wait_for_backups(self, timeout: float | None = None) -> bool:
+        """Wait until every backup started with :meth:`start_backup` is stored or failed;
+        ``False`` if ``timeout`` seconds passed first."""
+        return self._background.wait(timeout)
+
     # -- read ------------------------------------------------------------------------------
 
     def list_backups(self, backup_type: str | None = None) -> list[BackupInfo]:
@@ -446,9 +461,16 @@ class BackupManager:
         return BackupInfo.from_manifest(self.repository.read_manifest(backup_id))
 
     def load_backup(self, backup_id: str) -> dict[str, Any]:
-        """The data entries of a backup as Python values, every chunk verified."""
+        """The data entries of a backup as Python values, every chunk verified (a backup
+        not found while background backups are pending is looked for again after them)."""
         repository = self.repository
-        manifest = repository.read_manifest(backup_id)
+        try:
+            manifest = repository.read_manifest(backup_id)
+        except BackupNotFoundError:
+            if not self._background.pending():
+                raise
+            self._background.wait()
+            manifest = repository.read_manifest(backup_id)
         data = {}
         for entry in manifest.entries:
             if entry.kind != "data":
@@ -466,18 +488,11 @@ class BackupManager:
         repository = self.repository
         if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
             raise BackupNotFoundError(f"backup not found: {backup_id}")
-        # A damaged backup can always go; a good one only if another good one remains.
-        if not force and repository.verify_snapshot(backup_id, read_data=False).ok:
-            others = sorted(
-                (i for i in repository.snapshot_ids() if i != backup_id),
-                key=id_sort_key,
-                reverse=True,
+        if not force and is_last_good(repository, backup_id):
+            raise BackupError(
+                f"refusing to delete {backup_id}: it is the last good backup "
+                "(pass force=True, or --force on the command line)"
             )
-            if not any(repository.verify_snapshot(i, read_data=False).ok for i in others):
-                raise BackupError(
-                    f"refusing to delete {backup_id}: it is the last good backup "
-                    "(pass force=True, or --force on the command line)"
-                )
         repository.delete_snapshot(backup_id)
         log.info(
             "backup %s deleted",
@@ -544,13 +559,7 @@ class BackupManager:
             repository = self.repository
         except RepositoryNotFoundError:
             return []
-        return self._plan(repository.list_summaries(), protect=protect)
-
-    def _plan(self, snapshots: Sequence[Summary], *, protect: Sequence[str]) -> list[Decision]:
-        now = datetime.now(timezone.utc)
-        if self.config.retention is None:
-            return apply_retention_days(snapshots, self.config.retention_days, now, protect=protect)
-        return apply_policy(snapshots, self.config.retention, now, protect=protect)
+        return plan_retention(self.config, repository.list_summaries(), protect=protect)
 
     def apply_retention(
         self,

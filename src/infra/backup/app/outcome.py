@@ -56,11 +56,13 @@ def record_outcome(
     open_repository: Callable[[], Repository],
     hooks: Sequence[BackupHook],
     logger: logging.Logger = log,
+    in_background: bool = False,
 ) -> None:
     """Log a backup attempt's outcome, record it in the run history (``repository`` if it
     was opened, else ``open_repository()`` if there is one) and pass it to ``hooks``. Never
     raises: a monitoring hook must never fail a backup. ``logger`` writes the outcome line
-    (the manager passes its own, so the line keeps its logger name)."""
+    (the manager passes its own, so the line keeps its logger name). Refused input is
+    recorded only ``in_background``: there the caller has no exception to see at the call."""
     fields: dict[str, Any] = {
         "backup_type": backup_type,
         "duration_ms": round(duration * 1000, 3),
@@ -80,7 +82,7 @@ def record_outcome(
         logger.info("backup of type %s failed: %s", backup_type, error, extra=fields)
         # Refused input (an invalid type or value) is the caller's mistake, reported by
         # the exception; like every refused input it writes nothing to the repository.
-        if isinstance(error, InvalidInputError):
+        if isinstance(error, InvalidInputError) and not in_background:
             repository = None
         elif not isinstance(error, WrongPassphraseError | PassphraseRequiredError):
             try:  # a failure before the repository was opened; skip if there is none

@@ -1,4 +1,5 @@
-"""Where the repository passphrase comes from: the environment, a password file, or a prompt.
+"""Where the repository passphrase comes from: the environment, a password file, or a prompt;
+and the refusal to write in the clear where encryption is expected.
 
 A user-interface policy, kept out of the key-derivation code in
 :mod:`src.infra.backup.format.crypto`.
@@ -14,9 +15,11 @@ import sys
 from collections.abc import Mapping
 
 from src.infra.backup.errors import (
+    ConfigError,
     InvalidInputError,
     PassphraseRequiredError,
 )
+from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +95,24 @@ def _read_password_file(path: str) -> str:
     if not line:
         raise InvalidInputError(f"the password file {path!r} is empty (first line)")
     return line.decode("utf-8", "surrogateescape")
+
+
+def refuse_unexpected_plaintext(
+    repository: Repository, location: str, *, encryption: str, passphrase_given: bool
+) -> None:
+    """:class:`ConfigError` if the repository is not encrypted although ``[backup]
+    encryption`` asks for it, or a passphrase was given outright (the caller expects
+    encryption)."""
+    if encryption != "none" and not repository.encrypted:
+        raise ConfigError(
+            f"[backup] encryption = {encryption!r}, but the repository at "
+            f"{location} is not encrypted (encryption is chosen when a "
+            "repository is created: use a new backup_path)"
+        )
+    if passphrase_given and not repository.encrypted:
+        # A passphrase given outright means the caller expects encryption: refuse to
+        # write in the clear (e.g. to a repo.json whose encryption was stripped).
+        raise ConfigError(
+            f"a passphrase was given, but the repository at {location} is not "
+            "encrypted; refusing to store backups unencrypted"
+        )

@@ -249,8 +249,12 @@ class RepositoryWriter(RepositoryReader):
         progress: ProgressCallback | None = None,
         commit_as: tuple[str, datetime] | None = None,
         warnings: Sequence[str] = (),
+        taken_at: datetime | None = None,
     ) -> Manifest:
         """Store the entries as a new backup and return its committed manifest.
+
+        ``taken_at`` (aware) is the backup's time and the time in its id; by default the time
+        it commits. A background backup passes the moment its state was captured.
 
         ``warnings`` (found before storing, e.g. while listing sources) are recorded in the
         manifest with those the entry sources report while they are stored.
@@ -274,6 +278,7 @@ class RepositoryWriter(RepositoryReader):
                 progress=progress,
                 commit_as=commit_as,
                 warnings=warnings,
+                taken_at=taken_at,
             )
         finally:
             lease.release()
@@ -320,6 +325,7 @@ class RepositoryWriter(RepositoryReader):
         progress: ProgressCallback | None,
         commit_as: tuple[str, datetime] | None = None,
         warnings: Sequence[str] = (),
+        taken_at: datetime | None = None,
     ) -> Manifest:
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
@@ -358,6 +364,7 @@ class RepositoryWriter(RepositoryReader):
             base_dir,
             commit_as,
             warnings=writer.warnings,
+            taken_at=taken_at,
         )
 
     def _parent_manifest(self) -> Manifest | None:
@@ -405,10 +412,11 @@ class RepositoryWriter(RepositoryReader):
         fixed: tuple[str, datetime] | None = None,
         *,
         warnings: list[str] | None = None,
+        taken_at: datetime | None = None,
     ) -> Manifest:
         """Write the manifest exclusively under a fresh id (or the fixed id and time of an
         import): the backup's commit point."""
-        now = fixed[1] if fixed else datetime.now(timezone.utc)
+        now = fixed[1] if fixed else (taken_at or datetime.now(timezone.utc))
         base_id = new_backup_id(backup_type, f"{now.astimezone():%Y%m%d_%H%M%S}")
         for backup_id in self._candidate_ids(base_id, fixed):
             manifest = Manifest(
