@@ -56,6 +56,7 @@ DB_SIZE_MB ?= 200
 bench: $(STAMP)
 	$(PY) -m bench.startup
 	$(PY) -m bench.run
+	$(PY) -m bench.background
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
 	$(PY) -m bench.many_backups
 	$(PY) -m bench.s3
