@@ -21,6 +21,7 @@ exits; a pending backup is then simply lost, and the repository never saw it.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import logging
 import os
@@ -78,6 +79,9 @@ class Capture:
             return capture
         if pid == 0:  # the child: see the module docstring for what it may do
             try:
+                # A collection would touch every tracked object's header, so copy-on-write
+                # would copy the whole heap: the short-lived child never collects.
+                gc.disable()
                 os.close(status_read)
                 _encode_into(data, capture.names, memory_fd, status_write)
             finally:
