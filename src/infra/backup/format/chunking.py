@@ -103,6 +103,23 @@ class Chunker:
         for chunk in cdc.cut_buf(view):
             yield view[chunk.offset : chunk.offset + chunk.length]
 
+    def cuts_alike(self, size: int, other_size: int) -> bool:
+        """Whether data of ``size`` and of ``other_size`` bytes are cut the same way (both
+        content-defined, with the same average chunk size): then a chunk boundary of one, in
+        a prefix both share, is one of the other too."""
+        single = self.params.single_chunk_below
+        if size < single or other_size < single:
+            return False
+        return self._cdc_for(size) is self._cdc_for(other_size)
+
+    def split_from(self, data: bytes | memoryview, start: int) -> Iterator[memoryview]:
+        """The chunks :meth:`split` yields after ``start``, which must be one of its chunk
+        boundaries past the head: content-defined cuts depend only on the bytes since the
+        previous cut, so cutting from a boundary gives the same chunks."""
+        view = memoryview(data)
+        for chunk in self._cdc_for(len(view)).cut_buf(view[start:]):
+            yield view[start + chunk.offset : start + chunk.offset + chunk.length]
+
     def split_stream(self, stream: BinaryIO, size_hint: int) -> Iterator[bytes]:
         """Yield the chunks of a file opened in binary mode, as independent ``bytes``."""
         if size_hint < self.params.single_chunk_below:

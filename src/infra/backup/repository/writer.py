@@ -122,6 +122,9 @@ class SnapshotWriter:
         self._repository = repository
         self._session = session
         self._parent = {e.name: e for e in parent.entries if e.kind == "file"} if parent else {}
+        self._parent_data = (
+            {e.name: e for e in parent.entries if e.kind == "data"} if parent else {}
+        )
         self.warnings: list[str] = []
 
     def previous(self, name: str) -> Entry | None:
@@ -152,11 +155,12 @@ class SnapshotWriter:
         refs = [self.store_chunk(chunk) for chunk in chunks]
         return refs
 
-    def store_chunk(self, plain: bytes | memoryview) -> ChunkRef:
-        """Store one chunk (unless it is known to be stored) and return its reference."""
+    def store_chunk(self, plain: bytes | memoryview, cid: str | None = None) -> ChunkRef:
+        """Store one chunk (unless it is known to be stored) and return its reference;
+        ``cid``: its id, if the caller computed it already."""
         repository, session = self._repository, self._session
         codec = repository.codec
-        cid = codec.chunk_id(plain)
+        cid = cid or codec.chunk_id(plain)
         seen = session.known.get(cid)
         if seen is not None:
             session.referenced[cid] = seen[1]
@@ -180,9 +184,44 @@ class SnapshotWriter:
         return ChunkRef(cid, len(plain), stored)
 
     def store_data(self, item: DataInput) -> Entry:
-        """Store a data entry (content-defined chunks of its encoded bytes)."""
-        refs = [self.store_chunk(view) for view in self._repository.chunker.split(item.payload)]
-        return self.entry(item.name, "data", len(item.payload), refs, encoding=item.encoding)
+        """Store a data entry (content-defined chunks of its encoded bytes). The chunks it
+        shares, from the start, with the parent backup's entry of the same name are found by
+        hashing at the parent's boundaries, not cut again (an append to a long history then
+        costs one hash pass, not a chunking pass)."""
+        payload = memoryview(item.payload)
+        refs, start = self._shared_prefix(item.name, payload)
+        chunker = self._repository.chunker
+        chunks = chunker.split_from(payload, start) if start else chunker.split(payload)
+        refs.extend(self.store_chunk(view) for view in chunks)
+        return self.entry(item.name, "data", len(payload), refs, encoding=item.encoding)
+
+    def _shared_prefix(self, name: str, payload: memoryview) -> tuple[list[ChunkRef], int]:
+        """The references of the parent entry's chunks that ``payload`` starts with (past the
+        head chunk, which is stored anew), and where they end (0: none)."""
+        previous = self._parent_data.get(name)
+        chunker = self._repository.chunker
+        if previous is None or not chunker.cuts_alike(len(payload), previous.size):
+            return [], 0
+        try:
+            old = self._repository.entry_refs(previous)
+        except (IntegrityError, StorageError):
+            return [], 0
+        head = chunker.params.head_size
+        if head and (not old or old[0].size != head):
+            return [], 0
+        refs = [self.store_chunk(payload[:head])] if head else []
+        offset = head
+        codec = self._repository.codec
+        for ref in old[1 if head else 0 : -1]:  # never the last: cut by the end of the data
+            end = offset + ref.size
+            if end > len(payload):
+                break
+            cid = codec.chunk_id(payload[offset:end])
+            if cid != ref.id:
+                break
+            refs.append(self.store_chunk(payload[offset:end], cid))
+            offset = end
+        return (refs, offset) if offset > head else ([], 0)
 
     def entry(
         self, name: str, kind: EntryKind, size: int, refs: list[ChunkRef], **meta: object
