@@ -67,7 +67,7 @@ def test_backups_are_stored_in_call_order_with_the_time_of_the_call(
     gate = threading.Event()
     payloads = background.Capture.payloads
 
-    def gated(self: background.Capture) -> list[tuple[str, bytes]]:
+    def gated(self: background.Capture) -> list[tuple[str, bytes | memoryview]]:
         assert gate.wait(30)
         return payloads(self)
 
@@ -93,7 +93,7 @@ def test_load_backup_of_a_pending_backup_waits_for_it(
     gate = threading.Event()
     payloads = background.Capture.payloads
 
-    def gated(self: background.Capture) -> list[tuple[str, bytes]]:
+    def gated(self: background.Capture) -> list[tuple[str, bytes | memoryview]]:
         assert gate.wait(30)
         return payloads(self)
 

@@ -24,6 +24,7 @@ import atexit
 import gc
 import json
 import logging
+import mmap
 import os
 import queue
 import tempfile
@@ -52,7 +53,7 @@ class Capture:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self._encoded: list[bytes] | None = None
+        self._encoded: list[bytes | memoryview] | None = None
         self._pid = 0
         self._memory_fd = -1
         self._status_fd = -1
@@ -93,14 +94,14 @@ class Capture:
     def _encode_here(self, data: Mapping[str, Any]) -> None:
         self._encoded = [encode_value(data[name], root=_entry_root(name)) for name in self.names]
 
-    def payloads(self) -> list[tuple[str, bytes]]:
+    def payloads(self) -> list[tuple[str, bytes | memoryview]]:
         """``(name, encoded value)`` in the order of the call's mapping; raises the encoding's
         error (e.g. :class:`UnsupportedValueError` naming where the value is)."""
         if self._encoded is None:
             self._encoded = self._collect()
         return list(zip(self.names, self._encoded, strict=True))
 
-    def _collect(self) -> list[bytes]:
+    def _collect(self) -> list[bytes | memoryview]:
         try:
             with open(self._status_fd, "rb", closefd=True) as status:
                 report = status.read()
@@ -115,12 +116,15 @@ class Capture:
                 if result["error"] == "unsupported":
                     raise UnsupportedValueError(result["message"], result.get("path", ""))
                 raise BackupError(f"encoding the captured state failed: {result['message']}")
-            os.lseek(self._memory_fd, 0, os.SEEK_SET)
-            with open(self._memory_fd, "rb", closefd=False) as memory:
-                encoded = [memory.read(size) for size in result["sizes"]]
-            if [len(e) for e in encoded] != result["sizes"]:
+            sizes: list[int] = result["sizes"]
+            if os.fstat(self._memory_fd).st_size != sum(sizes):
                 raise BackupError("the captured state was cut short")
-            return encoded
+            if not sum(sizes):
+                return [b"" for _ in sizes]
+            # Mapped, not read: the child's pages are used where they are (no copy).
+            whole = memoryview(mmap.mmap(self._memory_fd, sum(sizes), access=mmap.ACCESS_READ))
+            offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            return [whole[offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
         finally:
             os.close(self._memory_fd)
 

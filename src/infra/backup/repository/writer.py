@@ -72,7 +72,7 @@ class DataInput:
     """A data entry to store: its name and its encoded bytes."""
 
     name: str
-    payload: bytes
+    payload: bytes | memoryview
     encoding: str
 
     @classmethod
