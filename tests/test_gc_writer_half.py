@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from src.infra.backup import BackupConfig, BackupManager, StorageError
+from src.infra.backup import BackupConfig, BackupManager, CorruptDataError, StorageError
 from src.infra.backup.format.layout import chunk_key, collection_key, fossil_key
 from src.infra.backup.format.manifest import Collection
 from src.infra.backup.repository import writer as writer_module
@@ -115,3 +115,14 @@ def test_without_a_pending_collection_nothing_is_checked(
     monkeypatch.setattr(store, "exists", exists)
     manager.create_backup(DATA)
     assert not [c for c in calls if "fossils/" in c or c.startswith("move")], calls
+
+
+def test_a_collection_record_without_an_offset_is_damage(tmp_path: Path) -> None:
+    """A naive time would fail later as a TypeError (compared with an aware one): it is
+    refused when the record is read, naming it."""
+    manager = _manager(tmp_path)
+    manager.create_backup(DATA)
+    key = collection_key("20261204T000000000000Z", 0)
+    manager.repository.store.put(key, b'{"time":"2026-12-04T10:00:00","fossils":[]}')
+    with pytest.raises(CorruptDataError, match="damaged collection record"):
+        manager.prune()

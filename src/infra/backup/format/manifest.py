@@ -10,7 +10,7 @@ is a :class:`FormatVersionError`, never a misreading.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import blake3
 import msgspec
@@ -312,9 +312,14 @@ def open_manifest(stored: bytes, keys: RepositoryKeys | None, backup_id: str) ->
     return keys.open(stored[len(ENVELOPE_MAGIC) :], object_aad("manifest", backup_id))
 
 
+# A time that must carry its offset: a naive one in a record is damage, refused when parsed
+# (comparing it with an aware time would otherwise fail later, far from the cause).
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class Collection(msgspec.Struct, frozen=True):
     """``gc/collection-<time>.json``: chunks garbage collection moved to ``fossils/`` at
     ``time`` and will delete unless a backup refers to them again (see gc.py)."""
 
-    time: datetime
+    time: AwareDatetime
     fossils: list[str]

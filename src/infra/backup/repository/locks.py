@@ -19,6 +19,7 @@ import msgspec
 
 from src.infra.backup.errors import BackupError, ObjectExistsError, RepositoryBusyError
 from src.infra.backup.format.layout import LOCK_PREFIX, lease_key, lock_key
+from src.infra.backup.format.manifest import AwareDatetime
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class LeaseRecord(msgspec.Struct, frozen=True):
     kind: str
     host: str
     pid: int
-    started: datetime
-    expires: datetime
+    started: AwareDatetime
+    expires: AwareDatetime
 
 
 @dataclass(frozen=True)
