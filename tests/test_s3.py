@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -274,6 +275,20 @@ def test_two_hosts_and_a_pruner_share_a_bucket(s3_bucket: S3Bucket, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def _wait_until_readable(store: S3Store, key: str, seconds: float = 60.0) -> None:
+    """After a restart SeaweedFS answers on its port before its volumes serve objects (a GET
+    gets 500 for a moment): wait until ``key`` reads."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            store.get(key)
+            return
+        except StorageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_server_killed_mid_upload(
     tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,6 +315,7 @@ def test_server_killed_mid_upload(
             manager.create_backup({"blob": os.urandom(256 * 1024)})  # ~100 chunks
         assert killed_at, "the server was not killed during the upload"
         server.restart()
+        _wait_until_readable(S3Store(bucket.url, bucket.options), "repo.json")
         fresh = BackupManager(bucket.config())
         ids = {b.backup_id for b in fresh.list_backups()}
         assert ids == {first}
