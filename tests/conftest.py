@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,13 +31,9 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
 from src.infra.backup.storage.s3_location import S3Options
+from tests.helpers import CONFIG_ENV, CliRunner, run_cli_process
 from tools.s3_server import S3Endpoint, S3ServerUnavailableError, SeaweedS3
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MAIN_SCRIPT = PROJECT_ROOT / "src" / "infra" / "backup" / "__main__.py"
-CONFIG_ENV = "PEAK_TRADE_CONFIG_PATH"
-
-CliRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 FAST_TEMP_ROOT = Path("/dev/shm")
 FAST_TEMP_MIN_FREE = 4 << 30  # room to spare: a whole run writes about 130 MB
 
@@ -82,41 +76,6 @@ def repo_dir(tmp_path: Path) -> Path:
 def manager(repo_dir: Path) -> BackupManager:
     """A manager on ``repo_dir`` with retention off."""
     return BackupManager(BackupConfig(backup_path=repo_dir, retention_days=0))
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a CLI subprocess: ours, minus the config path, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items() if key != CONFIG_ENV}
-    env.setdefault("COLUMNS", "200")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if extra:
-        env.update(extra)
-    return env
-
-
-def run_cli_process(
-    *args: str,
-    cwd: str | os.PathLike[str],
-    input: str | None = None,
-    env: dict[str, str] | None = None,
-    command: Sequence[str] | None = None,
-    timeout: float = 60,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python <repo>/src/infra/backup/__main__.py *args`` (or ``command + args``).
-
-    ``input=None`` gives the child an empty stdin (``/dev/null``), never the test's own.
-    """
-    argv = [*(command or [sys.executable, str(MAIN_SCRIPT)]), *args]
-    return subprocess.run(
-        argv,
-        cwd=cwd,
-        input=input if input is not None else "",
-        capture_output=True,
-        text=True,
-        env=cli_env(env),
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ import pytest
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ObjectExistsError, StorageError
 from src.infra.backup.storage.s3 import S3Store
-from tests.conftest import PROJECT_ROOT, S3Bucket, create_bucket, start_server
-from tests.helpers import run_cli_inline
+from tests.conftest import S3Bucket, create_bucket, start_server
+from tests.helpers import PROJECT_ROOT, run_cli_inline
 from tools.s3_server import SeaweedS3, free_ports
 
 ZERO = timedelta(0)

@@ -13,7 +13,7 @@ from src.infra.backup.errors import ConfigError, StorageError
 from src.infra.backup.storage import LocalStore, open_store
 from src.infra.backup.storage.s3 import S3Store
 from src.infra.backup.storage.s3_location import S3Options
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 
 def test_a_path_is_a_local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
