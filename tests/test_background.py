@@ -60,18 +60,24 @@ def test_the_backup_holds_the_state_as_it_was_at_the_call(tmp_path: Path) -> Non
     assert info.tags == {"order": "42"}
 
 
-def test_backups_are_stored_in_call_order_with_the_time_of_the_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    manager = _manager(tmp_path)
-    gate = threading.Event()
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Background backups wait for their capture until this event is set."""
+    event = threading.Event()
     payloads = background.Capture.payloads
 
     def gated(self: background.Capture) -> list[tuple[str, bytes | memoryview]]:
-        assert gate.wait(30)
+        assert event.wait(30)
         return payloads(self)
 
     monkeypatch.setattr(background.Capture, "payloads", gated)
+    return event
+
+
+def test_backups_are_stored_in_call_order_with_the_time_of_the_call(
+    tmp_path: Path, gate: threading.Event
+) -> None:
+    manager = _manager(tmp_path)
     before = datetime.now(timezone.utc).replace(microsecond=0)
     handles = [manager.start_backup({"n": n}, "pre_trade") for n in range(5)]
     called = datetime.now(timezone.utc)
@@ -87,17 +93,9 @@ def test_backups_are_stored_in_call_order_with_the_time_of_the_call(
 
 
 def test_load_backup_of_a_pending_backup_waits_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gate: threading.Event
 ) -> None:
     manager = _manager(tmp_path)
-    gate = threading.Event()
-    payloads = background.Capture.payloads
-
-    def gated(self: background.Capture) -> list[tuple[str, bytes | memoryview]]:
-        assert gate.wait(30)
-        return payloads(self)
-
-    monkeypatch.setattr(background.Capture, "payloads", gated)
     manager.create_backup({"n": 0}, "daily")  # the repository exists
     before = datetime.now().astimezone()
     handle = manager.start_backup({"n": 1}, "pre_trade")

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any
 
 from src.infra.backup.errors import BackupError, UnsupportedValueError
@@ -199,8 +199,6 @@ class BackgroundWriter:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every submitted backup finished (stored or failed); ``False`` if
         ``timeout`` seconds passed first."""
-        from concurrent.futures import wait
-
         pending = self.pending()
         if not pending:
             return True

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,8 @@ def checked_request(
 def encoded_request(request: BackupRequest, data: Mapping[str, Any] | None) -> BackupRequest:
     """``request`` with ``data``'s values encoded (an unsupported value raises
     :class:`UnsupportedValueError` naming where it is)."""
-    for key, value in (data or {}).items():
-        request.values.append(DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]"))
-    return request
+    values = [
+        DataInput.from_value(key, value, root=f"data[{json.dumps(key)}]")
+        for key, value in (data or {}).items()
+    ]
+    return replace(request, values=values)

@@ -143,7 +143,7 @@ class RepositoryReceiver(RepositoryWriter):
         present.update(missing)
         if not lease.still_valid():
             revalidate(self.store, sizes)
-        else:  # as a backup does (see writer.py): collected chunks are back before the commit
+        elif collected:  # as a backup does (writer.py): collected chunks are back before commit
             revalidate(self.store, [cid for cid in sizes if cid in collected])
         target, data = backup_id, stored
         while True:

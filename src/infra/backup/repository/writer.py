@@ -209,7 +209,7 @@ class SnapshotWriter:
         head = chunker.params.head_size
         if head and (not old or old[0].size != head):
             return [], 0
-        refs = [self.store_chunk(payload[:head])] if head else []
+        shared: list[tuple[int, int, str]] = []  # (start, end, chunk id)
         offset = head
         codec = self._repository.codec
         for ref in old[1 if head else 0 : -1]:  # never the last: cut by the end of the data
@@ -219,9 +219,13 @@ class SnapshotWriter:
             cid = codec.chunk_id(payload[offset:end])
             if cid != ref.id:
                 break
-            refs.append(self.store_chunk(payload[offset:end], cid))
+            shared.append((offset, end, cid))
             offset = end
-        return (refs, offset) if offset > head else ([], 0)
+        if not shared:
+            return [], 0
+        refs = [self.store_chunk(payload[:head])] if head else []
+        refs.extend(self.store_chunk(payload[start:end], cid) for start, end, cid in shared)
+        return refs, offset
 
     def entry(
         self, name: str, kind: EntryKind, size: int, refs: list[ChunkRef], **meta: object
@@ -387,7 +391,7 @@ class RepositoryWriter(RepositoryReader):
         if not lease.still_valid():
             # Frozen past the lease: collection may have moved chunks we reuse. Check them.
             revalidate(self.store, session.referenced)
-        else:
+        elif collected:
             # A pending collection may still be moving chunks this backup found in chunks/
             # (the pruner does not wait for a backup that started after its record): bring
             # those back before committing, or fail if one is gone already.
