@@ -3,18 +3,20 @@ only ever a cache (stale, damaged, forged or foreign indexes never change what i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
-from src.infra.backup.format.index import decode_index, summarize
+from src.infra.backup.format.index import IndexedSummary, decode_index, encode_index, summarize
 from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
-from src.infra.backup.repository.reader import INDEX_REWRITE_UNKNOWN
+from src.infra.backup.repository.catalog import INDEX_REWRITE_UNKNOWN
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.storage.base import ObjectInfo
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.testing.faulty import FaultyStore
 
@@ -169,3 +171,116 @@ def test_list_backups_of_a_fresh_manager_matches_the_manifests(repo_dir: Path) -
         assert info.timestamp == manifest.time_utc.astimezone().replace(tzinfo=None)
         info.files.append("x")  # a caller's edit never leaks into the next listing
     assert fresh.list_backups()[0].files == ["portfolio.json", "config.json"]
+
+
+class StatCountingStore(RecordingStore):
+    """Also counts ``stat`` calls and per-object listings (``list_info`` stats every file)."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        super().__init__(inner)
+        self.stats = 0
+        self.info_listings = 0
+
+    def stat(self, key: str) -> ObjectInfo:
+        self.stats += key.startswith("snapshots/")
+        return super().stat(key)
+
+    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
+        self.info_listings += 1
+        return super().list_info(prefix)
+
+    def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
+        return self.inner.list_tokens(prefix)  # names and inode numbers: no stat
+
+
+def open_counting(path: Path) -> tuple[Repository, StatCountingStore]:
+    store = StatCountingStore(LocalStore(path))
+    repo = Repository.open(store)
+    store.got.clear()
+    return repo, store
+
+
+def test_a_names_only_listing_stats_and_reads_no_manifest(repo_dir: Path) -> None:
+    repo, _ = open_repo(repo_dir)
+    fill(repo, 100)
+    expected = open_repo(repo_dir)[0].list_summaries()  # validated; writes the index
+    fresh, store = open_counting(repo_dir)
+    assert fresh.list_summaries(validate=False) == expected
+    assert (store.stats, store.info_listings, manifest_reads(store)) == (0, 0, 0)
+    fill(repo, 3, first=100)  # new backups: read from their manifests, nothing else
+    listed = fresh.list_summaries(validate=False)
+    assert [s.backup_id for s in listed[:4]] == [backup_id(n) for n in (102, 101, 100, 99)]
+    assert (store.stats, manifest_reads(store)) == (3, 3)
+
+
+def test_a_names_only_listing_notices_a_replaced_manifest(repo_dir: Path) -> None:
+    """A manifest replaced under the same id has a new token (the new file existed beside
+    the old one before the rename), so the stale summary is never served."""
+    repo, _ = open_repo(repo_dir)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    open_repo(repo_dir)[0].list_summaries()  # writes the index, tokens included
+    target = backup_id(7)
+    replacement = repo_dir / "elsewhere"
+    other, _ = open_repo(replacement)
+    other.create_snapshot_as(
+        target,
+        START + timedelta(days=400),
+        "pre_trade",
+        [DataInput("portfolio", encode_value({"cash": -1}), ENCODING_NAME)],
+        tags={"replaced": "yes"},
+    )
+    stored = (replacement / "snapshots" / f"{target}.json").read_bytes()
+    LocalStore(repo_dir).put(f"snapshots/{target}.json", stored)  # write temp, rename
+    fresh, store = open_counting(repo_dir)
+    summaries = fresh.list_summaries(validate=False)
+    assert summaries[0].backup_id == target and summaries[0].tags == {"replaced": "yes"}
+    assert manifest_reads(store) == 1 and store.stats == 1
+
+
+def test_an_index_without_tokens_is_used_and_then_rewritten_with_them(repo_dir: Path) -> None:
+    """An index written before listing tokens existed (format 1 without them) still spares
+    manifest reads; the names-only listing stats each manifest once and rewrites it."""
+    repo, _ = open_repo(repo_dir)
+    fill(repo, INDEX_REWRITE_UNKNOWN)
+    first = open_repo(repo_dir)[0]
+    expected = first.list_summaries()
+    entries = decode_index((repo_dir / INDEX_KEY).read_bytes(), None)
+    old = [IndexedSummary(e.version, e.summary) for e in entries]  # no token
+    LocalStore(repo_dir).put(INDEX_KEY, encode_index(old, None))
+    fresh, store = open_counting(repo_dir)
+    assert fresh.list_summaries(validate=False) == expected
+    assert manifest_reads(store) == 0 and store.stats == INDEX_REWRITE_UNKNOWN
+    assert all(e.token for e in decode_index((repo_dir / INDEX_KEY).read_bytes(), None))
+    again, store = open_counting(repo_dir)
+    assert again.list_summaries(validate=False) == expected and store.stats == 0
+
+
+def test_a_damaged_manifest_is_read_once_by_names_only_listings(repo_dir: Path) -> None:
+    repo, _ = open_repo(repo_dir)
+    fill(repo, 3)
+    (repo_dir / "snapshots" / f"{backup_id(1)}.json").write_bytes(b"{not json")
+    fresh, store = open_counting(repo_dir)
+    assert [s.backup_id for s in fresh.list_summaries(validate=False)] == [
+        backup_id(2),
+        backup_id(0),
+    ]
+    assert backup_id(1) in fresh.damaged_snapshots()
+    reads = manifest_reads(store)
+    fill(repo, 1, first=3)
+    assert len(fresh.list_summaries(validate=False)) == 3
+    assert manifest_reads(store) == reads + 1  # only the new one
+
+
+def test_summaries_of_backups_sharing_a_time_are_ordered_by_their_ids(repo_dir: Path) -> None:
+    repo, _ = open_repo(repo_dir)
+    same = START + timedelta(hours=1)
+    for name in ("manual_20260301_100000_2", "manual_20260301_100000_10", "manual_20260301_100000"):
+        repo.create_snapshot_as(
+            name, same, "manual", [DataInput("v", encode_value(1), ENCODING_NAME)]
+        )
+    fresh, _ = open_counting(repo_dir)
+    assert [s.backup_id for s in fresh.list_summaries(validate=False)] == [
+        "manual_20260301_100000_10",
+        "manual_20260301_100000_2",
+        "manual_20260301_100000",
+    ]

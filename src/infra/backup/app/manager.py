@@ -452,7 +452,7 @@ class BackupManager:
             return []  # nothing backed up yet
         return [
             BackupInfo(s)
-            for s in repository.list_summaries()
+            for s in repository.list_summaries(validate=False)
             if backup_type is None or s.backup_type == backup_type
         ]
 

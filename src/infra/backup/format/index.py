@@ -3,13 +3,15 @@
 A :class:`Summary` is what listing and retention need of a backup (id, type, time, tags,
 sizes, entry names): a few hundred bytes instead of the manifest's chunk references. The
 snapshot index (``index/snapshots``) stores the summaries of all backups, so a fresh process
-lists 10,000 backups by reading one object instead of 10,000 manifests.
+lists 100,000 backups by reading one object instead of 100,000 manifests.
 
-The index is a cache, never the truth. Each summary carries the version of the manifest object
-it was made from, and a reader uses it only while the store lists that manifest with that same
-version; anything else (a new backup, a deleted and re-created id, a copied repository) is read
-from its manifest. A damaged, foreign or missing index only costs time. In an encrypted
-repository the index is sealed like a manifest (tags and notes stay confidential).
+The index is a cache, never the truth. Each summary carries the version and the listing token
+of the manifest object it was made from (see ``Store.list_tokens``). A validated listing uses
+it only while the store lists that manifest with that same version; a names-only listing
+(``list_backups``) while it lists it with that same token; anything else (a new backup, a
+replaced manifest, a copied repository) is read from its manifest. A damaged, foreign or
+missing index only costs time. In an encrypted repository the index is sealed like a manifest
+(tags and notes stay confidential).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ SEALED_MAGIC = b"PTIX\x02"  # followed by the sealed msgpack body
 _DIGEST_SIZE = 32
 
 
-class Summary(msgspec.Struct, frozen=True, array_like=True):
+# gc=False: summaries hold only strings, times, sizes and a dict of strings, so they can form
+# no reference cycle, and the collector need not track 100,000 of them after a listing.
+class Summary(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What listing and retention need to know of one backup (taken from its manifest)."""
 
     backup_id: str
@@ -47,8 +51,18 @@ class Summary(msgspec.Struct, frozen=True, array_like=True):
     warnings: tuple[str, ...] = ()
 
 
-class IndexedSummary(msgspec.Struct, frozen=True, array_like=True):
-    """A summary and the version of the manifest object it was made from."""
+class IndexedSummary(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A summary, the version of the manifest object it was made from, and that object's
+    listing token (``""`` when unknown, and then not stored: older indexes have none, and
+    older readers ignore it as an extra trailing element)."""
+
+    version: str
+    summary: Summary
+    token: str = ""
+
+
+class _Untokened(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An entry without a token, stored as the indexes of earlier versions stored it."""
 
     version: str
     summary: Summary
@@ -84,7 +98,8 @@ def summarize(manifest: Manifest) -> Summary:
 
 def encode_index(entries: list[IndexedSummary], keys: RepositoryKeys | None) -> bytes:
     """The stored form of an index holding ``entries``."""
-    body = _ENCODER.encode(_IndexFile(INDEX_FORMAT, entries))
+    rows = [e if e.token else _Untokened(e.version, e.summary) for e in entries]
+    body = _ENCODER.encode((INDEX_FORMAT, rows))
     if keys is not None:
         return SEALED_MAGIC + keys.seal(body, object_aad("index", INDEX_KEY))
     return PLAIN_MAGIC + blake3.blake3(body).digest() + body

@@ -88,7 +88,7 @@ class Entry(msgspec.Struct, omit_defaults=True, frozen=True):
     changed: bool = False
 
 
-class Stats(msgspec.Struct, frozen=True):
+class Stats(msgspec.Struct, frozen=True, gc=False):  # integers only: no cycles
     """Sizes of a backup, in bytes.
 
     ``logical_bytes``: what a restore produces (sum of entry sizes). ``stored_bytes``: the

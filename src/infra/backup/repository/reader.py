@@ -16,8 +16,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from operator import itemgetter
 from pathlib import Path
 
 from src.infra.backup.errors import (
@@ -36,15 +34,8 @@ from src.infra.backup.format.ids import (
     id_sort_key,
     is_valid_backup_id,
 )
-from src.infra.backup.format.index import (
-    IndexedSummary,
-    Summary,
-    decode_index,
-    encode_index,
-    summarize,
-)
+from src.infra.backup.format.index import Summary, summarize
 from src.infra.backup.format.layout import (
-    INDEX_KEY,
     REPO_KEY,
     SNAPSHOT_PREFIX,
     chunk_key,
@@ -62,6 +53,7 @@ from src.infra.backup.format.manifest import (
     open_manifest,
 )
 from src.infra.backup.format.values import ENCODING_NAME, decode_value
+from src.infra.backup.repository.catalog import SummaryCatalog, list_snapshot_store
 from src.infra.backup.repository.gc import read_chunk_blob
 from src.infra.backup.storage.base import Store
 
@@ -69,21 +61,12 @@ log = logging.getLogger(__name__)
 
 CHUNKS_PER_LIST = 32
 
-# Listing: read the snapshot index when more manifests than this are unknown; rewrite it
-# after a listing had to read at least this many manifests.
-# Listing: read the snapshot index when more manifests than this are unknown; rewrite it
-# after a listing had to read at least this many manifests.
-INDEX_MIN_UNKNOWN = 16
-
-INDEX_REWRITE_UNKNOWN = 64
 # Entries of at least this many chunks are decoded by DECODE_THREADS threads, this far ahead.
 PARALLEL_DECODE_MIN = 16
 DECODE_THREADS = 2
 DECODE_WINDOW = 16
 
 ProgressCallback = Callable[[int], None]
-
-_SortKey = tuple[datetime, tuple[str, int, str]]
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -131,17 +114,12 @@ class RepositoryReader:
         self._lock = threading.Lock()
         # backup id -> (version of the stored object, parsed manifest / why it is damaged)
         self._manifests: dict[str, tuple[str, Manifest]] = {}
-        self._damaged: dict[str, tuple[str, str]] = {}
         self._chunk_lists: dict[str, list[ChunkRef]] = {}
         # (base id, the next id to try) of the last backup this process committed
         self._next_free: tuple[str, str] = ("", "")
         self._last_committed: tuple[str, Manifest] | None = None
         self._collections: dict[str, tuple[str, frozenset[str]]] = {}
-        # backup id -> (manifest version, summary, sort key); the last sorted listing
-        self._summaries: dict[str, tuple[str, Summary, _SortKey]] = {}
-        self._sorted: list[Summary] = []
-        self._sorted_for: dict[str, str] | None = None
-        self._index_version: str | None = None
+        self.catalog = SummaryCatalog(store, keys)
 
     @property
     def encrypted(self) -> bool:
@@ -185,6 +163,7 @@ class RepositoryReader:
         manifest = self._fetch_manifest(backup_id, version)
         with self._lock:
             self._manifests[backup_id] = (version, manifest)
+        self._remember_summary(version, summarize(manifest))
         return manifest
 
     def _fetch_manifest(self, backup_id: str, version: str) -> Manifest:
@@ -199,87 +178,40 @@ class RepositoryReader:
             raise CorruptDataError(
                 f"manifest of backup {backup_id}: it names itself {manifest.backup_id!r}"
             )
-        self._remember_summary(version, summarize(manifest))
         return manifest
 
     def _remember_summary(self, version: str, summary: Summary) -> None:
-        key = (summary.time_utc, id_sort_key(summary.backup_id))
-        with self._lock:
-            self._summaries[summary.backup_id] = (version, summary, key)
+        self.catalog.remember(version, summary)
 
     def _listed_manifests(self) -> dict[str, str]:
         """Backup id -> version of its manifest, as the store lists them now. Forgets what is
         cached of backups that are gone or were replaced."""
-        listed: dict[str, str] = {}
-        start = len(SNAPSHOT_PREFIX)
-        for info in self.store.list_info(SNAPSHOT_PREFIX):
-            name = info.key[start:]
-            if name.endswith(".json") and "/" not in name:
-                listed[name[:-5]] = info.version
+        listing = list_snapshot_store(self.store, validate=True)
+        self.catalog.retain(listing)
+        listed = listing.versions or {}
         with self._lock:
-            for gone in [i for i in self._manifests if i not in listed]:
+            for gone in [i for i, m in self._manifests.items() if listed.get(i) != m[0]]:
                 del self._manifests[gone]
-            for gone in [i for i, s in self._summaries.items() if listed.get(i) != s[0]]:
-                del self._summaries[gone]
-            self._damaged = {
-                i: entry for i, entry in self._damaged.items() if listed.get(i) == entry[0]
-            }
-        return listed
-
-    def _listed_names(self) -> dict[str, str]:
-        """Like :meth:`_listed_manifests`, but the version of an id this process knows is
-        taken from its cache instead of the store (no stat per object)."""
-        start = len(SNAPSHOT_PREFIX)
-        summaries, damaged = self._summaries, self._damaged
-        listed: dict[str, str] = {}
-        for key in self.store.list(SNAPSHOT_PREFIX):
-            name = key[start:]
-            if not name.endswith(".json") or "/" in name:
-                continue
-            backup_id = name[:-5]
-            known = summaries.get(backup_id) or damaged.get(backup_id)
-            if known is not None:
-                listed[backup_id] = known[0]
-                continue
-            try:
-                listed[backup_id] = self.store.stat(key).version
-            except KeyError:
-                continue  # deleted while we listed
-        with self._lock:
-            for gone in [i for i in self._manifests if i not in listed]:
-                del self._manifests[gone]
-            for gone in [i for i in self._summaries if i not in listed]:
-                del self._summaries[gone]
-            self._damaged = {i: e for i, e in self._damaged.items() if i in listed}
         return listed
 
     def summary_is_current(self, backup_id: str) -> bool:
         """Whether the summary this process holds for ``backup_id`` still describes the
         stored manifest (one stat)."""
-        known = self._summaries.get(backup_id)
-        try:
-            version = self.store.stat(snapshot_key(backup_id)).version
-        except KeyError:
-            return False
-        return known is not None and known[0] == version
-
-    def _note_damaged(self, backup_id: str, version: str, exc: Exception) -> None:
-        log.warning("skipping backup %s: %s", backup_id, exc)
-        with self._lock:
-            self._damaged[backup_id] = (version, str(exc))
+        return self.catalog.is_current(backup_id)
 
     def list_snapshots(self) -> list[Manifest]:
         """Manifests of all readable backups, newest first. Damaged ones are skipped (logged)."""
         listed = self._listed_manifests()
         manifests = []
         for backup_id, version in listed.items():
-            if backup_id in self._damaged:
+            if self.catalog.is_damaged(backup_id):
                 continue
             try:
                 manifests.append(self.read_manifest(backup_id, version=version))
-            except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
-                if not isinstance(exc, BackupNotFoundError):  # else deleted while we listed
-                    self._note_damaged(backup_id, version, exc)
+            except BackupNotFoundError:
+                continue  # deleted while we listed
+            except (CorruptDataError, FormatVersionError) as exc:
+                self.catalog.note_damaged(backup_id, version, str(exc))
         manifests.sort(key=lambda m: (m.time_utc, id_sort_key(m.backup_id)), reverse=True)
         return manifests
 
@@ -288,74 +220,22 @@ class RepositoryReader:
 
         Reads only the manifests that neither this process nor the snapshot index knows; when
         it had to read many, it rewrites the index so the next fresh process need not.
-        ``validate=False`` lists names only and trusts what this process already knows of a
-        listed id (it may describe a backup since deleted and re-created under the same id:
-        check :meth:`summary_is_current` before acting on one); about 3x faster locally.
+        ``validate=False`` lists names and listing tokens only (no stat per manifest; see
+        ``repository/catalog.py``): a summary may then describe a backup since deleted and
+        re-created under the same id, so check :meth:`summary_is_current` before acting on
+        one.
         """
-        listed = self._listed_manifests() if validate else self._listed_names()
-        if listed == self._sorted_for:
-            return list(self._sorted)
-        unknown = self._unknown(listed)
-        if len(unknown) > INDEX_MIN_UNKNOWN and self._load_index(listed):
-            unknown = self._unknown(listed)
-        for backup_id in unknown:
-            try:
-                self._fetch_manifest(backup_id, listed[backup_id])
-            except (CorruptDataError, FormatVersionError, BackupNotFoundError) as exc:
-                if not isinstance(exc, BackupNotFoundError):
-                    self._note_damaged(backup_id, listed[backup_id], exc)
-        if len(unknown) >= INDEX_REWRITE_UNKNOWN:
-            self._write_index(listed)
-        known = [s for i, s in self._summaries.items() if listed.get(i) == s[0]]
-        known.sort(key=itemgetter(2), reverse=True)
-        result = [s[1] for s in known]
-        self._sorted, self._sorted_for = result, listed
-        return list(result)
+        return self.catalog.summaries(self._fetch_summary, validate=validate)
 
-    def _unknown(self, listed: dict[str, str]) -> list[str]:
-        summaries, damaged = self._summaries, self._damaged
-        return [
-            i
-            for i, version in listed.items()
-            if (i not in summaries or summaries[i][0] != version)
-            and (i not in damaged or damaged[i][0] != version)
-        ]
-
-    def _load_index(self, listed: dict[str, str]) -> bool:
-        """Take the summaries the snapshot index has for listed manifest versions; ``False``
-        if there is no readable index newer than the one already taken."""
-        try:
-            version = self.store.stat(INDEX_KEY).version
-            if version == self._index_version:
-                return False
-            entries = decode_index(self.store.get(INDEX_KEY), self.keys)
-        except KeyError:
-            return False
-        except (CorruptDataError, FormatVersionError, StorageError) as exc:
-            log.info("ignoring the snapshot index (%s); reading manifests instead", exc)
-            return False
-        self._index_version = version
-        for item in entries:
-            if listed.get(item.summary.backup_id) == item.version:
-                self._remember_summary(item.version, item.summary)
-        return True
-
-    def _write_index(self, listed: dict[str, str]) -> None:
-        """Best effort: a failed write only means the next fresh process reads manifests."""
-        entries = [
-            IndexedSummary(version, summary)
-            for backup_id, (version, summary, _) in list(self._summaries.items())
-            if listed.get(backup_id) == version
-        ]
-        try:
-            self.store.put(INDEX_KEY, encode_index(entries, self.keys))
-            self._index_version = self.store.stat(INDEX_KEY).version
-        except (StorageError, KeyError) as exc:
-            log.info("could not update the snapshot index: %s", exc)
+    def _fetch_summary(self, backup_id: str, version: str) -> Summary:
+        manifest = self._fetch_manifest(backup_id, version)
+        with self._lock:
+            self._manifests[backup_id] = (version, manifest)
+        return summarize(manifest)
 
     def damaged_snapshots(self) -> dict[str, str]:
         """Backups whose manifest could not be read at the last listing, with the reason."""
-        return {backup_id: why for backup_id, (_, why) in self._damaged.items()}
+        return self.catalog.damaged()
 
     def entry_refs(self, entry: Entry, *, fresh: bool = False) -> list[ChunkRef]:
         """All chunk references of an entry, resolving chunk-list blobs (read again from the

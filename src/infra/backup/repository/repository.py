@@ -155,5 +155,4 @@ class Repository(RepositoryReceiver):
         self.store.delete(key)
         with self._lock:
             self._manifests.pop(backup_id, None)
-            self._summaries.pop(backup_id, None)
-            self._damaged.pop(backup_id, None)
+        self.catalog.forget(backup_id)

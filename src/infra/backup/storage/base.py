@@ -23,12 +23,17 @@ from typing import NamedTuple, TypeVar
 class ObjectInfo(NamedTuple):
     """A listed object: its key, size in bytes, modification time (POSIX seconds) and a
     version that changes whenever the object is replaced (to validate caches). A named tuple:
-    listings create one per object, and 10,000 manifests are listed on the path of ``list``."""
+    listings create one per object, and 100,000 manifests are listed on the path of ``list``.
+
+    ``token`` is the object's listing token (see :meth:`Store.list_tokens`) when the info comes
+    from a listing, ``""`` from :meth:`Store.stat`.
+    """
 
     key: str
     size: int
     mtime: float
     version: str = ""
+    token: str = ""
 
 
 _StoreT = TypeVar("_StoreT", bound="Store")
@@ -95,6 +100,19 @@ class Store(ABC):
     def list(self, prefix: str) -> Iterator[str]:
         """The keys below ``prefix``, in no particular order."""
         return (info.key for info in self.list_info(prefix))
+
+    def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """The keys below ``prefix`` with a listing token each, as cheaply as the backend can
+        list names (a local store reads no file's metadata).
+
+        A token changes when an object is replaced by a :meth:`put` (the old and the new object
+        coexist for a moment, so they never share one). It may repeat after a delete and a new
+        write of the same key (a local store's tokens are inode numbers, which file systems
+        reuse), so a token only tells "probably unchanged": caches that act on it re-check the
+        :attr:`ObjectInfo.version` before anything destructive. Tokens compare only with tokens
+        of the same store's listings (``ObjectInfo.token``).
+        """
+        return ((info.key, info.token or info.version) for info in self.list_info(prefix))
 
     @abstractmethod
     def move(self, source: str, destination: str) -> None:

@@ -192,6 +192,31 @@ class LocalStore(Store):
         base, start = self._listing_root(prefix)  # names only: no stat per file
         return (key for key, _ in self._scan(base, start, temporary=False))
 
+    def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
+        # The inode number and the file type come with the directory entry (d_ino, d_type):
+        # no stat per file. A tighter loop than _scan: 100,000 manifests are listed this way.
+        base, start = self._listing_root(prefix)
+        found: builtins.list[tuple[str, str]] = []
+        pending = [(str(base), start)]
+        while pending:
+            folder, key_prefix = pending.pop()
+            try:
+                entries = os.scandir(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise storage_error("list", Path(folder), exc) from exc
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == ".":  # temporary files and hidden directories
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((key_prefix + name, f"{entry.inode():x}"))
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, f"{key_prefix}{name}/"))
+        return iter(found)
+
     def list_temporary(self) -> Iterator[ObjectInfo]:
         return iter(self._infos(self._scan(self.root, "", temporary=True)))
 
@@ -205,7 +230,7 @@ class LocalStore(Store):
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # vanished since the directory was read
-            infos.append(_object_info(key, st))
+            infos.append(_object_info(key, st, _token(entry)))
         return infos
 
     def _listing_root(self, prefix: str) -> tuple[Path, str]:
@@ -275,10 +300,16 @@ class LocalStore(Store):
             raise storage_error("sync", path.parent, exc) from exc
 
 
-def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
+def _object_info(key: str, st: os.stat_result, token: str = "") -> ObjectInfo:
     # Objects are replaced by rename, so a new version has a new inode (and mtime).
     version = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-    return ObjectInfo(key, st.st_size, st.st_mtime, version)
+    return ObjectInfo(key, st.st_size, st.st_mtime, version, token)
+
+
+def _token(entry: os.DirEntry[str]) -> str:
+    """A listed file's token: its inode number as the directory entry gives it (which need
+    not equal ``st_ino`` on every file system, e.g. overlayfs: tokens only meet tokens)."""
+    return f"{entry.inode():x}"
 
 
 def _unlink(path: Path) -> bool:

@@ -54,7 +54,8 @@ class MemoryStore(Store):
     def _entry(self, key: str, data: bytes) -> tuple[bytes, ObjectInfo]:
         """A new object (the caller holds the lock: versions follow the order of writes)."""
         blob = bytes(data)  # a bytearray or memoryview must not change under the store
-        info = ObjectInfo(key, len(blob), self._clock(), f"{next(self._versions):x}")
+        version = f"{next(self._versions):x}"  # also the listing token
+        info = ObjectInfo(key, len(blob), self._clock(), version, version)
         return blob, info
 
     # -- Store API ---------------------------------------------------------------------------

@@ -324,9 +324,8 @@ def _short(message: str) -> str:
 
 
 def _info(key: str, meta: Any) -> ObjectInfo:
-    return ObjectInfo(
-        key, int(meta["size"]), meta["last_modified"].timestamp(), str(meta.get("e_tag") or "")
-    )
+    etag = str(meta.get("e_tag") or "")  # version and listing token alike
+    return ObjectInfo(key, int(meta["size"]), meta["last_modified"].timestamp(), etag, etag)
 
 
 def _build_client(bucket: str, prefix: str, options: S3Options) -> _ObstoreS3:

@@ -149,6 +149,19 @@ class StoreContract(ABC):
         store.put("k", b"two, longer")
         assert store.stat("k").version != first.version
 
+    def test_listing_tokens_change_when_an_object_is_replaced(self, store: Store) -> None:
+        store.put("dir/a", b"one")
+        store.put("dir/b", b"two")
+        self.settle(store)
+        tokens = dict(store.list_tokens("dir/"))
+        assert set(tokens) == {"dir/a", "dir/b"} == self.listed(store, "dir/")
+        assert all(tokens.values()) and tokens["dir/a"] != tokens["dir/b"]
+        assert {i.key: i.token for i in store.list_info("dir/")} == tokens
+        store.put("dir/a", b"one, replaced")
+        self.settle(store)
+        after = dict(store.list_tokens("dir/"))
+        assert after["dir/a"] != tokens["dir/a"] and after["dir/b"] == tokens["dir/b"]
+
     def test_get_many_keeps_order_with_missing_keys(self, store: Store) -> None:
         present = {f"g/{n:03d}": os.urandom(n + 1) for n in range(40) if n % 3 != 1}
         store.put_many(present.items())
