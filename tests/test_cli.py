@@ -512,3 +512,21 @@ def test_delete_damaged_backup(cli_project_with_two_backups: tuple[Path, list[st
     ok(result)
     assert not (root / "backups" / "snapshots" / f"{second}.json").exists()
     assert listed_ids(root) == [first]
+
+
+def test_a_long_listing_is_a_plain_table(
+    cli_project_with_two_backups: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past RICH_TABLE_MAX_ROWS rows, ``list`` prints aligned plain text (a rich table of
+    100,000 rows took 37 s): the same columns, newest first, and a count."""
+    from src.infra.backup.cli import cmd_list
+
+    root, ids = cli_project_with_two_backups
+    monkeypatch.setattr(cmd_list, "RICH_TABLE_MAX_ROWS", 1)
+    result = run_cli_inline("list", cwd=root)
+    ok(result)
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["ID", "Type", "Time", "(local)", "Size", "New", "Entries"]
+    assert [line.split()[0] for line in lines[3:5]] == ids[::-1]
+    assert set(lines[2]) == set(lines[5]) == {"-", " "} and lines[6] == "2 backups"
+    assert len(lines[3]) == len(lines[4]) == len(lines[1])  # "Entries" is right-aligned

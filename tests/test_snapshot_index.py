@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
+from src.infra.backup.app.maintenance import plan_checked
 from src.infra.backup.format.index import IndexedSummary, decode_index, encode_index, summarize
 from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
@@ -284,3 +285,39 @@ def test_summaries_of_backups_sharing_a_time_are_ordered_by_their_ids(repo_dir: 
         "manual_20260301_100000_2",
         "manual_20260301_100000",
     ]
+
+
+class ReusedTokenStore(FaultyStore):
+    """Every object lists with the same token: what a file system that reuses an inode number
+    for a manifest deleted and written again looks like to a names-only listing."""
+
+    def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
+        return ((key, "1") for key in self.inner.list(prefix))
+
+
+def test_retention_never_acts_on_a_stale_summary_of_a_names_only_listing(repo_dir: Path) -> None:
+    now = datetime.now(timezone.utc)
+    repo, _ = open_repo(repo_dir)
+    old_id = "manual_20200101_000000"
+    for name, when in ((old_id, now - timedelta(days=400)), ("manual_recent", now)):
+        repo.create_snapshot_as(
+            name, when, "manual", [DataInput("v", encode_value(1), ENCODING_NAME)]
+        )
+    store = ReusedTokenStore(LocalStore(repo_dir))
+    bot = Repository.open(store)
+    config = BackupConfig(backup_path=str(repo_dir), retention_days=30)
+    assert [d.backup_id for d in plan_checked(bot, config, protect=[]) if not d.keep] == [old_id]
+    # The old backup is deleted and a new one written under its id (another host, sync).
+    other, _ = open_repo(repo_dir / "other")
+    other.create_snapshot_as(
+        old_id, now, "manual", [DataInput("v", encode_value(2), ENCODING_NAME)]
+    )
+    (repo_dir / "snapshots" / f"{old_id}.json").unlink()
+    LocalStore(repo_dir).put(
+        f"snapshots/{old_id}.json",
+        (repo_dir / "other" / "snapshots" / f"{old_id}.json").read_bytes(),
+    )
+    stale = bot.list_summaries(validate=False)
+    assert next(s for s in stale if s.backup_id == old_id).time_utc < now - timedelta(days=300)
+    decisions = plan_checked(bot, config, protect=[])
+    assert all(d.keep for d in decisions) and len(decisions) == 2

@@ -69,6 +69,11 @@ class BackupInfo:
         return [f"{key}.json" for key in self._summary.data_keys] + list(self._summary.file_paths)
 
     @property
+    def file_count(self) -> int:
+        """``len(files)``, without building the list."""
+        return len(self._summary.data_keys) + len(self._summary.file_paths)
+
+    @property
     def data_keys(self) -> list[str]:
         return list(self._summary.data_keys)
 

@@ -77,23 +77,45 @@ def plan_retention(
     return apply_policy(snapshots, config.retention, now, protect=protect)
 
 
-def plan_after_create(
-    repository: Repository, config: BackupConfig, new_id: str
-) -> list[Decision] | None:
-    """Retention on the path of every backup, kept cheap with thousands of backups: planned on
-    a names-only listing (what this process knows of each id). ``[]``: nothing to do (the
-    oldest backup is young enough); ``None``: plan again on a validated listing (a backup to
-    forget was replaced since it was read)."""
-    summaries = repository.list_summaries(validate=False)
-    if config.retention is None and summaries:
-        cutoff = datetime.now(timezone.utc) - timedelta(days=config.retention_days)
-        if summaries[-1].time_utc >= cutoff:
-            return []
-    decisions = plan_retention(config, summaries, protect=[new_id])
+# Up to this many backups a plan rests on are checked with a stat each; more, and one
+# validated listing of all manifests is cheaper.
+CHECK_ONE_BY_ONE = 1_000
+
+
+def plan_checked(
+    repository: Repository, config: BackupConfig, *, protect: Sequence[str]
+) -> list[Decision]:
+    """Retention planned on a names-only listing (no stat per manifest: fast with 100,000
+    backups). Such a listing may show a stale summary for an id deleted and written again, so
+    what the plan rests on is checked against the stored manifests (a stat each): the backups
+    it forgets, and under a policy also the ones it keeps (they decide which others go). If
+    any changed, the plan is made again on a validated listing."""
+    listed = repository.list_summaries(validate=False)
+    decisions = plan_retention(config, listed, protect=protect)
     forget = [d.backup_id for d in decisions if not d.keep]
-    if not all(repository.summary_is_current(backup_id) for backup_id in forget):
-        return None
-    return decisions
+    if not forget:
+        return decisions
+    rests_on = [d.backup_id for d in decisions] if config.retention is not None else forget
+    if len(rests_on) <= CHECK_ONE_BY_ONE:
+        if all(map(repository.summary_is_current, rests_on)):
+            return decisions
+    validated = repository.list_summaries()
+    if validated == listed:  # the same summaries: the same plan
+        return decisions
+    return plan_retention(config, validated, protect=protect)
+
+
+def plan_after_create(repository: Repository, config: BackupConfig, new_id: str) -> list[Decision]:
+    """Retention on the path of every backup. With ``retention_days`` alone nothing can be due
+    while the oldest backup of this process's last listing is younger than the cutoff, so no
+    listing is made then (backups that other processes add with older times wait for the next
+    plan: keeping longer is safe). Otherwise :func:`plan_checked`."""
+    if config.retention is None:
+        cutoff = datetime.now(timezone.utc) - timedelta(days=config.retention_days)
+        oldest = repository.catalog.oldest_listed()
+        if oldest is not None and oldest >= cutoff:
+            return []
+    return plan_checked(repository, config, protect=[new_id])
 
 
 def is_last_good(repository: Repository, backup_id: str) -> bool:

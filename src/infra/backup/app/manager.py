@@ -19,7 +19,7 @@ from src.infra.backup.app.maintenance import (
     AutoPrune,
     is_last_good,
     plan_after_create,
-    plan_retention,
+    plan_checked,
 )
 from src.infra.backup.app.passphrase import read_passphrase, refuse_unexpected_plaintext
 from src.infra.backup.app.request import BackupRequest, checked_request, encoded_request
@@ -351,7 +351,7 @@ class BackupManager:
     def _retain_after_create(self, new_id: str) -> None:
         """Retention on the path of every backup (see ``maintenance.plan_after_create``)."""
         decisions = plan_after_create(self.repository, self.config, new_id)
-        if decisions != []:
+        if decisions:
             self.apply_retention(protect=[new_id], decisions=decisions)
 
     async def acreate_backup(
@@ -559,7 +559,7 @@ class BackupManager:
             repository = self.repository
         except RepositoryNotFoundError:
             return []
-        return plan_retention(self.config, repository.list_summaries(), protect=protect)
+        return plan_checked(repository, self.config, protect=protect)
 
     def apply_retention(
         self,

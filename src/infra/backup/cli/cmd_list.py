@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from src.infra.backup.cli.context import Context, json_option
-from src.infra.backup.cli.output import emit_json, human_size, info_json, stdout
+from src.infra.backup.cli.output import emit_json, human_size, info_json, stdout, text_table
 from src.infra.backup.policy.point_in_time import select_between
+
+# A rich table costs about a third of a millisecond per row; longer listings are plain text.
+RICH_TABLE_MAX_ROWS = 1_000
 
 
 @click.command(name="list")
@@ -39,28 +42,40 @@ def list_command(
         within = " in that time range" if since or until else ""
         stdout.print(f"No backups{within} in {ctx.manager.config.repository_location}")
         return
+    with_tags = any(info.tags for info in backups)
+    rows = [
+        [
+            info.backup_id,
+            info.backup_type,
+            info.timestamp.isoformat(" ", "seconds"),
+            human_size(info.size_bytes),
+            human_size(info.added_bytes),
+            str(info.file_count),
+            *([", ".join(f"{k}={v}" for k, v in info.tags.items())] if with_tags else []),
+        ]
+        for info in backups
+    ]
+    title = f"Backups in {ctx.manager.config.repository_location}"
+    headers = ["ID", "Type", "Time (local)", "Size", "New", "Entries"]
+    if len(rows) > RICH_TABLE_MAX_ROWS:
+        headers += ["Tags"] if with_tags else []
+        click.echo(
+            text_table(title, headers, rows, right=frozenset({3, 4, 5}))
+            + f"\n{len(rows):,} backups"
+        )
+        return
     from rich.table import Table  # imported on use: rich is slow to import
 
-    table = Table(title=f"Backups in {ctx.manager.config.repository_location}")
+    table = Table(title=title)
     # Ids and times never wrap, so they can be copied even at 80 columns; the rest may.
-    id_width = max(len(info.backup_id) for info in backups)
-    table.add_column("ID", no_wrap=True, min_width=id_width)
+    table.add_column("ID", no_wrap=True, min_width=max(len(row[0]) for row in rows))
     table.add_column("Type", overflow="fold")
     table.add_column("Time (local)", no_wrap=True)
     table.add_column("Size", justify="right", no_wrap=True)
     table.add_column("New", justify="right")
     table.add_column("Entries", justify="right")
-    with_tags = any(info.tags for info in backups)
     if with_tags:
         table.add_column("Tags", overflow="fold")
-    for info in backups:
-        table.add_row(
-            info.backup_id,
-            info.backup_type,
-            f"{info.timestamp:%Y-%m-%d %H:%M:%S}",
-            human_size(info.size_bytes),
-            human_size(info.added_bytes),
-            str(len(info.files)),
-            *([", ".join(f"{k}={v}" for k, v in info.tags.items())] if with_tags else []),
-        )
+    for row in rows:
+        table.add_row(*row)
     stdout.print(table)

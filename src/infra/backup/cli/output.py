@@ -6,14 +6,14 @@ quick commands never pay for it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.cli.context import Context
@@ -91,8 +91,24 @@ def info_json(info: BackupInfo) -> dict[str, Any]:
 
 
 def emit_json(payload: Any) -> None:
-    """Print one JSON document on stdout."""
-    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    """Print one JSON document on stdout (UTF-8, indented; msgspec's C encoder: ``list
+    --json`` of 100,000 backups is a 39 MB document)."""
+    click.echo(msgspec.json.format(msgspec.json.encode(payload), indent=2).decode())
+
+
+def text_table(
+    title: str, headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: frozenset[int]
+) -> str:
+    """A plain table with aligned columns (those numbered in ``right`` right-aligned): for
+    listings too long for a rich table, which takes a third of a millisecond per row."""
+    rows = list(rows)
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    line = "  ".join(
+        f"{{:{'>' if i in right else '<'}{width}}}" for i, width in enumerate(widths)
+    ).format
+    rule = "  ".join("-" * width for width in widths)
+    lines = [line(*cells).rstrip() for cells in [headers, *rows]]
+    return "\n".join([title, lines[0], rule, *lines[1:], rule])
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import logging
 import operator
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from itertools import compress, filterfalse
 from operator import attrgetter
 
@@ -163,6 +164,11 @@ class SummaryCatalog:
         except KeyError:
             return False
         return known is not None and known.version == version
+
+    def oldest_listed(self) -> datetime | None:
+        """The time of the oldest backup the last listing showed (``None`` before any)."""
+        ordered = self._sorted
+        return ordered[-1].time_utc if self._sorted_for is not None and ordered else None
 
     def retain(self, listing: Listing) -> None:
         """Forget what is known of ids the listing no longer shows."""
