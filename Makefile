@@ -58,7 +58,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run
 	$(PY) -m bench.background
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
-	$(PY) -m bench.many_backups
+	$(PY) -m bench.many_backups --count 100000
 	$(PY) -m bench.s3
 	$(PY) -m bench.sqlite_live --size-mb $(DB_SIZE_MB)
 	$(PY) -m bench.sqlite_backup --size-mb $(DB_SIZE_MB)

@@ -33,6 +33,7 @@ from bench.naive import NaiveBackupManager, _fsync_dir, _write_durable
 DEFAULT_OUT = Path(__file__).parent / "results"
 START = datetime(2025, 1, 1, tzinfo=UTC)
 STEP = timedelta(minutes=37)
+BASELINE_COUNT = 200  # create_backup at --count is compared with create_backup at this many
 PRODUCTION_POLICY: dict[str, Any] = {
     "timezone": "Europe/Berlin",
     "keep_daily": 90,
@@ -167,7 +168,31 @@ def measure_retention(path: Path) -> dict[str, float]:
         create(manager)
     result["create_retention_off_ms"] = median_ms(lambda: create(off), 15)
     result["create_retention_on_ms"] = median_ms(lambda: create(on), 15)
+    # The baseline: the same backup in a repository of 200 backups, measured in this run.
+    small = path.parent / "small"
+    build_ours(small, BASELINE_COUNT)
+    baseline = BackupManager(
+        BackupConfig(backup_path=str(small), retention_days=3650, auto_prune=False)
+    )
+    baseline.list_backups()
+    create(baseline)
+    result["create_at_baseline_ms"] = median_ms(lambda: create(baseline), 15)
+    shutil.rmtree(small)
     return result
+
+
+def cli_list_ms(path: Path, *args: str) -> float:
+    """Median wall time of ``peak-backup [args] list`` in a new process (start-up included)."""
+    root = Path(__file__).resolve().parent.parent
+    config = path.parent / "bench-config.toml"
+    config.write_text(f'[backup]\nbackup_path = "{path}"\n')
+    command = [sys.executable, str(root / "src/infra/backup/__main__.py"), "--config", str(config)]
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([*command, *args, "list"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[1] * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "naive_fresh_ms": fresh_list("naive", naive)["cold_ms"],
         }
         assert no_index["count"] == with_index["count"] == args.count
+        report["list"]["cli_ms"] = cli_list_ms(ours)
+        report["list"]["cli_json_ms"] = cli_list_ms(ours, "--json")
         report["retention"] = measure_retention(ours)
     print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -210,10 +237,13 @@ def print_report(report: dict[str, Any]) -> None:
         ("  without the snapshot index", lst["fresh_no_index_ms"]),
         ("  naive (read every metadata.json)", lst["naive_fresh_ms"]),
         ("list_backups, warm", lst["warm_ms"]),
+        ("CLI list, new process", lst["cli_ms"]),
+        ("CLI --json list, new process", lst["cli_json_ms"]),
         ("retention plan, policy (all rules)", ret["plan_policy_ms"]),
         ("retention plan, retention_days", ret["plan_days_ms"]),
         ("create_backup, retention off", ret["create_retention_off_ms"]),
         ("create_backup, retention_days on", ret["create_retention_on_ms"]),
+        (f"  the same at {BASELINE_COUNT} backups", ret["create_at_baseline_ms"]),
     ]
     for label, ms in rows:
         print(f"  {label:<40}{ms:>10.1f} ms")
@@ -221,6 +251,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"  naive / ours fresh list: {lst['naive_fresh_ms'] / lst['fresh_ms']:.1f}x; "
         f"retention adds {ret['create_retention_on_ms'] - ret['create_retention_off_ms']:.1f} ms "
         "to a backup"
+    )
+    print(
+        f"  create_backup at {report['count']:,} / at {BASELINE_COUNT}: "
+        f"{ret['create_retention_on_ms'] / ret['create_at_baseline_ms']:.2f}x (target <= 1.2x); "
+        f"list_backups fresh {lst['fresh_ms']:.0f} ms (target <= 300), CLI list "
+        f"{lst['cli_ms']:.0f} ms (target <= 1000)"
     )
     print(
         f"  first application of the production policy: forgot {ret['first_apply_forgot']:,} "

@@ -450,11 +450,10 @@ class BackupManager:
             repository = self.repository
         except RepositoryNotFoundError:
             return []  # nothing backed up yet
-        return [
-            BackupInfo(s)
-            for s in repository.list_summaries(validate=False)
-            if backup_type is None or s.backup_type == backup_type
-        ]
+        listed = repository.list_summaries(validate=False)
+        if backup_type is None:
+            return list(map(BackupInfo, listed))
+        return [BackupInfo(s) for s in listed if s.backup_type == backup_type]
 
     def get_backup_info(self, backup_id: str) -> BackupInfo:
         """Metadata of one backup; :class:`BackupNotFoundError` if there is none."""

@@ -105,10 +105,11 @@ def encode_index(entries: list[IndexedSummary], keys: RepositoryKeys | None) -> 
     return PLAIN_MAGIC + blake3.blake3(body).digest() + body
 
 
-def decode_index(stored: bytes, keys: RepositoryKeys | None) -> list[IndexedSummary]:
+def decode_index(stored: bytes | memoryview, keys: RepositoryKeys | None) -> list[IndexedSummary]:
     """The entries of a stored index; :class:`CorruptDataError` if it is damaged, forged or
     of the wrong kind for this repository, :class:`FormatVersionError` if it is newer."""
-    magic = stored[: len(PLAIN_MAGIC)]
+    magic = bytes(stored[: len(PLAIN_MAGIC)])
+    body: bytes | memoryview
     if keys is not None:
         if magic != SEALED_MAGIC:
             raise CorruptDataError("snapshot index: not encrypted in an encrypted repository")
@@ -117,7 +118,7 @@ def decode_index(stored: bytes, keys: RepositoryKeys | None) -> list[IndexedSumm
         if magic != PLAIN_MAGIC:
             raise CorruptDataError("snapshot index: unknown format or encrypted")
         start = len(PLAIN_MAGIC) + _DIGEST_SIZE
-        body = stored[start:]
+        body = memoryview(stored)[start:]  # no copy of a 20 MB index
         if blake3.blake3(body).digest() != stored[len(PLAIN_MAGIC) : start]:
             raise CorruptDataError("snapshot index: damaged (checksum mismatch)")
     try:
