@@ -96,9 +96,8 @@ def plan_checked(
     if not forget:
         return decisions
     rests_on = [d.backup_id for d in decisions] if config.retention is not None else forget
-    if len(rests_on) <= CHECK_ONE_BY_ONE:
-        if all(map(repository.summary_is_current, rests_on)):
-            return decisions
+    if len(rests_on) <= CHECK_ONE_BY_ONE and all(map(repository.summary_is_current, rests_on)):
+        return decisions
     validated = repository.list_summaries()
     if validated == listed:  # the same summaries: the same plan
         return decisions
