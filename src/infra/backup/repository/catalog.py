@@ -84,17 +84,6 @@ class Listing:
         self.tokens = tokens
         self.versions = versions
 
-    @property
-    def validated(self) -> bool:
-        return self.versions is not None
-
-    def matches(self, row: IndexedSummary) -> bool:
-        """Whether ``row`` describes the manifest listed under its id."""
-        backup_id = row.summary.backup_id
-        if self.versions is not None:
-            return self.versions.get(backup_id) == row.version
-        return bool(row.token) and self.tokens.get(backup_id) == row.token
-
 
 def list_snapshot_store(store: Store, *, validate: bool) -> Listing:
     """List ``snapshots/`` (manifests only: ``<id>.json`` directly below it)."""
