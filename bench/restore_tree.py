@@ -4,9 +4,17 @@ Generates a mixed tree of about N MB (default 1024) under ``/tmp``: JSON documen
 trade logs, Parquet-like random binary files and many small files, with varied modes and
 mtimes. It backs the tree up as file sources (timed: backup throughput), restores it into a
 new directory with ``RecoveryManager.restore_to_directory`` (timed: restore throughput),
-checks the restored tree is byte-identical (content, mode, mtime of every file), and copies
-the same tree with ``cp -a`` in the same run as the yardstick (also timed with a ``sync``
-after it, because the restore fsyncs every file and ``cp -a`` does not).
+copies the same tree with ``cp -a`` in the same run as the yardstick (also timed with a
+``sync`` after it, because the restore makes every file durable and ``cp -a`` does not), and
+checks the restored tree is byte-identical (content, mode, mtime of every file). The
+restore's peak RSS is measured from just before it (``VmHWM`` reset through
+``/proc/self/clear_refs``; elsewhere the process's peak so far).
+
+Nothing is deleted between the timed runs: on ext4 without a journal, creating files in the
+minutes after many were deleted costs several times more CPU (the inode allocator skips
+recently freed inodes), which made ``cp -a`` vary from 150 to 1,400 MB/s on the same tree.
+``--rounds N`` restores and copies N times each, alternating which goes first, and prints the
+medians.
 
 Exit status 1 if the restored tree differs. The working directory is removed afterwards
 unless ``--keep``.
@@ -19,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +51,9 @@ class Figures:
     cp_s: float
     cp_sync_s: float
     identical: bool
+    rss_before_mb: float = 0.0
+    restore_peak_rss_mb: float = 0.0
+    rounds: int = 1
 
     @property
     def rates(self) -> dict[str, float]:
@@ -53,10 +65,50 @@ class Figures:
             "cp_a_sync_mb_s": self.size_mb / self.cp_sync_s,
         }
 
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Restore throughput over that of ``cp -a`` and of ``cp -a`` + ``sync``."""
+        return {
+            "restore_vs_cp_a": self.cp_s / self.restore_s,
+            "restore_vs_cp_a_sync": self.cp_sync_s / self.restore_s,
+        }
+
+
+def _status_mb(field: str) -> float:
+    """A ``VmRSS``/``VmHWM`` figure of this process in MB (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux 4.0 and later); whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb(reset: bool) -> float:
+    if reset:
+        return _status_mb("VmHWM")
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB
+
 
 def _finish(path: Path, rng: random.Random, index: int) -> None:
     os.chmod(path, MODES[index % len(MODES)])
-    mtime = BASE_MTIME_NS + rng.randrange(10**15) * 1000 + index
+    # Within 11.6 days after BASE_MTIME_NS: in the past. A file dated in the future makes the
+    # backup wait for the clock to leave its mtime's tick (archiver.after_timestamp_tick).
+    mtime = BASE_MTIME_NS + rng.randrange(10**15) + index
     os.utime(path, ns=(mtime, mtime))
 
 
@@ -166,8 +218,9 @@ def identical_trees(a: Path, b: Path) -> bool:
     return True
 
 
-def run(size_mb: int, work: Path) -> Figures:
-    """Generate, back up, restore, compare and copy one tree below ``work``."""
+def run(size_mb: int, work: Path, rounds: int = 1) -> Figures:
+    """Generate and back up one tree below ``work``; restore it and copy it ``rounds``
+    times each (medians), then compare every restored tree with the original."""
     from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 
     tree = work / "tree"
@@ -183,20 +236,38 @@ def run(size_mb: int, work: Path) -> Figures:
     backup_id = manager.create_backup(None, "manual", include_files=True)
     backup_s = time.perf_counter() - started
     os.sync()
-    restored = work / "restored"
-    started = time.perf_counter()
-    RecoveryManager(manager).restore_to_directory(backup_id, restored)
-    restore_s = time.perf_counter() - started
-    identical = identical_trees(tree, restored / "tree")
-    shutil.rmtree(restored)
-    os.sync()
-    copy = work / "cp_copy"
-    started = time.perf_counter()
-    subprocess.run(["cp", "-a", str(tree), str(copy)], check=True)
-    cp_s = time.perf_counter() - started
-    os.sync()
-    cp_sync_s = time.perf_counter() - started
-    return Figures(total / MB, files, backup_s, restore_s, cp_s, cp_sync_s, identical)
+    restores: list[float] = []
+    copies: list[tuple[float, float]] = []
+    peak_rss = rss_before = 0.0
+    for index in range(rounds):  # alternate which goes first: conditions drift
+        for step in ("restore", "copy") if index % 2 == 0 else ("copy", "restore"):
+            if step == "restore":
+                rss_before = _status_mb("VmRSS")
+                reset = _reset_peak_rss()
+                started = time.perf_counter()
+                RecoveryManager(manager).restore_to_directory(backup_id, work / f"restored{index}")
+                restores.append(time.perf_counter() - started)
+                peak_rss = max(peak_rss, _peak_rss_mb(reset))
+            else:
+                started = time.perf_counter()
+                subprocess.run(["cp", "-a", str(tree), str(work / f"cp_copy{index}")], check=True)
+                copied = time.perf_counter() - started
+                os.sync()
+                copies.append((copied, time.perf_counter() - started))
+            os.sync()
+    identical = all(identical_trees(tree, work / f"restored{i}" / "tree") for i in range(rounds))
+    return Figures(
+        total / MB,
+        files,
+        backup_s,
+        statistics.median(restores),
+        statistics.median(c for c, _ in copies),
+        statistics.median(s for _, s in copies),
+        identical,
+        rss_before,
+        peak_rss,
+        rounds,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,27 +276,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=1024, help="tree size (default 1024)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="restores and copies each, in alternating order; medians (default 1)",
+    )
     args = parser.parse_args(argv)
     if args.size_mb < 1:
         parser.error("--size-mb must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="peak-restore-bench-", dir="/tmp"))
     try:
-        figures = run(args.size_mb, work)
+        figures = run(args.size_mb, work, args.rounds)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    rates = figures.rates
+    rates, ratios = figures.rates, figures.ratios
     if args.json:
-        print(json.dumps({**asdict(figures), **rates}, indent=2))
+        print(json.dumps({**asdict(figures), **rates, **ratios}, indent=2))
     else:
         print(f"tree        {figures.size_mb:.1f} MB in {figures.files} files")
+        if figures.rounds > 1:
+            print(f"rounds      {figures.rounds} (medians below)")
         print(f"backup      {figures.backup_s:8.2f} s  {rates['backup_mb_s']:8.1f} MB/s")
         print(
             f"restore     {figures.restore_s:8.2f} s  {rates['restore_mb_s']:8.1f} MB/s"
-            "  (every file fsynced)"
+            "  (every file durable)"
         )
         print(f"cp -a       {figures.cp_s:8.2f} s  {rates['cp_a_mb_s']:8.1f} MB/s")
         print(f"cp -a+sync  {figures.cp_sync_s:8.2f} s  {rates['cp_a_sync_mb_s']:8.1f} MB/s")
+        print(
+            f"ratio       {ratios['restore_vs_cp_a']:8.2f} x cp -a"
+            f"  {ratios['restore_vs_cp_a_sync']:8.2f} x cp -a+sync"
+        )
+        print(
+            f"peak RSS    {figures.restore_peak_rss_mb:8.1f} MB during the restore"
+            f"  ({figures.rss_before_mb:.1f} MB before it)"
+        )
         print(f"identical   {'yes' if figures.identical else 'NO: restored tree differs'}")
     return 0 if figures.identical else 1
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -25,20 +23,10 @@ from src.infra.backup.files.in_place import (
     execute_in_place,
     plan_in_place,
 )
-from src.infra.backup.files.restorer import (
-    check_layout,
-    finish_directory,
-    make_directory,
-    make_hardlink,
-    make_symlink,
-    remove_database_companions,
-    restore_owner,
-    restore_path,
-    write_file,
-)
+from src.infra.backup.files.restorer import check_layout, restore_path
+from src.infra.backup.files.tree_restore import restore_tree
 from src.infra.backup.format.ids import is_valid_backup_id, validate_backup_type
 from src.infra.backup.format.manifest import Entry
-from src.infra.backup.format.values import to_jsonable
 from src.infra.backup.policy.point_in_time import parse_moment
 from src.infra.backup.repository.history import record_verify
 from src.infra.backup.repository.reader import VerifyReport, decode_data_payload
@@ -327,80 +315,18 @@ def _restore_entries(
     verify: bool,
 ) -> None:
     """Write entries below ``root`` in an order that never writes through a link:
-    directories, then data and files, then hard links, then symbolic links; directory
-    modes and mtimes last (deepest first), so writing below them does not change them."""
-    dirs = [e for e in entries if e.kind == "dir"]
-    files: dict[str, Path] = {}
-    expected: list[tuple[Path, Entry, bytes | None]] = []
-    written = result.written
-    for entry in dirs:  # directories are not counted as written files
-        make_directory(root, entry.name)
-    for entry in entries:
-        owner = restore_owner(entry.uid, entry.gid)
-        if entry.kind == "data":
-            text = _json_text(decode_data_payload("", entry, repository.read_entry(entry)))
-            path = write_file(root, f"{entry.name}.json", [text])
-            expected.append((path, entry, text))
-        elif entry.kind == "file":
-            if entry.origin == "sqlite":
-                remove_database_companions(root, restore_path(root, entry.name))
-            path = write_file(
-                root,
-                entry.name,
-                repository.iter_entry(entry),
-                mode=entry.mode,
-                mtime_ns=entry.mtime_ns,
-                owner=owner,
-            )
-            files[entry.name] = path
-            expected.append((path, entry, None))
-        else:
-            continue
-        written.append(path)
-        result.bytes_written += path.lstat().st_size
-    by_name = {e.name: e for e in entries}
-    for entry in entries:
-        if entry.kind == "hardlink" and entry.target is not None:
-            path = make_hardlink(root, entry.name, files[entry.target])
-            expected.append((path, by_name[entry.target], None))
-            written.append(path)
-    for entry in entries:
-        if entry.kind == "symlink" and entry.target is not None:
-            owner = restore_owner(entry.uid, entry.gid)
-            written.append(
-                make_symlink(root, entry.name, entry.target, mtime_ns=entry.mtime_ns, owner=owner)
-            )
-    for entry in sorted(dirs, key=lambda e: e.name.count("/"), reverse=True):
-        finish_directory(
-            restore_path(root, entry.name),
-            mode=entry.mode,
-            mtime_ns=entry.mtime_ns,
-            owner=restore_owner(entry.uid, entry.gid),
-        )
-    if verify:
-        for path, entry, written_text in expected:
-            same = (
-                path.read_bytes() == written_text
-                if written_text is not None
-                else repository.file_matches_entry(path, entry)
-            )
-            if not same:
-                raise IntegrityError(f"restored {path} differs from the backup")
-        for entry in entries:
-            if entry.kind == "symlink":
-                path = restore_path(root, entry.name)
-                if not path.is_symlink() or os.readlink(path) != entry.target:
-                    raise IntegrityError(f"restored link {path} differs from the backup")
-        result.verified = True
+    directories, then data and files (several at once), then hard links, then symbolic
+    links; directory modes and mtimes last (deepest first), so writing below them does not
+    change them. See ``files/tree_restore.py``."""
+    outcome = restore_tree(repository, entries, root, verify=verify)
+    result.written.extend(outcome.written)
+    result.bytes_written += outcome.bytes_written
+    result.verified = outcome.verified
 
 
 def _check_decodes(entry: Entry, content: bytes) -> None:
     # raises CorruptDataError (an IntegrityError) if it does not decode
     decode_data_payload("", entry, content)
-
-
-def _json_text(value: Any) -> bytes:
-    return (json.dumps(to_jsonable(value), indent=2, ensure_ascii=False) + "\n").encode()
 
 
 _default_recovery: RecoveryManager | None = None

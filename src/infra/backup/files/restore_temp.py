@@ -2,12 +2,12 @@
 removed by the next restore once that writer is gone.
 
 A restored file is first written to a temporary file in its destination directory, then
-renamed over the destination (``sources.write_file`` and ``sources.write_in_place``; links are
-made the same way), so a file is never torn. A restore killed with SIGKILL (or a power cut)
-leaves that temporary file (or link) behind. Restore temp files are therefore named
-``.tmp-<pid>-<host>-<16 hex>`` (``<host>``: 8 hex digits of a hash of the host name, see
-:data:`HOST_TAG`), and before a restore writes into a directory it removes the ones that are
-stale:
+renamed over the destination (``restorer.write_file``, ``restorer.write_in_place``,
+``tree_write``; links are made the same way), so a file is never torn. A restore killed
+with SIGKILL (or a power cut) leaves that temporary file (or link) behind. Restore temp
+files are therefore named ``.tmp-<pid>-<host>-<16 hex>`` (``<host>``: 8 hex digits of a
+hash of the host name, see :data:`HOST_TAG`), and before a restore writes into a directory
+it removes the ones that are stale:
 
 * written by a process of this host that is no longer running (or is a zombie): removed;
 * written by a running process (another restore in progress, or this one): kept, unless left

@@ -54,15 +54,9 @@ def write_file(
     mode: int | None = None,
     mtime_ns: int | None = None,
     owner: tuple[int, int] | None = None,
-    sync_dir: bool = True,
 ) -> Path:
     """Write one restored file atomically (temp, fsync, rename) with its mode and mtime
-    (and ``owner`` uid/gid, when given: only root can set it).
-
-    ``sync_dir=False`` leaves the fsync of the directory (which makes the new name durable)
-    to the caller, who must do it before reporting the file restored: a tree restore syncs
-    each directory once after all its files. The content is fsync'ed before the rename
-    either way, so the name never shows a half-written file, even after a crash."""
+    (and ``owner`` uid/gid, when given: only root can set it)."""
     destination = restore_path(target, name)
     try:
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -70,7 +64,7 @@ def write_file(
         if destination.is_symlink() or destination.is_dir():
             raise InvalidInputError(f"cannot restore {destination}: a link or directory is there")
         temp = write_restore_temp(destination.parent, chunks)
-        _install(temp, destination, mode, mtime_ns, owner=owner, sync_dir=sync_dir)
+        _install(temp, destination, mode, mtime_ns, owner=owner)
     except OSError as exc:
         raise storage_error("restore", destination, exc) from exc
     return destination
@@ -84,11 +78,9 @@ def _install(
     check: Callable[[], None] | None = None,
     *,
     owner: tuple[int, int] | None = None,
-    sync_dir: bool = True,
 ) -> None:
     """Give a written temp file its owner, mode and mtime, run ``check``, rename it over
-    ``destination`` and make the rename durable (unless ``sync_dir=False``: the caller
-    does); the temp file never outlives a failure."""
+    ``destination`` and make the rename durable; the temp file never outlives a failure."""
     try:
         if check is not None:
             check()
@@ -102,8 +94,7 @@ def _install(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    if sync_dir:
-        fsync_dir(destination.parent)
+    fsync_dir(destination.parent)
 
 
 def check_layout(names: Sequence[tuple[str, str]]) -> None:
