@@ -70,6 +70,22 @@ def write_file(
     return destination
 
 
+def set_file_metadata(
+    target: Path | int,
+    *,
+    owner: tuple[int, int] | None,
+    mode: int | None,
+    mtime_ns: int | None,
+) -> None:
+    """Give a restored file (a path, or an open descriptor) its owner, mode and mtime."""
+    if owner is not None:
+        os.chown(target, *owner)  # before chmod: chown clears setuid/setgid bits
+    if mode is not None:
+        os.chmod(target, mode & 0o7777)
+    if mtime_ns is not None:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+
+
 def _install(
     temp: Path,
     destination: Path,
@@ -84,12 +100,7 @@ def _install(
     try:
         if check is not None:
             check()
-        if owner is not None:
-            os.chown(temp, *owner)  # before chmod: chown clears setuid/setgid bits
-        if mode is not None:
-            os.chmod(temp, mode & 0o7777)
-        if mtime_ns is not None:
-            os.utime(temp, ns=(mtime_ns, mtime_ns))
+        set_file_metadata(temp, owner=owner, mode=mode, mtime_ns=mtime_ns)
         os.replace(temp, destination)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from src.infra.backup.errors import InvalidInputError
 from src.infra.backup.files.restore_temp import clean_stale_temps, restore_temp_tag
+from src.infra.backup.files.restorer import set_file_metadata
 from src.infra.backup.storage.local import TEMP_PREFIX, fsync_dir, storage_error
 
 # A batch is committed when it holds this many files, bytes or directories.
@@ -203,12 +204,7 @@ def write_temp(
                     while view:
                         view = view[os.write(fd, view) :]
                 size += len(piece)
-            if owner is not None:
-                os.fchown(fd, *owner)  # before chmod: chown clears setuid/setgid bits
-            if mode is not None:
-                os.fchmod(fd, mode & 0o7777)
-            if mtime_ns is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            set_file_metadata(fd, owner=owner, mode=mode, mtime_ns=mtime_ns)
             if sync:
                 os.fsync(fd)
         finally:

@@ -192,29 +192,11 @@ class LocalStore(Store):
         return (key for key, _ in self._scan(base, start, temporary=False))
 
     def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
-        # The inode number and the file type come with the directory entry (d_ino, d_type):
-        # no stat per file. A tighter loop than _scan: 100,000 manifests are listed this way.
+        # The inode number comes with the directory entry (d_ino): no stat per file.
         base, start = self._listing_root(prefix)
-        found: builtins.list[tuple[str, str]] = []
-        pending = [(str(base), start)]
-        while pending:
-            folder, key_prefix = pending.pop()
-            try:
-                entries = os.scandir(folder)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise storage_error("list", Path(folder), exc) from exc
-            with entries:
-                for entry in entries:
-                    name = entry.name
-                    if name[0] == ".":  # temporary files and hidden directories
-                        continue
-                    if entry.is_file(follow_symlinks=False):
-                        found.append((key_prefix + name, f"{entry.inode():x}"))
-                    elif entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, f"{key_prefix}{name}/"))
-        return iter(found)
+        return iter(
+            [(key, _token(entry)) for key, entry in self._scan(base, start, temporary=False)]
+        )
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
         return iter(self._infos(self._scan(self.root, "", temporary=True)))
@@ -262,16 +244,12 @@ class LocalStore(Store):
             with entries:
                 for entry in entries:
                     name = entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        if not name.startswith("."):
-                            pending.append((entry.path, f"{prefix}{name}/"))
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    is_temp = name.startswith(TEMP_PREFIX)
-                    if is_temp != temporary or (not temporary and name.startswith(".")):
-                        continue
-                    found.append((prefix + name, entry))
+                    if entry.is_file(follow_symlinks=False):
+                        # objects: no dot file; temporaries: only TEMP_PREFIX (a dot file)
+                        if name.startswith(TEMP_PREFIX) if temporary else name[0] != ".":
+                            found.append((prefix + name, entry))
+                    elif entry.is_dir(follow_symlinks=False) and name[0] != ".":
+                        pending.append((entry.path, f"{prefix}{name}/"))
         return found
 
     def move(self, source: str, destination: str) -> None:
