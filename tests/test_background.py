@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -110,23 +111,76 @@ def test_load_backup_of_a_pending_backup_waits_for_it(
     assert RecoveryManager(manager).restore_backup(pending_id) == {"n": 1}
 
 
-def test_bad_arguments_fail_at_the_call_and_unsupported_values_from_result(
-    tmp_path: Path,
-) -> None:
+def test_bad_input_fails_at_the_call_and_writes_nothing(tmp_path: Path) -> None:
     manager = _manager(tmp_path)
     with pytest.raises(InvalidInputError):
         manager.start_backup({"a": 1}, "Not A Type")
     with pytest.raises(InvalidInputError):
         manager.start_backup({"bad key/": 1})
+    # A small state is encoded at the call: an unsupported value fails there, with the path.
+    with pytest.raises(UnsupportedValueError) as info:
+        manager.start_backup({"portfolio": {"positions": [object()]}}, "pre_trade")
+    assert 'data["portfolio"]["positions"][0]' in str(info.value)
     assert not (tmp_path / "repo").exists()  # nothing written
+    assert manager.wait_for_backups(timeout=0)  # nothing queued
+
+
+def test_a_large_state_with_an_unsupported_value_fails_from_result_and_in_status(
+    tmp_path: Path,
+) -> None:
+    manager = _manager(tmp_path)
     first = manager.create_backup({"a": 1})
-    handle = manager.start_backup({"portfolio": {"positions": [object()]}}, "pre_trade")
+    state = _state()
+    state["portfolio"]["positions"].append(object())
+    assert not background.is_small_state(state)  # captured by a forked child
+    handle = manager.start_backup(state, "pre_trade")
     with pytest.raises(UnsupportedValueError) as info:
         handle.result(timeout=60)
-    assert 'data["portfolio"]["positions"][0]' in str(info.value)
+    assert 'data["portfolio"]["positions"][1]' in str(info.value)
     status = read_status(manager.open_repository(create=True).store, current_host())
     assert status.types["pre_trade"].last_failure is not None  # recorded, never lost silently
     assert [i.backup_id for i in manager.list_backups()] == [first]
+
+
+@dataclass
+class _Position:
+    symbol: str
+    sizes: list[int]
+
+
+def test_small_state_bounds() -> None:
+    limit = background.SMALL_STATE_OBJECTS
+    assert background.is_small_state({})
+    assert background.is_small_state({"trades": list(range(limit - 1))})
+    assert not background.is_small_state({"trades": list(range(limit))})
+    assert not background.is_small_state({"a": [[0] * 100 for _ in range(100)]})  # nested
+    assert not background.is_small_state({"blob": b"x" * (background.SMALL_STATE_BYTES + 1)})
+    assert background.is_small_state({"p": _Position("BTC", [1, 2])})  # fields are walked
+    assert not background.is_small_state({"p": _Position("BTC", list(range(limit)))})
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    assert not background.is_small_state({"c": cycle})  # the walk is bounded
+
+
+def test_small_states_are_encoded_at_the_call_and_large_ones_by_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forks = 0
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        nonlocal forks
+        forks += 1
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    manager = _manager(tmp_path)
+    small = manager.start_backup({"n": 1})
+    assert forks == 0
+    large = manager.start_backup(_state())
+    assert forks == 1
+    assert manager.load_backup(small.result(timeout=60)) == {"n": 1}
+    assert manager.load_backup(large.result(timeout=60)) == _state()
 
 
 def test_without_fork_the_values_are_encoded_in_the_calling_thread(

@@ -7,6 +7,10 @@ The call captures the state and returns; storing happens in the background:
    memory file and exits. The parent returns at once, so the caller may change the state right
    away, in place and deep inside. Where ``os.fork`` is missing or fails, the values are encoded
    in the calling thread instead (the call then blocks for the encode, as ``create_backup``).
+   A small state (a bounded walk finds at most :data:`SMALL_STATE_OBJECTS` objects and
+   :data:`SMALL_STATE_BYTES` of text and array data) is encoded in the calling thread too: its
+   encoded bytes are the copy, cheaper than a fork, and an unsupported value then fails at
+   the call, before anything is queued.
 2. **Store.** One writer thread per manager takes the captures in call order, waits for the
    child, and stores the encoded values through the same path as ``create_backup`` (hooks,
    fallback, run history, off-site). The backup's time, and the time in its id, is the moment
@@ -21,6 +25,7 @@ exits; a pending backup is then simply lost, and the repository never saw it.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
 import json
 import logging
@@ -41,6 +46,54 @@ log = logging.getLogger(__name__)
 
 # How long a process that is exiting waits for its pending background backups.
 EXIT_FLUSH_SECONDS = 300.0
+
+# A state within both bounds is encoded at the call rather than by a forked child: the encode
+# then costs less than the fork, and bad values fail at the call (docs/PERFORMANCE.md).
+SMALL_STATE_OBJECTS = 4096
+SMALL_STATE_BYTES = 1 << 20
+
+_SCALARS = (int, float, bool, type(None))
+_TEXT = (str, bytes, bytearray)
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def is_small_state(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` holds at most :data:`SMALL_STATE_OBJECTS` objects and
+    :data:`SMALL_STATE_BYTES` of text and array data, found by a walk that stops at the first
+    bound crossed. Dataclass fields and instance attributes are walked too; an array or frame
+    without a byte size counts as large."""
+    objects, data_bytes = 0, 0
+    stack: list[Any] = list(data.values())
+    while stack:
+        value = stack.pop()
+        objects += 1
+        if objects > SMALL_STATE_OBJECTS:
+            return False
+        kind = type(value)
+        if kind in _SCALARS:
+            continue
+        if kind in _TEXT:
+            data_bytes += len(value)
+        elif kind is dict or kind in _SEQUENCES:
+            if objects + len(stack) + len(value) > SMALL_STATE_OBJECTS:
+                return False  # checked before the items are taken: a huge list costs nothing
+            if kind is dict:
+                stack.extend(value.keys())
+                stack.extend(value.values())
+            else:
+                stack.extend(value)
+        elif hasattr(value, "shape"):  # an array or a frame: its data is not walked
+            size = getattr(value, "nbytes", None)
+            if not isinstance(size, int):
+                return False
+            data_bytes += size
+        elif dataclasses.is_dataclass(value):
+            stack.extend(getattr(value, field.name) for field in dataclasses.fields(value))
+        elif hasattr(value, "__dict__"):
+            stack.extend(vars(value).values())
+        if data_bytes > SMALL_STATE_BYTES:
+            return False
+    return True
 
 
 def _entry_root(name: str) -> str:
@@ -63,7 +116,7 @@ class Capture:
         """Capture ``data`` now: fork a child that encodes it (see the module docstring)."""
         capture = cls(list(data))
         fork = getattr(os, "fork", None)
-        if fork is None:
+        if fork is None or is_small_state(data):
             capture._encode_here(data)
             return capture
         memory_fd = _anonymous_file()

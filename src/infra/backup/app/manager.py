@@ -400,9 +400,9 @@ class BackupManager:
         The returned :class:`concurrent.futures.Future` gives the backup id once the backup
         is durable (``.result(timeout)``), or raises its error; the failure is also recorded
         in the run history. The backup's time, and the time in its id, is the call's; the
-        id's suffix (``_2`` ...) is chosen when it commits. Arguments are checked at the
-        call (:class:`InvalidInputError`); values are encoded by the capture, so an
-        unsupported value raises from ``.result()``. Backups still pending when the process
+        id's suffix (``_2`` ...) is chosen when it commits. Bad arguments, and unsupported
+        values in a small state (encoded at the call), raise at the call; in a large state
+        (encoded by a forked child) from ``.result()``. Backups still pending when the process
         exits are waited for (up to 5 minutes); a process killed first loses them, and only
         them.
         """
