@@ -4,7 +4,9 @@ restic keeps this map in ``internal/backend/layout``; here it is::
 
     repo.json                      the repository's configuration (format, chunker, encryption)
     snapshots/<backup_id>.json     one manifest per backup (its commit point)
-    chunks/<cid[:2]>/<cid>         content-addressed blobs
+    chunks/<cid[:2]>/<cid>         content-addressed blobs (format 1: one object per chunk)
+    packs/<pid[:2]>/<pid>          packs of blobs (format 2), named by their hash
+    index/packs/<id>               pack index files: where each packed blob is
     fossils/<cid[:2]>/<cid>        chunks a pending garbage collection moved aside
     gc/collection-<stamp>-<n>.json the records of pending collections
     locks/<kind>-<hex>.json        leases of running backups and prunes
@@ -30,6 +32,8 @@ COLLECTION_PREFIX = "gc/"
 LOCK_PREFIX = "locks/"
 PROBE_PREFIX = f"{LOCK_PREFIX}probe-"
 INDEX_KEY = "index/snapshots"
+PACK_PREFIX = "packs/"
+PACK_INDEX_PREFIX = "index/packs/"
 STATUS_PREFIX = "status/"
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -43,6 +47,16 @@ def snapshot_key(backup_id: str) -> str:
 def chunk_key(cid: str) -> str:
     """The key of a chunk: ``chunks/`` fanned out by the first two hex digits of its id."""
     return f"{CHUNK_PREFIX}{cid[:2]}/{cid}"
+
+
+def pack_key(pack_id: str) -> str:
+    """The key of a pack, fanned out like chunks by the first two hex digits of its id."""
+    return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def pack_index_key(index_id: str) -> str:
+    """The key of a pack index file."""
+    return f"{PACK_INDEX_PREFIX}{index_id}"
 
 
 def fossil_key(cid: str) -> str:

@@ -317,9 +317,12 @@ def open_manifest(stored: bytes, keys: RepositoryKeys | None, backup_id: str) ->
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Collection(msgspec.Struct, frozen=True):
+class Collection(msgspec.Struct, frozen=True, omit_defaults=True):
     """``gc/collection-<time>.json``: chunks garbage collection moved to ``fossils/`` at
-    ``time`` and will delete unless a backup refers to them again (see gc.py)."""
+    ``time``, and packs it collected (with ``dead``: the chunks that go with them, found in no
+    other pack), which it will delete unless a backup refers to them again (see gc.py)."""
 
     time: AwareDatetime
-    fossils: list[str]
+    fossils: list[str] = []
+    packs: list[str] = []
+    dead: list[str] = []

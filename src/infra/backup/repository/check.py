@@ -1,8 +1,10 @@
 """``check``: examine the whole repository and say what is damaged and what it affects.
 
-Damage is a missing or corrupt chunk (or chunk list), or a manifest that cannot be read.
-Orphaned chunks (referenced by no backup: left by a failed backup or by deletions, reclaimed by
-``prune``) and temp leftovers of crashed writes are reported but are not damage.
+Damage is a missing or corrupt chunk (or chunk list), a manifest that cannot be read, or (in a
+format-2 repository) a pack that is missing, cut short or altered, or a pack index file that
+cannot be read. Orphaned chunks (referenced by no backup: left by a failed backup or by
+deletions, reclaimed by ``prune``), packs no index lists and temp leftovers of crashed writes
+are reported but are not damage.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.format.layout import CHUNK_PREFIX, FOSSIL_PREFIX
 from src.infra.backup.format.manifest import ChunkRef
+from src.infra.backup.repository.pack_check import check_packs
 from src.infra.backup.repository.repository import Repository
 
 
@@ -38,17 +41,31 @@ class CheckReport:
     orphaned_bytes: int = 0
     fossils: int = 0
     temp_leftovers: list[str] = field(default_factory=list)
+    packs: int = 0
+    # pack id (or pack index key) -> what is wrong with it, and the backups using its chunks
+    damaged_packs: dict[str, str] = field(default_factory=dict)
+    damaged_pack_users: dict[str, list[str]] = field(default_factory=dict)
+    unindexed_packs: int = 0
 
     @property
     def clean(self) -> bool:
-        """No damage (orphans and temp leftovers are not damage)."""
-        return not (self.damaged_manifests or self.missing_chunks or self.corrupt_chunks)
+        """No damage (orphans, unindexed packs and temp leftovers are not damage)."""
+        return not (
+            self.damaged_manifests
+            or self.missing_chunks
+            or self.corrupt_chunks
+            or self.damaged_packs
+        )
 
     @property
     def affected_backups(self) -> list[str]:
         """Backups that cannot be fully restored."""
         affected = set(self.damaged_manifests)
-        for users in (*self.missing_chunks.values(), *self.corrupt_chunks.values()):
+        for users in (
+            *self.missing_chunks.values(),
+            *self.corrupt_chunks.values(),
+            *self.damaged_pack_users.values(),
+        ):
             affected.update(users)
         return sorted(affected)
 
@@ -67,6 +84,12 @@ class CheckReport:
             "orphaned_bytes": self.orphaned_bytes,
             "fossils": self.fossils,
             "temp_leftovers": self.temp_leftovers,
+            "packs": self.packs,
+            "damaged_packs": {
+                name: {"problem": why, "backups": self.damaged_pack_users.get(name, [])}
+                for name, why in self.damaged_packs.items()
+            },
+            "unindexed_packs": self.unindexed_packs,
         }
 
 
@@ -143,6 +166,9 @@ def check_repository(
     present = {
         info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list_info(CHUNK_PREFIX)
     }
+    verified: set[str] = set()
+    if repo.packed:
+        verified = check_packs(repo, report, present, users, read_data=read_data and subset is None)
     fossils = {info.key.rsplit("/", 1)[-1] for info in repo.store.list_info(FOSSIL_PREFIX)}
     report.fossils = len(fossils)
     for cid, (ref, backups) in users.items():
@@ -152,6 +178,8 @@ def check_repository(
         report.chunks_checked += 1
         if not read_data or (subset is not None and not subset(cid)):
             continue
+        if cid in verified or cid in report.corrupt_chunks:
+            continue  # read with its pack
         try:
             report.bytes_checked += len(repo.read_chunk(ref))
         except CorruptDataError:

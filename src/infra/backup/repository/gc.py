@@ -35,6 +35,8 @@ from typing import Protocol
 import msgspec
 
 from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError, StorageError
+from src.infra.backup.format.blobs import BlobCodec
+from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     COLLECTION_PREFIX,
@@ -51,6 +53,12 @@ from src.infra.backup.repository.locks import (
     list_leases,
     utcnow,
 )
+from src.infra.backup.repository.pack_gc import (
+    collect_packs,
+    consolidate_index,
+    delete_packs,
+)
+from src.infra.backup.repository.pack_index import PackIndex
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -74,21 +82,32 @@ class CollectableRepository(Protocol):
 
     def damaged_snapshots(self) -> dict[str, str]: ...
 
+    @property
+    def keys(self) -> RepositoryKeys | None: ...
+
+    @property
+    def packed(self) -> bool: ...
+
+    @property
+    def pack_index(self) -> PackIndex: ...
+
+    @property
+    def codec(self) -> BlobCodec: ...
+
 
 # -- the writer's half of the protocol ----------------------------------------------------------
 
 
-def collected_chunks(
-    store: Store, cache: dict[str, tuple[str, frozenset[str]]], lock: threading.Lock
-) -> set[str]:
-    """Chunks that pending collections have moved (or are moving) to ``fossils/``: a backup
-    reads them after taking its lease and never reuses them unseen. ``cache`` keeps the parsed
-    collection records by version (guarded by ``lock``)."""
-    collected: set[str] = set()
+def pending_collections(
+    store: Store, cache: dict[str, tuple[str, Collection]], lock: threading.Lock
+) -> list[Collection]:
+    """The records of pending collections (one listing; each record read once per version,
+    ``cache`` keeps them, guarded by ``lock``)."""
     listed = {info.key: info.version for info in store.list_info(COLLECTION_PREFIX)}
     with lock:
         for key in [k for k in cache if k not in listed]:
             del cache[key]
+    records = []
     for key, version in listed.items():
         cached = cache.get(key)
         if cached is None or cached[0] != version:
@@ -98,11 +117,26 @@ def collected_chunks(
                 continue  # finished meanwhile
             except JSON_ERRORS as exc:
                 raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
-            cached = (version, frozenset(record.fossils))
+            cached = (version, record)
             with lock:
                 cache[key] = cached
-        collected.update(cached[1])
-    return collected
+        records.append(cached[1])
+    return records
+
+
+def collected_chunks(
+    store: Store, cache: dict[str, tuple[str, Collection]], lock: threading.Lock
+) -> tuple[set[str], set[str]]:
+    """Chunks that pending collections have moved (or are moving) to ``fossils/`` or that go
+    with the packs they collected, and those packs: a backup reads them after taking its
+    lease and never reuses such a chunk unseen."""
+    chunks: set[str] = set()
+    packs: set[str] = set()
+    for record in pending_collections(store, cache, lock):
+        chunks.update(record.fossils)
+        chunks.update(record.dead)
+        packs.update(record.packs)
+    return chunks, packs
 
 
 def revalidate(store: Store, chunk_ids: Iterable[str]) -> None:
@@ -149,6 +183,10 @@ class PruneReport:
     temp_bytes: int = 0
     stale_leases_removed: int = 0
     postponed: list[str] = field(default_factory=list)
+    packs_collected: int = 0
+    packs_repacked: int = 0
+    packs_deleted: int = 0
+    packs_kept: int = 0
 
     @property
     def freed_bytes(self) -> int:
@@ -204,12 +242,19 @@ def prune(
             _delete_collected(repo, report, leases, utcnow(), grace, renew, only=[key])
 
         immediate = grace <= timedelta(0) and not dry_run
-        _collect(repo, report, utcnow(), grace, renew, delete_at_once if immediate else None)
+        users = _collect(
+            repo, report, utcnow(), grace, renew, delete_at_once if immediate else None
+        )
+        if repo.packed:
+            pending = {pid for record in _records(repo) for pid in record[1].packs}
+            collect_packs(repo, report, users, utcnow(), grace, pending, renew)
         # Leases are read after the collection was recorded: a backup that started since
         # sees the record (and avoids its fossils); one that started before holds a lease
         # that keeps the fossils until it has finished.
         leases = list_leases(repo.store, BACKUP_LEASE_KIND)
         _delete_collected(repo, report, leases, utcnow(), grace, renew)
+        if repo.packed and not dry_run:
+            consolidate_index(repo, drop=set())
         _remove_stale_leases(repo, report, leases)
     finally:
         if lock is not None:
@@ -221,6 +266,20 @@ def _nothing() -> None:
     return None
 
 
+def _records(
+    repo: CollectableRepository, only: list[str] | None = None
+) -> list[tuple[str, Collection]]:
+    """The pending collection records (those ``only`` names, if given), oldest first."""
+    keys = only if only is not None else sorted(repo.store.list(COLLECTION_PREFIX))
+    records = []
+    for key in keys:
+        try:
+            records.append((key, msgspec.json.decode(repo.store.get(key), type=Collection)))
+        except (KeyError, *JSON_ERRORS) as exc:
+            raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
+    return records
+
+
 def _delete_collected(
     repo: CollectableRepository,
     report: PruneReport,
@@ -230,15 +289,13 @@ def _delete_collected(
     renew: Callable[[], None],
     only: list[str] | None = None,
 ) -> None:
-    """Phase 2: delete (or bring back) the fossils of collections old enough (of the
-    records ``only`` names, if given)."""
+    """Phase 2: delete (or bring back) the fossils and packs of collections old enough (of
+    the records ``only`` names, if given)."""
     users: dict[str, list[str]] | None = None
-    keys = only if only is not None else sorted(repo.store.list(COLLECTION_PREFIX))
-    for key in keys:
-        try:
-            collection = msgspec.json.decode(repo.store.get(key), type=Collection)
-        except (KeyError, *JSON_ERRORS) as exc:
-            raise CorruptDataError(f"{key}: damaged collection record ({exc})") from exc
+    records = _records(repo, only)
+    pending_packs = {pid for _, record in _records(repo) for pid in record.packs}
+    due_packs: list[tuple[str, Collection]] = []
+    for key, collection in records:
         if collection.time > now - grace:
             report.postponed.append(f"{key}: younger than the grace period ({grace})")
             continue
@@ -272,8 +329,16 @@ def _delete_collected(
                 report.deleted_bytes += size
                 if not report.dry_run:
                     repo.store.delete(fossil)
-        if not report.dry_run:
+        if collection.packs:
+            due_packs.append((key, collection))  # deleted together, after one index rewrite
+        elif not report.dry_run:
             repo.store.delete(key)
+    if due_packs and users is not None:
+        records_due = [record for _, record in due_packs]
+        delete_packs(repo, report, records_due, set(users), pending_packs, renew)
+        if not report.dry_run:
+            for key, _ in due_packs:
+                repo.store.delete(key)
 
 
 def _resurrect(repo: CollectableRepository, cid: str) -> None:
@@ -290,9 +355,10 @@ def _collect(
     grace: timedelta,
     renew: Callable[[], None],
     after_batch: Callable[[str], None] | None,
-) -> None:
+) -> dict[str, list[str]]:
     """Phase 1: move unreferenced chunks older than the grace period to ``fossils/``, in
-    batches with a record each (small records fit even on a nearly full disk)."""
+    batches with a record each (small records fit even on a nearly full disk). Returns the
+    references it collected by (chunk id -> backups)."""
     users = referenced_chunks(repo)
     report.referenced_chunks = len(users)
     cutoff = now.timestamp() - grace.total_seconds()
@@ -302,14 +368,14 @@ def _collect(
         if cid not in users and info.mtime <= cutoff:
             candidates.append((cid, info.size))
     if not candidates:
-        return
+        return users
     report.fossilized += len(candidates)
     report.fossilized_bytes += sum(size for _, size in candidates)
     if report.dry_run:
         # What a real run would free once the collection is old enough.
         report.deleted += len(candidates)
         report.deleted_bytes += sum(size for _, size in candidates)
-        return
+        return users
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
     batch, start, number = COLLECTION_BATCH, 0, 0
     while start < len(candidates):
@@ -333,6 +399,7 @@ def _collect(
                 continue
         if after_batch is not None:
             after_batch(key)
+    return users
 
 
 def _remove_temporary(repo: CollectableRepository, report: PruneReport, grace: timedelta) -> None:

@@ -40,10 +40,12 @@ from src.infra.backup.format.layout import (
     SNAPSHOT_PREFIX,
     chunk_key,
     fossil_key,
+    pack_key,
     snapshot_key,
 )
 from src.infra.backup.format.manifest import (
     ChunkRef,
+    Collection,
     Entry,
     ListRef,
     Manifest,
@@ -55,6 +57,7 @@ from src.infra.backup.format.manifest import (
 from src.infra.backup.format.values import ENCODING_NAME, decode_value
 from src.infra.backup.repository.catalog import SummaryCatalog, list_snapshot_store
 from src.infra.backup.repository.gc import read_chunk_blob
+from src.infra.backup.repository.pack_index import Location, PackIndex
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,15 @@ class RepositoryReader:
         # (base id, the next id to try) of the last backup this process committed
         self._next_free: tuple[str, str] = ("", "")
         self._last_committed: tuple[str, Manifest] | None = None
-        self._collections: dict[str, tuple[str, frozenset[str]]] = {}
+        self._collections: dict[str, tuple[str, Collection]] = {}
         self.catalog = SummaryCatalog(store, keys)
+        self.pack_index = PackIndex(store, keys)
+
+    @property
+    def packed(self) -> bool:
+        """Whether new chunks go into packs (repository format 2) rather than one object
+        each (format 1). Readers of either look in packs first, then at loose chunks."""
+        return self.config.format >= 2
 
     @property
     def encrypted(self) -> bool:
@@ -250,9 +260,66 @@ class RepositoryReader:
         with self._lock:
             self._chunk_lists[cid] = refs
 
-    def chunk_present(self, cid: str) -> bool:
-        """Whether a chunk is stored (in ``chunks/``, or collected into ``fossils/``)."""
+    def chunk_present(self, cid: str, packs_seen: set[str] | None = None) -> bool:
+        """Whether a chunk is stored: in a pack that exists (``packs_seen``: packs already
+        found to exist, to ask once per pack), or loose in ``chunks/`` or ``fossils/``."""
+        if self.packed:
+            self.pack_index.ensure_loaded()
+            for location in self.pack_index.locations(cid):
+                if packs_seen is not None and location.pack in packs_seen:
+                    return True
+                if self.store.exists(pack_key(location.pack)):
+                    if packs_seen is not None:
+                        packs_seen.add(location.pack)
+                    return True
         return self.store.exists(chunk_key(cid)) or self.store.exists(fossil_key(cid))
+
+    def read_blob(self, cid: str) -> bytes:
+        """The stored blob of chunk ``cid``: from a pack (format 2), else loose (``chunks/``,
+        or ``fossils/`` where a collection moved it); with the pack index read again once if
+        neither has it (garbage collection may have repacked it meanwhile)."""
+        if not self.packed:
+            return read_chunk_blob(self.store, cid)
+        self.pack_index.ensure_loaded()
+        blob = self._read_packed(cid)
+        if blob is not None:
+            return blob
+        try:
+            return read_chunk_blob(self.store, cid)
+        except IntegrityError:
+            self.pack_index.refresh()
+            blob = self._read_packed(cid)
+            if blob is None:
+                raise
+            return blob
+
+    def _read_packed(self, cid: str) -> bytes | None:
+        for location in self.pack_index.locations(cid):
+            try:
+                blob = self.store.get_range(
+                    pack_key(location.pack), location.offset, location.length
+                )
+            except KeyError:
+                continue  # the pack is gone (repacked): try another location
+            return _whole(blob, location, cid)
+        return None
+
+    def fetch_blobs(self, cids: Iterable[str]) -> Iterator[bytes | None]:
+        """The stored blobs of ``cids`` in order, fetched ahead where the store can; ``None``
+        where the first place looked had nothing (then :meth:`read_blob` looks everywhere)."""
+        if not self.packed:
+            return self.store.get_many(chunk_key(cid) for cid in cids)
+        self.pack_index.ensure_loaded()
+        located = [(cid, self.pack_index.locate(cid)) for cid in cids]
+        ranges = (
+            None if where is None else (pack_key(where.pack), where.offset, where.length)
+            for _, where in located
+        )
+        fetched = self.store.get_range_many(ranges)
+        return (
+            None if blob is None or where is None else _whole(blob, where, cid)
+            for (cid, where), blob in zip(located, fetched, strict=True)
+        )
 
     def _read_chunk_list(self, ref: ListRef, *, fresh: bool = False) -> list[ChunkRef]:
         cached = None if fresh else self._chunk_lists.get(ref.id)
@@ -269,10 +336,9 @@ class RepositoryReader:
 
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """The verified plaintext of one chunk."""
-        key = chunk_key(ref.id) if _is_hex_id(ref.id) else None
-        if key is None:
+        if not _is_hex_id(ref.id):
             raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
-        return self.codec.decode(read_chunk_blob(self.store, ref.id), ref.id, ref.size)
+        return self.codec.decode(self.read_blob(ref.id), ref.id, ref.size)
 
     def iter_entry(self, entry: Entry) -> Iterator[bytes]:
         """The verified chunks of an entry, in order. A large entry's chunks are fetched,
@@ -283,7 +349,7 @@ class RepositoryReader:
             if not _is_hex_id(ref.id):
                 raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
         if len(refs) < PARALLEL_DECODE_MIN:
-            blobs = self.store.get_many(chunk_key(ref.id) for ref in refs)
+            blobs = self.fetch_blobs(ref.id for ref in refs)
             for ref, blob in zip(refs, blobs, strict=True):
                 yield self._decode(ref, blob)
             return
@@ -291,7 +357,7 @@ class RepositoryReader:
         fetched: Iterable[bytes | None] = (
             itertools.repeat(None)
             if self.store.cheap_exists
-            else self.store.get_many(chunk_key(ref.id) for ref in refs)
+            else self.fetch_blobs(ref.id for ref in refs)
         )
         with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="peak-backup-decode") as pool:
             pending: deque[Future[bytes]] = deque()
@@ -306,7 +372,7 @@ class RepositoryReader:
         """The verified plaintext of ``ref`` from ``blob`` (``None``: read it, from
         ``chunks/`` or, if a collection moved it meanwhile, ``fossils/``)."""
         if blob is None:
-            blob = read_chunk_blob(self.store, ref.id)
+            blob = self.read_blob(ref.id)
         return self.codec.decode(blob, ref.id, ref.size)
 
     def read_value(self, manifest: Manifest, entry: Entry) -> object:
@@ -351,6 +417,7 @@ class RepositoryReader:
         (to decode it, say) from the same read, so verification reads every chunk once.
         """
         report = VerifyReport(backup_id, ok=True)
+        packs_seen: set[str] = set()
         try:
             manifest = self.read_manifest(backup_id)
         except (BackupNotFoundError, CorruptDataError, FormatVersionError, StorageError) as exc:
@@ -369,7 +436,7 @@ class RepositoryReader:
                         total += len(plain)
                         if keep:
                             pieces.append(plain)
-                    elif not self.chunk_present(ref.id):
+                    elif not self.chunk_present(ref.id, packs_seen):
                         raise IntegrityError(f"chunk {ref.id} is missing from the repository")
                     else:
                         total += ref.size
@@ -383,6 +450,12 @@ class RepositoryReader:
                 report.ok = False
                 report.problems.append(f"entry {entry.name!r}: {exc}")
         return report
+
+
+def _whole(blob: bytes, location: Location, cid: str) -> bytes:
+    if len(blob) != location.length:
+        raise CorruptDataError(f"pack {location.pack}: cut short at chunk {cid}")
+    return blob
 
 
 def _is_hex_id(cid: str) -> bool:

@@ -21,7 +21,6 @@ from src.infra.backup.format.ids import (
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     chunk_id_of,
-    chunk_key,
     snapshot_key,
 )
 from src.infra.backup.format.manifest import (
@@ -31,7 +30,7 @@ from src.infra.backup.format.manifest import (
     open_manifest,
     seal_manifest,
 )
-from src.infra.backup.repository.gc import read_chunk_blob, revalidate
+from src.infra.backup.repository.blob_writer import BlobWriter
 from src.infra.backup.repository.locks import BACKUP_LEASE_KIND, Lease
 from src.infra.backup.repository.writer import BACKUP_LEASE_TTL, RepositoryWriter
 
@@ -53,8 +52,15 @@ class RepositoryReceiver(RepositoryWriter):
     """The replication side of a repository: what a source needs to know, and receiving."""
 
     def chunk_ids(self) -> set[str]:
-        """Ids of every blob in ``chunks/`` (one listing)."""
-        return {chunk_id_of(key) for key in self.store.list(CHUNK_PREFIX)}
+        """Ids of every blob stored: in ``chunks/`` (one listing) and, in a format-2
+        repository, in the packs the pack index lists."""
+        ids = {chunk_id_of(key) for key in self.store.list(CHUNK_PREFIX)}
+        if self.packed:
+            self.pack_index.refresh()
+            ids.update(
+                blob.id for entry in self.pack_index.packs().values() for blob in entry.blobs
+            )
+        return ids
 
     def blob_sizes(self, manifest: Manifest) -> dict[str, tuple[int, int]]:
         """Every blob a backup needs (its chunks and chunk lists), in order, each once:
@@ -70,10 +76,10 @@ class RepositoryReceiver(RepositoryWriter):
     def verified_blobs(self, cids: list[str], sizes: dict[str, tuple[int, int]]) -> Iterator[bytes]:
         """The blobs of ``cids`` as stored (fetched ahead where the store can), each checked
         to decode to its plaintext size with its id first, so a copy never spreads damage."""
-        fetched = self.store.get_many(chunk_key(cid) for cid in cids)
+        fetched = self.fetch_blobs(cids)
         for cid, blob in zip(cids, fetched, strict=True):
             if blob is None:
-                blob = read_chunk_blob(self.store, cid)
+                blob = self.read_blob(cid)
             self.codec.decode(blob, cid, sizes[cid][0])
             yield blob
 
@@ -123,28 +129,24 @@ class RepositoryReceiver(RepositoryWriter):
             return Received(backup_id, "present")
         if existing is not None and not rename:
             raise ObjectExistsError(self._conflict(backup_id))
-        collected = self.collected_chunks()
+        collected, collected_packs = self.collected_chunks()
         sizes = source.blob_sizes(manifest)
         missing = [cid for cid in sizes if cid not in present or cid in collected]
         received = Received(backup_id, "copied")
-        pending_bytes = 0
-        batch: list[tuple[str, bytes]] = []
+        sink = BlobWriter(self)
         for cid, blob in zip(missing, source.verified_blobs(missing, sizes), strict=True):
-            batch.append((chunk_key(cid), blob))
-            pending_bytes += len(blob)
-            if pending_bytes >= batch_bytes:
-                self.store.put_many(batch)
+            sink.add(cid, blob, sizes[cid][0])
+            if sink.pending_bytes >= batch_bytes:
+                sink.flush(final=False)
                 lease.renew_if_due()
-                batch, pending_bytes = [], 0
             received.blobs += 1
             received.bytes += len(blob)
-        if batch:
-            self.store.put_many(batch)
+        sink.flush(final=True)
         present.update(missing)
         if not lease.still_valid():
-            revalidate(self.store, sizes)
+            self.revalidate(sizes, collected_packs)
         elif collected:  # as a backup does (writer.py): collected chunks are back before commit
-            revalidate(self.store, [cid for cid in sizes if cid in collected])
+            self.revalidate([cid for cid in sizes if cid in collected], collected_packs)
         target, data = backup_id, stored
         while True:
             try:

@@ -38,6 +38,7 @@ from src.infra.backup.format.ids import (
 )
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
+    PACK_PREFIX,
     REPO_KEY,
     snapshot_key,
 )
@@ -69,10 +70,12 @@ class Repository(RepositoryReceiver):
         create: bool = True,
         passphrase: PassphraseSource | None = None,
         encryption: str = "none",
+        repo_format: int = REPO_FORMAT_VERSION,
     ) -> Repository:
         """Open the repository in ``store``, creating it (``repo.json``) if allowed.
 
-        ``encryption`` (an AEAD name or ``"none"``) only matters when the repository is
+        ``encryption`` (an AEAD name or ``"none"``) and ``repo_format`` (1: one object per
+        chunk, as versions before 0.3 wrote; 2: packs) only matter when the repository is
         created. ``passphrase`` is called when the repository is (or is to be) encrypted.
         """
         compression = compression or Compression()
@@ -84,7 +87,7 @@ class Repository(RepositoryReceiver):
                 raise RepositoryNotFoundError(
                     f"no backup repository at {store.location} (the first backup creates it)"
                 ) from None
-            raw, created = cls._initialize(store, encryption, passphrase)
+            raw, created = cls._initialize(store, encryption, passphrase, repo_format)
         config = decode_checked(raw, RepoConfig, f"{store.location}/{REPO_KEY}")
         if config.hash != "blake3-256":
             raise FormatVersionError(f"unsupported chunk hash {config.hash!r} in {REPO_KEY}")
@@ -103,8 +106,10 @@ class Repository(RepositoryReceiver):
 
     @staticmethod
     def _initialize(
-        store: Store, encryption: str, passphrase: PassphraseSource | None
+        store: Store, encryption: str, passphrase: PassphraseSource | None, repo_format: int
     ) -> tuple[bytes, RepositoryKeys | None]:
+        if repo_format not in (1, REPO_FORMAT_VERSION):
+            raise InvalidInputError(f"unknown repository format {repo_format}: expected 1 or 2")
         repository_id = uuid.uuid4().hex
         header_json = None
         keys = None
@@ -119,7 +124,7 @@ class Repository(RepositoryReceiver):
             header, keys = create_encryption(passphrase(), aead=encryption, cache_key=repository_id)
             header_json = header.to_json()
         config = RepoConfig(
-            format=REPO_FORMAT_VERSION,
+            format=repo_format,
             repository_id=repository_id,
             created_utc=datetime.now(timezone.utc),
             hash="blake3-256",
@@ -144,8 +149,11 @@ class Repository(RepositoryReceiver):
         self.config = config
 
     def stored_bytes(self) -> int:
-        """Bytes of all chunks in the store, as stored (compressed, encrypted)."""
-        return sum(info.size for info in self.store.list_info(CHUNK_PREFIX))
+        """Bytes of all chunks and packs in the store, as stored (compressed, encrypted)."""
+        total = sum(info.size for info in self.store.list_info(CHUNK_PREFIX))
+        if self.packed:
+            total += sum(info.size for info in self.store.list_info(PACK_PREFIX))
+        return total
 
     def delete_snapshot(self, backup_id: str) -> None:
         """Remove a backup's manifest (its chunks are reclaimed by garbage collection)."""

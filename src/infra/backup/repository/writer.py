@@ -56,8 +56,10 @@ from src.infra.backup.format.manifest import (
     seal_manifest,
 )
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
+from src.infra.backup.repository.blob_writer import BlobWriter
 from src.infra.backup.repository.gc import collected_chunks, revalidate
 from src.infra.backup.repository.locks import BACKUP_LEASE_KIND, HOSTNAME, Lease
+from src.infra.backup.repository.pack_gc import revalidate_packed
 from src.infra.backup.repository.reader import CHUNKS_PER_LIST, ProgressCallback, RepositoryReader
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,11 @@ class WriteSession:
     """Chunks written (or found) during one snapshot: id -> (size, stored size)."""
 
     known: dict[str, tuple[int, int]]
+    blobs: BlobWriter
     lease: Lease | None = None
     referenced: dict[str, int] = field(default_factory=dict)
-    blobs: list[tuple[str, bytes]] = field(default_factory=list)
-    pending_bytes: int = 0
+    # Chunks of pending collections: never taken as stored without looking (see gc.py).
+    collected: frozenset[str] = frozenset()
     new_chunks: int = 0
     added_bytes: int = 0
 
@@ -165,22 +168,17 @@ class SnapshotWriter:
         if seen is not None:
             session.referenced[cid] = seen[1]
             return ChunkRef(cid, seen[0], seen[1])
-        key = chunk_key(cid)
-        try:
-            if not repository.store.cheap_exists:
-                raise KeyError(key)  # a round trip costs more than writing it again
-            stored = repository.store.size(key)
-        except KeyError:
+        stored = repository.stored_size(cid) if cid not in session.collected else None
+        if stored is None:
             blob = codec.encode(plain, cid)
             stored = len(blob)
-            session.blobs.append((key, blob))
-            session.pending_bytes += stored
+            session.blobs.add(cid, blob, len(plain))
             session.new_chunks += 1
             session.added_bytes += stored
         session.known[cid] = (len(plain), stored)
         session.referenced[cid] = stored
-        if session.pending_bytes >= _FLUSH_BYTES:
-            self.flush()
+        if session.blobs.pending_bytes >= _FLUSH_BYTES:
+            self.flush(final=False)
         return ChunkRef(cid, len(plain), stored)
 
     def store_data(self, item: DataInput) -> Entry:
@@ -251,15 +249,13 @@ class SnapshotWriter:
         log.warning("%s", message)
         self.warnings.append(message)
 
-    def flush(self) -> None:
-        """Write the chunks held in memory to the store (durably, in one ``put_many``)."""
+    def flush(self, *, final: bool = True) -> None:
+        """Write the chunks held in memory to the store, durably (see blob_writer.py; before
+        the last flush, a format-2 repository keeps back what does not fill a pack)."""
         session = self._session
         if session.lease is not None:
             session.lease.renew_if_due()
-        if session.blobs:
-            self._repository.store.put_many(session.blobs)
-            session.blobs = []
-            session.pending_bytes = 0
+        session.blobs.flush(final=final)
 
     def stats(self, entries: list[Entry]) -> Stats:
         """The statistics of a backup of ``entries`` written in this session."""
@@ -276,10 +272,34 @@ class SnapshotWriter:
 class RepositoryWriter(RepositoryReader):
     """Writes new backups (one write path for new backups and imports)."""
 
-    def collected_chunks(self) -> set[str]:
-        """Chunks a pending garbage collection has moved (or is moving) to ``fossils/``: a
-        backup must never reuse them unseen. Read after the backup's lease is taken."""
+    def stored_size(self, cid: str) -> int | None:
+        """The stored size of chunk ``cid`` if it is known to be stored, found without a
+        round trip (``None`` on a network store: writing it again costs less than asking)."""
+        if not self.store.cheap_exists:
+            return None
+        if self.packed:
+            self.pack_index.ensure_loaded()
+            location = self.pack_index.locate(cid)
+            if location is not None:
+                return location.length
+        try:
+            return self.store.size(chunk_key(cid))
+        except KeyError:
+            return None
+
+    def collected_chunks(self) -> tuple[set[str], set[str]]:
+        """Chunks a pending garbage collection has moved (or is moving) to ``fossils/`` or
+        that go with packs it collected, and those packs: a backup must never reuse such a
+        chunk unseen. Read after the backup's lease is taken."""
         return collected_chunks(self.store, self._collections, self._lock)
+
+    def revalidate(self, chunk_ids: Iterable[str], collected_packs: set[str]) -> None:
+        """Make sure every chunk of ``chunk_ids`` stays stored (a backup outlived its lease,
+        or found chunks of a pending collection): see gc.py and pack_gc.py."""
+        if self.packed:
+            revalidate_packed(self, chunk_ids, collected_packs)
+        else:
+            revalidate(self.store, chunk_ids)
 
     def create_snapshot(
         self,
@@ -373,10 +393,12 @@ class RepositoryWriter(RepositoryReader):
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
         # Chunks of a pending collection may be deleted soon: never reuse them unseen.
-        collected = self.collected_chunks()
+        collected, collected_packs = self.collected_chunks()
         for cid in collected:
             known.pop(cid, None)
-        session = WriteSession(known=known, lease=lease)
+        session = WriteSession(
+            known=known, blobs=BlobWriter(self), lease=lease, collected=frozenset(collected)
+        )
         writer = SnapshotWriter(self, session, parent)
         writer.warnings.extend(warnings)
         stored_entries: list[Entry] = []
@@ -390,12 +412,14 @@ class RepositoryWriter(RepositoryReader):
         writer.flush()
         if not lease.still_valid():
             # Frozen past the lease: collection may have moved chunks we reuse. Check them.
-            revalidate(self.store, session.referenced)
+            self.revalidate(session.referenced, collected_packs)
         elif collected:
             # A pending collection may still be moving chunks this backup found in chunks/
             # (the pruner does not wait for a backup that started after its record): bring
             # those back before committing, or fail if one is gone already.
-            revalidate(self.store, [cid for cid in session.referenced if cid in collected])
+            self.revalidate(
+                [cid for cid in session.referenced if cid in collected], collected_packs
+            )
         stats = writer.stats(stored_entries)
         return self._commit(
             backup_type,

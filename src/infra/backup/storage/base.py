@@ -69,12 +69,34 @@ class Store(ABC):
         identical content.
         """
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes ``start`` to ``start + length`` of the object (fewer if it ends first; the
+        caller checks); ``KeyError`` if it does not exist. A network store makes one ranged
+        request; this default reads the whole object."""
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range {start}+{length} of {key}")
+        return self.get(key)[start : start + length]
+
     def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
         """The objects of ``keys`` in order, ``None`` for a missing one; a network store
         fetches several at once (a bounded window ahead of the consumer)."""
         for key in keys:
             try:
                 yield self.get(key)
+            except KeyError:
+                yield None
+
+    def get_range_many(
+        self, ranges: Iterable[tuple[str, int, int] | None]
+    ) -> Iterator[bytes | None]:
+        """:meth:`get_range` of each ``(key, start, length)`` in order, ``None`` for a missing
+        object (and for a ``None`` item); a network store fetches several at once."""
+        for item in ranges:
+            if item is None:
+                yield None
+                continue
+            try:
+                yield self.get_range(*item)
             except KeyError:
                 yield None
 

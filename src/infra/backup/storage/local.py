@@ -129,6 +129,32 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error("read", path, exc) from exc
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range {start}+{length} of {key}")
+        validate_key(key)
+        path = f"{self._root_text}/{key.strip('/')}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
+            raise KeyError(key) from None
+        except OSError as exc:
+            raise storage_error("read", path, exc) from exc
+        try:
+            parts = []
+            while length > 0:
+                piece = os.pread(fd, length, start)
+                if not piece:
+                    break  # the object ends here: the caller sees a short result
+                parts.append(piece)
+                start += len(piece)
+                length -= len(piece)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        except OSError as exc:
+            raise storage_error("read", path, exc) from exc
+        finally:
+            os.close(fd)
+
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         path = self._path(key)
         try:

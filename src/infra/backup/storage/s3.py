@@ -32,10 +32,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
@@ -44,6 +44,8 @@ from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
 if TYPE_CHECKING:
     from obstore.store import S3Store as _ObstoreS3
+
+_Item = TypeVar("_Item")
 
 # Objects larger than this are uploaded in parts (S3 caps a single PUT at 5 GB; parts let a
 # big file chunk upload in parallel and retry per part).
@@ -114,6 +116,27 @@ class S3Store(Store):
         validate_key(key)
         result = self._call("read", key, obstore.get, self._client, key)
         return bytes(self._call("read", key, result.bytes))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        import obstore
+
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range {start}+{length} of {key}")
+        validate_key(key)
+        if length == 0:
+            self.stat(key)  # KeyError for a missing object, as for any other range
+            return b""
+        try:
+            data = self._call(
+                "read", key, obstore.get_range, self._client, key, start=start, length=length
+            )
+        except StorageError as exc:
+            # A range that starts at or past the end is refused (416): the object is shorter.
+            if "416" not in str(exc) and "Range" not in str(exc):
+                raise
+            self.stat(key)
+            return b""
+        return bytes(data)
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         validate_key(key)
@@ -201,15 +224,25 @@ class S3Store(Store):
     def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
         """The objects of ``keys`` in order (``None`` for a missing one), fetched in parallel,
         at most ``2 x concurrency`` ahead of the consumer (bounded memory)."""
+        return self._fetch_ahead(keys, self._get_or_none)
+
+    def get_range_many(
+        self, ranges: Iterable[tuple[str, int, int] | None]
+    ) -> Iterator[bytes | None]:
+        """Ranged reads in order, fetched in parallel like :meth:`get_many`."""
+        return self._fetch_ahead(ranges, self._get_range_or_none)
+
+    def _fetch_ahead(
+        self, items: Iterable[_Item], fetch: Callable[[_Item], bytes | None]
+    ) -> Iterator[bytes | None]:
         window = 2 * self.options.concurrency
         pending: deque[Future[bytes | None]] = deque()
-        keys_iter = iter(keys)
         try:
-            for key in keys_iter:
+            for item in items:
                 try:
-                    pending.append(self._executor().submit(self._get_or_none, key))
+                    pending.append(self._executor().submit(fetch, item))
                 except RuntimeError:  # interpreter shutdown: one at a time from here
-                    pending.append(_done(self._get_or_none(key)))
+                    pending.append(_done(fetch(item)))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -221,6 +254,14 @@ class S3Store(Store):
     def _get_or_none(self, key: str) -> bytes | None:
         try:
             return self.get(key)
+        except KeyError:
+            return None
+
+    def _get_range_or_none(self, item: tuple[str, int, int] | None) -> bytes | None:
+        if item is None:
+            return None
+        try:
+            return self.get_range(*item)
         except KeyError:
             return None
 

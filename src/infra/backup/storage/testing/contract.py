@@ -104,6 +104,23 @@ class StoreContract(ABC):
             assert store.stat(key).size == len(data) == store.size(key)
             assert store.stat(key).key == key
 
+    def test_ranged_reads(self, store: Store) -> None:
+        data = bytes(range(256)) * 4000  # about 1 MB
+        store.put("packs/ab/range", data)
+        assert store.get_range("packs/ab/range", 0, 10) == data[:10]
+        assert store.get_range("packs/ab/range", 300_000, 70_000) == data[300_000:370_000]
+        assert store.get_range("packs/ab/range", len(data) - 5, 5) == data[-5:]
+        assert store.get_range("packs/ab/range", 17, 0) == b""
+        # A range past the end gives what is there; the caller checks the length.
+        assert store.get_range("packs/ab/range", len(data) - 5, 100) == data[-5:]
+        assert store.get_range("packs/ab/range", len(data) + 10, 100) == b""
+        with pytest.raises(KeyError):
+            store.get_range("packs/ab/none", 0, 10)
+        with pytest.raises(KeyError):
+            store.get_range("packs/ab/none", 0, 0)
+        with pytest.raises(ValueError):
+            store.get_range("packs/ab/range", -1, 10)
+
     def test_missing_objects_raise_key_error(self, store: Store) -> None:
         for call in (store.get, store.stat, store.size):
             with pytest.raises(KeyError):

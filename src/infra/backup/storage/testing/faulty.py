@@ -146,6 +146,9 @@ class FaultyStore(Store):
     def get(self, key: str) -> bytes:
         return self._guard("get", key, lambda: self.inner.get(key))
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self._guard("get_range", key, lambda: self.inner.get_range(key, start, length))
+
     def exists(self, key: str) -> bool:
         return self._guard("exists", key, lambda: self.inner.exists(key))
 

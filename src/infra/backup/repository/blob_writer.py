@@ -1,0 +1,90 @@
+"""New blobs on their way to the store: loose chunk objects in a format-1 repository, packs
+and a pack index file in a format-2 one.
+
+Packs are cut once they hold :data:`~src.infra.backup.format.packs.PACK_SIZE` bytes, so every
+pack but the last of a backup is at least that big; a flush writes the full packs (durably,
+in one ``put_many``) and then one index file listing them, so a pack is never referenced by a
+manifest before an index lists it. The last flush writes the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from src.infra.backup.format.crypto import RepositoryKeys
+from src.infra.backup.format.layout import chunk_key, pack_index_key, pack_key
+from src.infra.backup.format.packs import PACK_SIZE, PackEntry, build_pack, encode_index
+from src.infra.backup.repository.pack_index import PackIndex
+from src.infra.backup.storage.base import Store
+
+
+class BlobDestination(Protocol):
+    """What a :class:`BlobWriter` needs of a repository."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def keys(self) -> RepositoryKeys | None: ...
+
+    @property
+    def packed(self) -> bool: ...
+
+    @property
+    def pack_index(self) -> PackIndex: ...
+
+
+@dataclass
+class BlobWriter:
+    """Collects ``(chunk id, blob, plaintext size)`` and writes them out on :meth:`flush`."""
+
+    repository: BlobDestination
+    pending: list[tuple[str, bytes, int]] = field(default_factory=list)
+    pending_bytes: int = 0
+    packs_written: list[str] = field(default_factory=list)
+
+    def add(self, cid: str, blob: bytes, size: int) -> None:
+        """Hold one new blob until the next flush."""
+        self.pending.append((cid, blob, size))
+        self.pending_bytes += len(blob)
+
+    def flush(self, *, final: bool = True) -> None:
+        """Write what is held: every blob (``final``), or only full packs (format 2; blobs
+        that do not fill one wait for a later flush)."""
+        repository = self.repository
+        if not self.pending:
+            return
+        if not repository.packed:
+            repository.store.put_many((chunk_key(cid), blob) for cid, blob, _ in self.pending)
+            self.pending, self.pending_bytes = [], 0
+            return
+        groups: list[list[tuple[str, bytes, int]]] = []
+        group: list[tuple[str, bytes, int]] = []
+        size = 0
+        for item in self.pending:
+            group.append(item)
+            size += len(item[1])
+            if size >= PACK_SIZE:
+                groups.append(group)
+                group, size = [], 0
+        if final and group:
+            groups.append(group)
+            group, size = [], 0
+        self.pending, self.pending_bytes = group, size
+        if groups:
+            self._write_packs(groups)
+
+    def _write_packs(self, groups: list[list[tuple[str, bytes, int]]]) -> None:
+        repository = self.repository
+        entries: list[PackEntry] = []
+        items: list[tuple[str, bytes]] = []
+        for group in groups:
+            pack_id, data, table = build_pack(group, repository.keys)
+            entries.append(PackEntry(pack_id, table))
+            items.append((pack_key(pack_id), data))
+        repository.store.put_many(items)
+        index_id, stored = encode_index(entries, repository.keys)
+        repository.store.put(pack_index_key(index_id), stored)
+        repository.pack_index.add(index_id, entries)
+        self.packs_written.extend(entry.pack for entry in entries)
