@@ -32,6 +32,7 @@ import pytest
 from src.infra.backup import BackupConfig, BackupManager
 from src.infra.backup.storage.s3_location import S3Options
 from tests.helpers import CONFIG_ENV, CliRunner, run_cli_process
+from tests.s3_moto_server import MotoS3
 from tools.s3_server import S3Endpoint, S3ServerUnavailableError, SeaweedS3
 
 FAST_TEMP_ROOT = Path("/dev/shm")
@@ -204,3 +205,38 @@ def create_bucket(server: S3Endpoint, name: str) -> S3Bucket:
 def s3_bucket(s3_server: SeaweedS3) -> S3Bucket:
     """A new, empty bucket for this test."""
     return create_bucket(s3_server, f"test-{uuid.uuid4().hex[:20]}")
+
+
+# -- a second, independent S3 server (moto) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """One moto server per test session (per xdist worker) on 127.0.0.1 (a free port, picked
+    under :func:`port_lock`), IAM enforced, stopped by its PID at the end: the second S3
+    implementation beside SeaweedFS (see ``tests/s3_moto_server.py``). Skips with the reason if
+    it cannot start, unless ``$PEAK_REQUIRE_S3`` is set."""
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    try:
+        for attempt in range(3):  # a port taken by a process that does not take the lock
+            try:
+                with port_lock():
+                    server.start()
+                break
+            except S3ServerUnavailableError:
+                if attempt == 2:
+                    raise
+    except S3ServerUnavailableError as exc:
+        if os.environ.get(REQUIRE_S3_ENV):
+            pytest.fail(f"the second S3 test server (moto) is required but did not start: {exc}")
+        pytest.skip(f"no second S3 test server (moto): {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_s3_bucket(moto_s3_server: MotoS3) -> S3Bucket:
+    """A new, empty bucket on the moto server for this test."""
+    return create_bucket(moto_s3_server, f"test-{uuid.uuid4().hex[:20]}")

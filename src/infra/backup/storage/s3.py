@@ -29,6 +29,7 @@ the native client only by repositories on S3.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import deque
@@ -103,10 +104,16 @@ class S3Store(Store):
                 except NotSupportedError:
                     self._conditional = False
                 except Exception as exc:  # noqa: BLE001 - unknown: ask again next time
-                    self._call("delete", key, obstore.delete, self._client, key)
+                    self._drop_probe(key)
                     raise self._error("write", key, exc) from None
-                self._call("delete", key, obstore.delete, self._client, key)
+                self._drop_probe(key)
             return self._conditional
+
+    def _drop_probe(self, key: str) -> None:
+        """Delete the probe object, best effort: credentials that may write but not delete
+        (an append-only backup identity) leave it behind; the answer stands either way."""
+        with contextlib.suppress(StorageError):
+            self.delete(key)
 
     # -- Store API ---------------------------------------------------------------------------
 
@@ -345,7 +352,8 @@ class S3Store(Store):
     def _error(self, action: str, key: str, exc: BaseException) -> StorageError:
         from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
-        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        # A refused DeleteObjects (obstore's delete) or listing arrives as a generic error.
+        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or _denied(str(exc)):
             what = "access denied (check the S3 credentials and the bucket's permissions)"
         else:
             what = _short(str(exc))
@@ -356,6 +364,11 @@ def _done(value: bytes | None) -> Future[bytes | None]:
     future: Future[bytes | None] = Future()
     future.set_result(value)
     return future
+
+
+def _denied(message: str) -> bool:
+    """Whether a client error the client did not classify is the server refusing access."""
+    return "(code: AccessDenied)" in message or "403 Forbidden" in message
 
 
 def _short(message: str) -> str:
