@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from seed_config import SEED_BACKUP_TABLE
+from stored_chunks import read_stored, stored_chunk_ids
 
 from src.core import ConfigError as CoreConfigError
 from src.core import load_config
@@ -225,10 +226,10 @@ def test_config_without_backup_table_uses_defaults(tmp_path: Path) -> None:
 
 
 def chunk_codecs(repo: Path) -> list[int]:
-    """The codec byte of every stored blob (see blobs.py: offset 5)."""
-    blobs = [p for p in (repo / "chunks").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    """The codec byte of every stored blob (see blobs.py: offset 5), loose or packed."""
+    blobs = [read_stored(repo, cid) for cid in sorted(stored_chunk_ids(repo))]
     assert blobs
-    return [p.read_bytes()[5] for p in blobs]
+    return [blob[5] for blob in blobs]
 
 
 COMPRESSIBLE = {

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stored_chunks import Damage, damage_chunk, is_packed, repo_format
 
 from src.infra.backup import (
     BackupConfig,
@@ -25,7 +26,13 @@ from src.infra.backup import (
     RecoveryManager,
     UnsupportedValueError,
 )
-from src.infra.backup.format.manifest import Manifest, RepoConfig, decode_checked, encode_checked
+from src.infra.backup.format.manifest import (
+    REPO_FORMAT_VERSION,
+    Manifest,
+    RepoConfig,
+    decode_checked,
+    encode_checked,
+)
 from src.infra.backup.policy.retention import SnapshotRef, apply_retention_days
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -64,13 +71,16 @@ def fresh(manager: BackupManager) -> BackupManager:
     return BackupManager(manager.config)
 
 
-def chunk_paths(manager: BackupManager, backup_id: str, entry: str = "portfolio") -> list[Path]:
+def chunk_ids(manager: BackupManager, backup_id: str, entry: str = "portfolio") -> list[str]:
     repository = manager.repository
     manifest = repository.read_manifest(backup_id)
     (found,) = [e for e in manifest.entries if e.name == entry]
-    refs = repository.entry_refs(found)
-    root = manager.config.repository_path
-    return [root / "chunks" / ref.id[:2] / ref.id for ref in refs]
+    return [ref.id for ref in repository.entry_refs(found)]
+
+
+def damage(manager: BackupManager, cid: str, how: Damage) -> None:
+    """Damage the stored chunk ``cid`` (in a pack, by default; see tests/stored_chunks.py)."""
+    damage_chunk(manager.config.repository_path, cid, how, manager.repository)
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:
@@ -270,32 +280,21 @@ def test_manifest_swapped_between_ids(manager: BackupManager, repo_dir: Path) ->
 # -- damaged chunks ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["flip", "flip_header", "truncate", "missing", "empty"])
+@pytest.mark.parametrize("how", ["flip", "flip_header", "truncate", "missing", "empty"])
 def test_damaged_chunk(
-    manager: BackupManager, damage: str, caplog: pytest.LogCaptureFixture
+    manager: BackupManager, how: Damage, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b, c = make_backups(manager, 3)
-    (path,) = chunk_paths(manager, c)
-    if damage == "flip":
-        flip_byte(path)
-    elif damage == "flip_header":
-        flip_byte(path, 0)
-    elif damage == "truncate":
-        raw = path.read_bytes()
-        os.chmod(path, 0o600)
-        path.write_bytes(raw[: len(raw) // 2])
-    elif damage == "empty":
-        os.chmod(path, 0o600)
-        path.write_bytes(b"")
-    else:
-        path.unlink()
+    assert is_packed(manager.config.repository_path)  # the default format
+    (cid,) = chunk_ids(manager, c)
+    damage(manager, cid, how)
     manager = fresh(manager)
     recovery = RecoveryManager(manager)
 
     with pytest.raises(IntegrityError) as info:
         manager.load_backup(c)
     assert isinstance(info.value, RecoveryError)
-    assert path.name in str(info.value)
+    assert cid in str(info.value)
     with pytest.raises(IntegrityError):
         recovery.restore_backup(c)
     assert recovery.verify_backup(c) is False
@@ -316,8 +315,8 @@ def test_seed_troubleshooting_fallback_with_damaged_latest(manager: BackupManage
     """The seed's "Wiederherstellung fehlgeschlagen" snippet, run as written: when restoring
     the newest backup fails, ``get_latest_backup()`` must lead to one that restores."""
     _a, _b, c = make_backups(manager, 3)
-    (path,) = chunk_paths(manager, c)
-    flip_byte(path)
+    (cid,) = chunk_ids(manager, c)
+    damage(manager, cid, "flip")
     recovery = RecoveryManager(fresh(manager))
     backup_id = c
     try:
@@ -331,20 +330,21 @@ def test_seed_troubleshooting_fallback_with_damaged_latest(manager: BackupManage
 
 def test_structure_verify_detects_missing_chunk_only(manager: BackupManager) -> None:
     _a, b = make_backups(manager, 2)
-    (path,) = chunk_paths(manager, b)
-    flip_byte(path)
+    (cid,) = chunk_ids(manager, b)
+    damage(manager, cid, "flip")
     recovery = RecoveryManager(fresh(manager))
     assert recovery.verify_backup_report(b, read_data=False).ok is True  # exists
     assert recovery.verify_backup_report(b, read_data=True).ok is False
-    path.unlink()
-    assert recovery.verify_backup_report(b, read_data=False).ok is False
+    damage(manager, cid, "missing")
+    assert RecoveryManager(fresh(manager)).verify_backup_report(b, read_data=False).ok is False
+    assert recovery.verify_backup_report(b, read_data=False).ok is False  # also a running one
 
 
 def test_all_damaged_restore_latest_raises_recovery_error(manager: BackupManager) -> None:
     a, b = make_backups(manager, 2)
     for backup_id in (a, b):
-        for path in chunk_paths(manager, backup_id):
-            path.unlink()
+        for cid in chunk_ids(manager, backup_id):
+            damage(manager, cid, "missing")
     with pytest.raises(RecoveryError) as info:
         RecoveryManager(fresh(manager)).restore_latest_backup()
     assert a in str(info.value) and b in str(info.value)
@@ -367,13 +367,8 @@ def test_damaged_large_entry_chunk_list(manager: BackupManager) -> None:
     assert manager.load_backup(backup_id) == big
     manifest = manager.repository.read_manifest(backup_id)
     (entry,) = manifest.entries
-    root = manager.config.repository_path
-    if entry.lists:
-        target = root / "chunks" / entry.lists[0].id[:2] / entry.lists[0].id
-    else:
-        ref = entry.chunks[len(entry.chunks) // 2]
-        target = root / "chunks" / ref.id[:2] / ref.id
-    flip_byte(target)
+    target = entry.lists[0].id if entry.lists else entry.chunks[len(entry.chunks) // 2].id
+    damage(manager, target, "flip")
     manager = fresh(manager)
     with pytest.raises(IntegrityError):
         manager.load_backup(backup_id)
@@ -413,9 +408,11 @@ def test_repo_json_edited_without_checksum_is_corrupt(
     manager.create_backup(state(0))
     path = repo_dir / "repo.json"
     raw = path.read_bytes()
-    assert b'"format":1' in raw
+    assert repo_format(repo_dir) == REPO_FORMAT_VERSION
+    declared = f'"format":{REPO_FORMAT_VERSION}'.encode()
+    assert declared in raw
     os.chmod(path, 0o600)
-    path.write_bytes(raw.replace(b'"format":1', b'"format":9'))
+    path.write_bytes(raw.replace(declared, b'"format":9'))
     with pytest.raises((CorruptDataError, FormatVersionError)) as info:
         fresh(manager).list_backups()
     assert "repo.json" in str(info.value)
@@ -456,8 +453,8 @@ def test_delete_last_good_backup_refused_unless_forced(manager: BackupManager) -
 
 def test_delete_last_good_when_the_others_are_damaged(manager: BackupManager) -> None:
     a, b = make_backups(manager, 2)
-    for path in chunk_paths(manager, a):
-        path.unlink()
+    for cid in chunk_ids(manager, a):
+        damage(manager, cid, "missing")
     manager = fresh(manager)
     with pytest.raises(BackupError, match="last good"):
         manager.delete_backup(b)

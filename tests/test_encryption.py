@@ -29,6 +29,8 @@ from typing import Any
 import blake3
 import msgspec
 import pytest
+from layout_helpers import CHUNK_HOLDERS, preserved, write_stored
+from stored_chunks import damage_chunk, is_packed, read_stored, stored_chunk_ids
 
 from src.infra.backup import (
     BackupConfig,
@@ -157,8 +159,11 @@ def all_bytes(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def chunk_files(repo: Path) -> dict[str, Path]:
-    return {p.name: p for p in (repo / "chunks").rglob("*") if p.is_file()}
+def chunk_ids(built: Built) -> set[str]:
+    """Every chunk stored in the repository (loose or packed; an encrypted pack index is read
+    with the repository's keys)."""
+    encrypted = built.config.encryption != "none"
+    return stored_chunk_ids(built.repo, built.manager(PW if encrypted else None).repository.keys)
 
 
 def tree_state(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -265,7 +270,8 @@ def test_no_plaintext_anywhere_in_encrypted_repositories(built: dict[str, Built]
 
 
 def test_chunk_ids_are_keyed(built: dict[str, Built]) -> None:
-    names = {aead: set(chunk_files(built[aead].repo)) for aead in [*ENCRYPTED, "plain"]}
+    names = {aead: chunk_ids(built[aead]) for aead in [*ENCRYPTED, "plain"]}
+    assert all(is_packed(built[aead].repo) for aead in names)  # the default format
     plaintexts: dict[str, set[str]] = {}
     for aead in ENCRYPTED:
         manager = built[aead].manager()
@@ -288,13 +294,11 @@ def test_chunk_ids_are_keyed(built: dict[str, Built]) -> None:
 def test_same_content_in_two_repositories_with_the_same_aead_gets_different_ids(
     built: dict[str, Built], tmp_path: Path
 ) -> None:
-    other = BackupManager(
-        config_for(tmp_path / "other", built["plain"].project, "chacha20-poly1305"),
-        passphrase=PW,  # even the same passphrase
-    )
+    config = config_for(tmp_path / "other", built["plain"].project, "chacha20-poly1305")
+    other = BackupManager(config, passphrase=PW)  # even the same passphrase
     other.create_backup(rich_state())
-    first = set(chunk_files(built["chacha20-poly1305"].repo))
-    second = set(chunk_files(tmp_path / "other"))
+    first = chunk_ids(built["chacha20-poly1305"])
+    second = chunk_ids(Built(tmp_path / "other", built["plain"].project, config, ""))
     assert len(first) == len(second) > 0
     assert not first & second
 
@@ -392,8 +396,10 @@ def test_key_passwd_rewraps_only_repo_json(built: dict[str, Built], tmp_path: Pa
     after = tree_state(repo.repo)
     differing = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert differing == ["repo.json"], differing
-    chunks = [k for k in before if k.startswith("chunks/")]
-    assert chunks and all(after[k] == before[k] for k in chunks)  # bytes and mtimes
+    # Chunks, packs and pack index files: the same bytes and mtimes.
+    stored = [k for k in before if k.startswith(CHUNK_HOLDERS)]
+    assert any(k.startswith("packs/") for k in stored) == is_packed(repo.repo)
+    assert stored and all(after[k] == before[k] for k in stored)
 
     ok = run_cli_process(
         "--json", "list", cwd=work, command=PEAK_BACKUP, env={"PEAK_BACKUP_PASSWORD": new}
@@ -479,6 +485,30 @@ def run_cases(
         path.write_bytes(original)
 
 
+def run_blob_cases(
+    repo: Built,
+    cid: str,
+    backup_id: str,
+    expected: dict[str, Any],
+    cases: Iterator[tuple[str, bytes]],
+    results: dict[str, str],
+) -> None:
+    """Like :func:`run_cases` for the stored blob of chunk ``cid`` (in its pack, by default:
+    see tests/layout_helpers.py ``write_stored``); the repository is put back after each."""
+    keys = repo.manager().repository.keys
+    original = read_stored(repo.repo, cid, keys)
+    for label, content in cases:
+        with preserved(repo.repo):
+            write_stored(repo.repo, cid, content, keys)
+            empty = not content and is_packed(repo.repo)  # zeroed: see write_stored
+            assert read_stored(repo.repo, cid, keys) == (bytes(len(original)) if empty else content)
+            results[f"{cid[:12]}:{label}"] = outcome(repo, backup_id, expected)
+
+
+def stored_blob(repo: Built, cid: str) -> bytes:
+    return read_stored(repo.repo, cid, repo.manager().repository.keys)
+
+
 def report(kind: str, results: dict[str, str]) -> None:
     missed = {label: what for label, what in results.items() if what != "detected"}
     print(
@@ -501,26 +531,26 @@ def test_tamper_chunks(tamper_repo: Built) -> None:
     manifest = repository.read_manifest(repo.backup_id)
     small = next(e for e in manifest.entries if e.name == "portfolio")
     big = next(e for e in manifest.entries if e.name == "history")
-    files = chunk_files(repo.repo)
+    assert is_packed(repo.repo)  # the default format: the blobs are in packs
     targets = [small.chunks[0].id, repository.entry_refs(big)[5].id]
     results: dict[str, str] = {}
     for cid in targets:
-        run_cases(
+        run_blob_cases(
             repo,
-            files[cid],
+            cid,
             repo.backup_id,
             big_state(1),
-            mutations(files[cid].read_bytes()),
+            mutations(stored_blob(repo, cid)),
             results,
         )
     # Another chunk's bytes under this chunk's name (both directions of a swap).
     for victim, donor in ((targets[0], targets[1]), (targets[1], targets[0])):
-        run_cases(
+        run_blob_cases(
             repo,
-            files[victim],
+            victim,
             repo.backup_id,
             big_state(1),
-            iter([(f"bytes-of-{donor[:8]}", files[donor].read_bytes())]),
+            iter([(f"bytes-of-{donor[:8]}", stored_blob(repo, donor))]),
             results,
         )
     report("chunks", results)
@@ -532,26 +562,26 @@ def test_tamper_chunk_list_blobs(tamper_repo: Built) -> None:
     repository = repo.manager().repository
     manifest = repository.read_manifest(repo.backup_id)
     big = next(e for e in manifest.entries if e.lists)
-    files = chunk_files(repo.repo)
+    assert is_packed(repo.repo)  # the default format: the blobs are in packs
     results: dict[str, str] = {}
     list_id = big.lists[0].id
-    run_cases(
+    run_blob_cases(
         repo,
-        files[list_id],
+        list_id,
         repo.backup_id,
         big_state(1),
-        mutations(files[list_id].read_bytes()),
+        mutations(stored_blob(repo, list_id)),
         results,
     )
     other_list = big.lists[-1].id
     data_chunk = repository.entry_refs(big)[0].id
     for donor in {other_list, data_chunk} - {list_id}:
-        run_cases(
+        run_blob_cases(
             repo,
-            files[list_id],
+            list_id,
             repo.backup_id,
             big_state(1),
-            iter([(f"bytes-of-{donor[:8]}", files[donor].read_bytes())]),
+            iter([(f"bytes-of-{donor[:8]}", stored_blob(repo, donor))]),
             results,
         )
     report("chunk lists", results)
@@ -664,10 +694,20 @@ def test_verify_in_a_long_lived_process_sees_damage_done_later(tamper_repo: Buil
         problems.append("damaged manifest: check clean")
     manifest_path.write_bytes(original)
     big = next(e for e in manager.repository.read_manifest(repo.backup_id).entries if e.lists)
-    list_path = chunk_files(repo.repo)[big.lists[0].id]
-    list_path.write_bytes(list_path.read_bytes()[:-1])
+    list_id = big.lists[0].id
+    assert is_packed(repo.repo)  # the default format: the chunk list is in a pack
+    # A byte of the chunk list's blob flipped where it is (inside its pack).
+    with preserved(repo.repo):
+        damage_chunk(repo.repo, list_id, "flip", manager.repository)
+        if recovery.verify_backup(repo.backup_id):
+            problems.append("damaged chunk list (a byte flipped): verify_backup True")
+    assert recovery.verify_backup(repo.backup_id)  # put back as it was
+    # The chunk list's blob cut short by one byte (in a pack: the index says so).
+    blob = stored_blob(repo, list_id)
+    write_stored(repo.repo, list_id, blob[:-1], manager.repository.keys)
+    assert not RecoveryManager(repo.manager()).verify_backup(repo.backup_id)  # a new process
     if recovery.verify_backup(repo.backup_id):
-        problems.append("damaged chunk list: verify_backup True")
+        problems.append("damaged chunk list (cut short): verify_backup True")
     assert problems == []
 
 

@@ -166,10 +166,44 @@ def delete_scenario(base: Path) -> Scenario:
 
 
 def prune_scenario(base: Path) -> Scenario:
-    """Collected fossils to delete, unreferenced chunks to collect, a referenced fossil to bring
-    back, an old temp leftover and a stale lease to remove."""
+    """Format 2: unreferenced packs to collect and delete, a pack a pending collection named
+    that a backup uses again (kept), an old temp leftover and a stale lease to remove."""
     template, sources = base / "prune" / "repo", base / "prune" / "src"
     make_sources(sources, seed=4)
+    manager = BackupManager(config_for(template, sources))
+    ids = []
+    states = [bot_state(2_500, seed=10 + n, equity=float(n)) for n in range(4)]
+    for n, data in enumerate(states):
+        (sources / "files" / "config.toml").write_text(f"[strategy]\nversion = {n}\n")
+        ids.append(manager.create_backup(data))
+    manager.delete_backup(ids[0])
+    manager.prune(grace=timedelta(0))  # collects and deletes what only ids[0] used
+    manager.delete_backup(ids[1])  # what only it used: to collect
+    store = LocalStore(template)
+    repository = manager.repository
+    manifest = repository.read_manifest(ids[3])
+    cid = repository.entry_refs(manifest.entries[0])[0].id
+    location = repository.pack_index.locate(cid)
+    assert location is not None
+    old = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    record = Collection(old, packs=[location.pack], dead=[cid])  # (simulated) earlier prune
+    store.put("gc/collection-20200101T000000000000ZP-00000.json", msgspec.json.encode(record))
+    leftover = template / "packs" / location.pack[:2] / ".tmp-0123456789abcdef"
+    leftover.write_bytes(b"partial")
+    two_hours_ago = datetime.now().timestamp() - 7200
+    os.utime(leftover, (two_hours_ago, two_hours_ago))
+    lease = LeaseRecord("backup", "elsewhere", 4242, old, old + timedelta(minutes=10))
+    store.put("locks/backup-0000000000000000.json", msgspec.json.encode(lease))
+    committed = {ids[2]: states[2], ids[3]: states[3]}
+    return Scenario("prune", template, sources, lambda m: m.prune(grace=timedelta(0)), committed)
+
+
+def prune_format1_scenario(base: Path) -> Scenario:
+    """Format 1: collected fossils to delete, unreferenced chunks to collect, a referenced
+    fossil to bring back, an old temp leftover and a stale lease to remove."""
+    template, sources = base / "prune" / "repo", base / "prune" / "src"
+    make_sources(sources, seed=4)
+    Repository.open(LocalStore(template), repo_format=1)
     manager = BackupManager(config_for(template, sources))
     ids = []
     states = [bot_state(2_500, seed=10 + n, equity=float(n)) for n in range(4)]
@@ -197,7 +231,8 @@ def prune_scenario(base: Path) -> Scenario:
     lease = LeaseRecord("backup", "elsewhere", 4242, old, old + timedelta(minutes=10))
     store.put("locks/backup-0000000000000000.json", msgspec.json.encode(lease))
     committed = {ids[2]: states[2], ids[3]: states[3]}
-    return Scenario("prune", template, sources, lambda m: m.prune(grace=timedelta(0)), committed)
+    op = lambda m: m.prune(grace=timedelta(0))  # noqa: E731
+    return Scenario("prune_format1", template, sources, op, committed)
 
 
 # -- running one case --------------------------------------------------------------------------
@@ -375,7 +410,7 @@ def run_scenario(scenario: Scenario, work: Path, kind: FaultKind) -> Tally:
             # Allowed only where the design swallows it: after the commit point (releasing a
             # backup's lease) or when prune releases its lock.
             tally.absorbed += 1
-            if scenario.name != "prune" and (commit is None or step <= commit):
+            if not scenario.name.startswith("prune") and (commit is None or step <= commit):
                 tally.problems.append(f"{label}: fault before the commit point swallowed")
         else:
             message = str(outcome.error).lower()
@@ -418,6 +453,7 @@ SCENARIOS: dict[str, Callable[[Path], Scenario]] = {
     "create_dedup": lambda base: create_scenario(base, dedup=True),
     "delete": delete_scenario,
     "prune": prune_scenario,
+    "prune_format1": prune_format1_scenario,
 }
 TOTALS: dict[str, Tally] = {}  # per operation, for bench/tallies.py
 

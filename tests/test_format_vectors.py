@@ -395,7 +395,11 @@ def test_snapshot_index() -> None:
 
 def test_collection_and_lease_records() -> None:
     groups = {
-        Collection: ("record/collection", "record/collection-packs"),
+        Collection: (
+            "record/collection",
+            "record/collection-packs",
+            "record/collection-full-disk",
+        ),
         LeaseRecord: ("record/lease",),
     }
     for kind, names in groups.items():

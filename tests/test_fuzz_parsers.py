@@ -33,6 +33,8 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from layout_helpers import preserved, write_stored
+from stored_chunks import is_packed, read_stored
 
 from src.infra.backup import (
     BackupConfig,
@@ -43,7 +45,6 @@ from src.infra.backup import (
 )
 from src.infra.backup.errors import CorruptDataError
 from src.infra.backup.format.blobs import MAGIC, BlobCodec, chunk_id
-from src.infra.backup.format.layout import chunk_key
 from src.infra.backup.format.manifest import (
     FORMAT_VERSION,
     REPO_FORMAT_VERSION,
@@ -81,6 +82,19 @@ FULL = settings(
 )
 TALLY: dict[str, Counter[str]] = {}  # outcome counts per target, for bench/tallies.py
 ZERO_SUM = "0" * 64
+# A target key naming the stored blob of a chunk (in a pack, by default), not a file.
+CHUNK = "chunk:"
+
+
+def chunk_target(cid: str) -> str:
+    return f"{CHUNK}{cid}"
+
+
+def stored_bytes(repo: Path, key: str) -> bytes:
+    """The bytes of the object ``key`` names (a file, or a chunk's stored blob)."""
+    if key.startswith(CHUNK):
+        return read_stored(repo, key[len(CHUNK) :])
+    return (repo / key).read_bytes()
 
 
 def tally(target: str, outcome: str) -> None:
@@ -239,7 +253,7 @@ class Template:
 
     def targets(self) -> dict[str, str]:
         """Keys of interesting objects: both manifests, repo.json, a small chunk, a chunk of
-        the large entry, and a chunk-list blob."""
+        the large entry, and a chunk-list blob (their stored blobs: ``chunk:<id>``)."""
         old = self.manifest(self.ids[0])
         history = next(e for e in old.entries if e.name == "history")
         portfolio = next(e for e in old.entries if e.name == "portfolio")
@@ -248,9 +262,9 @@ class Template:
             "manifest_new": f"snapshots/{self.ids[1]}.json",
             "manifest_old": f"snapshots/{self.ids[0]}.json",
             "repo_json": "repo.json",
-            "chunk_small": chunk_key(portfolio.chunks[0].id),
-            "chunk_large": chunk_key(repo.entry_refs(history)[3].id),
-            "chunk_list": chunk_key(history.lists[0].id),
+            "chunk_small": chunk_target(portfolio.chunks[0].id),
+            "chunk_large": chunk_target(repo.entry_refs(history)[3].id),
+            "chunk_list": chunk_target(history.lists[0].id),
         }
 
 
@@ -298,6 +312,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     tpl = Template(root, sources, ids, data, files)
     history = [e for e in tpl.manifest(ids[0]).entries if e.name == "history"]
     assert history[0].lists, "the large entry must use chunk lists"
+    assert is_packed(root)  # the default format: chunks are stored in packs
     return tpl
 
 
@@ -373,22 +388,33 @@ def exercise(
 
 
 @contextlib.contextmanager
-def planted(repo: Path, files: dict[str, bytes]) -> Iterator[None]:
-    """Write ``files`` (key -> bytes) into ``repo``; put the originals back afterwards."""
+def planted(
+    repo: Path, files: dict[str, bytes], sizes: dict[str, int] | None = None
+) -> Iterator[None]:
+    """Write ``files`` (key -> bytes) into ``repo``; put the originals back afterwards. A key
+    ``chunk:<id>`` is the stored blob of that chunk (see tests/layout_helpers.py
+    ``write_stored``: in a pack, a chunk not stored yet in a new pack; ``sizes``: the
+    plaintext sizes of such new chunks)."""
+    chunks = {key[len(CHUNK) :]: raw for key, raw in files.items() if key.startswith(CHUNK)}
     originals: dict[str, bytes | None] = {}
-    for key, content in files.items():
-        path = repo / key
-        originals[key] = path.read_bytes() if path.exists() else None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    try:
-        yield
-    finally:
-        for key, old in originals.items():
-            if old is None:
-                (repo / key).unlink(missing_ok=True)
-            else:
-                (repo / key).write_bytes(old)
+    with preserved(repo) if chunks else contextlib.nullcontext():
+        for cid, content in chunks.items():
+            write_stored(repo, cid, content, size=(sizes or {}).get(cid))
+        for key, content in files.items():
+            if key.startswith(CHUNK):
+                continue
+            path = repo / key
+            originals[key] = path.read_bytes() if path.exists() else None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        try:
+            yield
+        finally:
+            for key, old in originals.items():
+                if old is None:
+                    (repo / key).unlink(missing_ok=True)
+                else:
+                    (repo / key).write_bytes(old)
 
 
 def blob_of(plain: bytes, codec: int = 1, *, content_size: bool = True) -> bytes:
@@ -633,7 +659,7 @@ def fuzz_read_paths_mutated_files(
     template: Template, workdir: Path, which: str, data: st.DataObject
 ) -> None:
     key = template.targets()[which]
-    original = (template.root / key).read_bytes()
+    original = stored_bytes(template.root, key)
     raw = data.draw(mutated(original))
     with planted(workdir, {key: raw}):
         outcomes = exercise(template, workdir, which, trusted=True)
@@ -866,12 +892,14 @@ def fuzz_read_paths_hostile_chunk_content(
     history = next(e for e in doc["entries"] if e["name"] == "history")
     portfolio = next(e for e in doc["entries"] if e["name"] == "portfolio")
     extra: dict[str, bytes] = {}
+    sizes: dict[str, int] = {}
     if data.draw(st.booleans()):
         valid = encode_value({"equity": 1.5, "positions": [1, 2, 3]})
         plain = data.draw(st.binary(max_size=300) | mutated(valid))
         cid = chunk_id(plain)
-        extra[chunk_key(cid)] = blob_of(plain)
-        portfolio.update(chunks=[[cid, len(plain), len(extra[chunk_key(cid)])]], size=len(plain))
+        extra[chunk_target(cid)] = blob_of(plain)
+        sizes[cid] = len(plain)
+        portfolio.update(chunks=[[cid, len(plain), len(extra[chunk_target(cid)])]], size=len(plain))
         portfolio["encoding"] = ENCODING_NAME
         what = "read paths, hostile value bytes (valid chunk id)"
     else:
@@ -886,11 +914,12 @@ def fuzz_read_paths_hostile_chunk_content(
             del rows[data.draw(st.integers(0, len(rows) - 1))]  # the count now lies
         plain = msgspec.json.encode(rows)
         cid = chunk_id(plain)
-        extra[chunk_key(cid)] = blob_of(plain)
-        history["lists"][0] = [cid, len(refs), len(plain), len(extra[chunk_key(cid)])]
+        extra[chunk_target(cid)] = blob_of(plain)
+        sizes[cid] = len(plain)
+        history["lists"][0] = [cid, len(refs), len(plain), len(extra[chunk_target(cid)])]
         what = "read paths, hostile chunk list (valid chunk id)"
     extra[f"snapshots/{HOSTILE_ID}.json"] = seal(doc, Manifest)
-    with planted(workdir, extra):
+    with planted(workdir, extra, sizes):
         outcomes = exercise(
             template,
             workdir,
@@ -1211,10 +1240,10 @@ def test_stored_chunk_with_damaged_frame_header(template: Template, workdir: Pat
     load, verify, restore_latest and check must report it, not raise MemoryError."""
     repo = Repository.open(LocalStore(template.root), create=False)
     manifest = template.manifest(template.ids[0])
-    keys = [chunk_key(lref.id) for entry in manifest.entries for lref in entry.lists]
-    keys += [chunk_key(ref.id) for entry in manifest.entries for ref in repo.entry_refs(entry)]
-    key = next(k for k in keys if (template.root / k).read_bytes()[5] == 1)  # a zstd blob
-    blob = (template.root / key).read_bytes()
+    keys = [chunk_target(lref.id) for entry in manifest.entries for lref in entry.lists]
+    keys += [chunk_target(r.id) for entry in manifest.entries for r in repo.entry_refs(entry)]
+    key = next(k for k in keys if stored_bytes(template.root, k)[5] == 1)  # a zstd blob
+    blob = stored_bytes(template.root, key)
     damaged = blob[:8] + claim_content_size(blob[8:], 2**62)
     with planted(workdir, {key: damaged}):
         outcomes = exercise(template, workdir, "zstd frame header", trusted=True)

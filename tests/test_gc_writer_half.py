@@ -5,15 +5,22 @@ A backup that starts after a collection record was written is not waited for by 
 such a backup can find a listed chunk in ``chunks/``. It must not commit a reference to a chunk
 the pruner then deletes: before its commit it brings every listed chunk it uses back into
 ``chunks/``, or fails (and commits nothing) if the chunk is gone already.
+
+Those two tests are about fossils (one object per chunk): they run on format-1 repositories;
+tests/test_packs.py has the format-2 counterparts (a writer past its lease and collected
+packs). The others hold in any format and run on both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from layout_helpers import make_repository
+from stored_chunks import format1_repositories, repo_format
 
 from src.infra.backup import BackupConfig, BackupManager, CorruptDataError, StorageError
 from src.infra.backup.format.layout import chunk_key, collection_key, fossil_key
@@ -28,11 +35,22 @@ def _manager(path: Path) -> BackupManager:
     return BackupManager(BackupConfig(backup_path=str(path), retention_days=0))
 
 
+@pytest.fixture
+def format1() -> Iterator[None]:
+    """Repositories created by the test are format 1 (fossils: one object per chunk)."""
+    with format1_repositories():
+        yield
+
+
+FORMATS = pytest.mark.parametrize("repository_format", [1, 2], ids=["format1", "format2"])
+
+
 def _pending_collection(path: Path) -> tuple[BackupManager, set[str]]:
     """A repository whose only backup was deleted, with a collection record listing all of its
     chunks while they are all still in ``chunks/`` (the pruner's moves have not happened)."""
     manager = _manager(path)
     first = manager.create_backup(DATA)
+    assert repo_format(path) == 1  # fossils: one object per chunk
     repository = manager.repository
     chunks = repository.chunk_ids()
     manager.create_backup({"other": 1})  # the last good backup may not be deleted otherwise
@@ -55,6 +73,7 @@ def _move_before_commit(monkeypatch: pytest.MonkeyPatch, move: Any) -> None:
     monkeypatch.setattr(writer_module, "revalidate", revalidate)
 
 
+@pytest.mark.usefixtures("format1")
 def test_a_chunk_moved_to_fossils_meanwhile_is_back_in_chunks_before_the_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,6 +95,7 @@ def test_a_chunk_moved_to_fossils_meanwhile_is_back_in_chunks_before_the_commit(
     assert _manager(tmp_path).load_backup(backup_id) == DATA
 
 
+@pytest.mark.usefixtures("format1")
 def test_a_chunk_deleted_meanwhile_fails_the_backup_and_commits_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,10 +113,12 @@ def test_a_chunk_deleted_meanwhile_fails_the_backup_and_commits_nothing(
     assert {info.backup_id for info in _manager(tmp_path).list_backups()} == before
 
 
+@FORMATS
 def test_without_a_pending_collection_nothing_is_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repository_format: int
 ) -> None:
     """The common case costs no extra store call: no chunk is listed, none is revalidated."""
+    make_repository(tmp_path, repository_format)
     manager = _manager(tmp_path)
     manager.create_backup(DATA)
     store = manager.repository.store
@@ -117,9 +139,13 @@ def test_without_a_pending_collection_nothing_is_checked(
     assert not [c for c in calls if "fossils/" in c or c.startswith("move")], calls
 
 
-def test_a_collection_record_without_an_offset_is_damage(tmp_path: Path) -> None:
+@FORMATS
+def test_a_collection_record_without_an_offset_is_damage(
+    tmp_path: Path, repository_format: int
+) -> None:
     """A naive time would fail later as a TypeError (compared with an aware one): it is
     refused when the record is read, naming it."""
+    make_repository(tmp_path, repository_format)
     manager = _manager(tmp_path)
     manager.create_backup(DATA)
     key = collection_key("20261204T000000000000Z", 0)

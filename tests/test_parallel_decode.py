@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from layout_helpers import write_stored
+from stored_chunks import damage_chunk, format1_repositories, is_packed, read_stored
 
 from src.infra.backup import BackupConfig, BackupManager, IntegrityError
 from src.infra.backup.format.layout import chunk_key, fossil_key
@@ -27,8 +29,16 @@ def _refs(manager: BackupManager, backup_id: str) -> list[str]:
     return [ref.id for ref in refs]
 
 
-def test_a_large_entry_loads_in_order_also_with_a_chunk_in_fossils(tmp_path: Path) -> None:
+def test_a_large_entry_loads_in_order(tmp_path: Path) -> None:
     manager, backup_id, data = _big(tmp_path)
+    _refs(manager, backup_id)
+    assert is_packed(tmp_path / "repo")  # the default format: the chunks are in packs
+    assert BackupManager(manager.config).load_backup(backup_id) == data
+
+
+def test_a_large_entry_loads_in_order_also_with_a_chunk_in_fossils(tmp_path: Path) -> None:
+    with format1_repositories():  # fossils/ (one object per chunk) is format 1's
+        manager, backup_id, data = _big(tmp_path)
     ids = _refs(manager, backup_id)
     store = manager.repository.store
     store.move(chunk_key(ids[len(ids) // 2]), fossil_key(ids[len(ids) // 2]))
@@ -41,12 +51,13 @@ def test_a_damaged_chunk_of_a_large_entry_is_an_integrity_error(
 ) -> None:
     manager, backup_id, _data = _big(tmp_path)
     ids = _refs(manager, backup_id)
-    path = tmp_path / "repo" / chunk_key(ids[-3])
+    repo = tmp_path / "repo"
+    assert is_packed(repo)  # the default format: the chunks are in packs
     if damage == "missing":
-        path.unlink()
-    else:
-        raw = bytearray(path.read_bytes())
+        damage_chunk(repo, ids[-3], "missing")
+    else:  # the blob's last byte, where it is stored
+        raw = bytearray(read_stored(repo, ids[-3]))
         raw[-1] ^= 0xFF
-        path.write_bytes(bytes(raw))
+        write_stored(repo, ids[-3], bytes(raw))
     with pytest.raises(IntegrityError):
         BackupManager(manager.config).load_backup(backup_id)

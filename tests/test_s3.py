@@ -35,9 +35,13 @@ def test_backup_cycle_on_s3(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     manager = BackupManager(config)
     history = [{"id": n, "price": n * 1.5} for n in range(20_000)]
     ids = []
+    scratch = os.urandom(400_000)  # only the first backup has it: its pack is mostly dead
     for n in range(3):
         history.append({"id": 100_000 + n, "price": 0.5})
-        ids.append(manager.create_backup({"portfolio": {"cash": n}, "history": history}))
+        data: dict[str, object] = {"portfolio": {"cash": n}, "history": history}
+        if n == 0:
+            data["scratch"] = scratch
+        ids.append(manager.create_backup(data))
     assert manager.repository.store.location == s3_bucket.url
     fresh = BackupManager(config)
     assert [b.backup_id for b in fresh.list_backups()] == ids[::-1]
@@ -51,7 +55,7 @@ def test_backup_cycle_on_s3(s3_bucket: S3Bucket, tmp_path: Path) -> None:
 
     fresh.delete_backup(ids[0])
     report = fresh.prune(grace=ZERO)
-    assert report.deleted > 0
+    assert report.deleted > 0 and report.packs_repacked and report.packs_deleted
     check = fresh.check()
     assert check.backups == 2 and not check.missing_chunks and not check.corrupt_chunks
     assert check.orphaned_chunks == 0
@@ -292,9 +296,9 @@ def _wait_until_readable(store: S3Store, key: str, seconds: float = 60.0) -> Non
 def test_server_killed_mid_upload(
     tmp_path: Path, s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A private server is SIGKILLed while a large backup uploads its chunks (at the 10th
-    chunk, with more uploads of the same batch in flight): a clear error, nothing partial
-    listed; once it is back the next backup completes."""
+    """A private server is SIGKILLed while a large backup uploads its first pack (with the
+    other packs of the same batch in flight): a clear error, nothing partial listed; once it
+    is back the next backup completes."""
     server = start_server(SeaweedS3(tmp_path / "private-s3"))
     try:
         bucket = create_bucket(server, "killed-bucket")
@@ -305,14 +309,14 @@ def test_server_killed_mid_upload(
         real_upload, uploads, killed_at = store._upload, itertools.count(1), []
 
         def upload(key: str, data: bytes) -> None:  # runs in the store's upload threads
-            if next(uploads) == 10:
+            if next(uploads) == 1:  # the backup's first pack
                 server.kill()
                 killed_at.append(key)
             real_upload(key, data)
 
         monkeypatch.setattr(store, "_upload", upload)
         with pytest.raises(StorageError, match="s3://killed-bucket/repo"):
-            manager.create_backup({"blob": os.urandom(256 * 1024)})  # ~100 chunks
+            manager.create_backup({"blob": os.urandom(20 * 1024 * 1024)})  # 3 packs
         assert killed_at, "the server was not killed during the upload"
         server.restart()
         _wait_until_readable(S3Store(bucket.url, bucket.options), "repo.json")

@@ -5,6 +5,7 @@ moto and on SeaweedFS. ``tests/storage/test_s3_moto.py`` runs the store contract
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,14 @@ def test_backup_cycle_on_moto(moto_s3_bucket: S3Bucket, tmp_path: Path) -> None:
     manager = BackupManager(config)
     history = [{"id": n, "price": n * 1.5} for n in range(20_000)]
     ids = []
+    scratch = os.urandom(400_000)  # only the first backup has it: its pack is mostly dead
     for n in range(3):
         position.write_text(f'{{"BTC": {n}}}')
         history.append({"id": 100_000 + n, "price": 0.5})
-        ids.append(manager.create_backup({"portfolio": {"cash": n}, "history": history}))
+        data: dict[str, object] = {"portfolio": {"cash": n}, "history": history}
+        if n == 0:
+            data["scratch"] = scratch
+        ids.append(manager.create_backup(data))
     assert manager.repository.store.location == moto_s3_bucket.url
 
     fresh = BackupManager(config)  # a new process's view: everything comes from the server
@@ -61,7 +66,8 @@ def test_backup_cycle_on_moto(moto_s3_bucket: S3Bucket, tmp_path: Path) -> None:
     report = fresh.prune(grace=ZERO)
     assert report.deleted > 0
     after = _keys(moto_s3_bucket)
-    assert len(before - after) >= report.deleted  # gone from the server, not just unlisted
+    assert report.packs_repacked and report.packs_deleted  # its live chunks were copied out
+    assert len(before - after) >= report.packs_deleted  # gone from the server, not unlisted
     check = fresh.check()
     assert check.backups == 2 and not check.missing_chunks and not check.corrupt_chunks
     assert check.orphaned_chunks == 0 and not check.damaged_manifests

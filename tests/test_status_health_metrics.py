@@ -14,6 +14,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from layout_helpers import object_files
+from stored_chunks import is_packed
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.app.outcome import BackupOutcome
@@ -45,6 +47,14 @@ retention_days = 0
 interval_hours = 24
 sources = ["data.txt"]
 """
+
+
+def stored_size(repo: Path) -> int:
+    """Bytes of the objects holding chunks: chunk files, and packs (in a format-2 repository,
+    the default: there are some)."""
+    files = object_files(repo, ("chunks/", "packs/"))
+    assert any(key.startswith("packs/") for key in files) == is_packed(repo)
+    return sum(path.stat().st_size for path in files.values())
 
 
 def _ago(**kwargs: float) -> datetime:
@@ -162,9 +172,11 @@ def test_verify_is_recorded(manager: BackupManager) -> None:
     assert recovery.verify_backup(backup_id)
     verify = read_status(manager.repository.store).last_verify
     assert verify is not None and verify.ok and verify.backup_id == backup_id and verify.full
-    for chunk in (manager.config.repository_path / "chunks").rglob("*"):
-        if chunk.is_file():
-            chunk.unlink()
+    # Every object holding chunks goes (chunk files; packs, by default).
+    holders = object_files(manager.config.repository_path, ("chunks/", "packs/"))
+    assert holders
+    for path in holders.values():
+        path.unlink()
     assert not recovery.verify_backup(backup_id)
     verify = read_status(manager.repository.store).last_verify
     assert verify is not None and not verify.ok
@@ -185,10 +197,7 @@ def test_status_fresh_repository(configured_cwd: Path, project_manager: BackupMa
     assert daily["last_success"]["backup_id"] == backup_id
     assert daily["last_success"]["size_bytes"] > 0 and daily["age_seconds"] < 600
     assert daily["last_failure"] is None
-    chunks = configured_cwd / "repo" / "chunks"
-    assert doc["repository_size_bytes"] == sum(
-        p.stat().st_size for p in chunks.rglob("*") if p.is_file()
-    )
+    assert doc["repository_size_bytes"] == stored_size(configured_cwd / "repo")
     assert doc["last_verify"]["ok"] is True  # type: ignore[index]
     assert doc["stale_after_seconds"] == 48 * 3600
     text = run_cli_inline("status", cwd=configured_cwd)
@@ -308,8 +317,7 @@ def _check_exposition(text: str, manager: BackupManager) -> None:
     assert _sample(text, 'backup_duration_seconds_count{type="daily"}') == 2
     stamp = _sample(text, 'backup_last_success_timestamp_seconds{type="daily"}')
     assert abs(stamp - time.time()) < 600
-    chunks = manager.config.repository_path / "chunks"
-    size = sum(p.stat().st_size for p in chunks.rglob("*") if p.is_file())
+    size = stored_size(manager.config.repository_path)
     assert _sample(text, "backup_repository_size_bytes") == size > 0
 
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from layout_helpers import write_stored
+from stored_chunks import is_packed, read_stored, stored_chunk_ids
 
 from src.infra.backup import BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, InvalidInputError
@@ -85,15 +87,17 @@ def test_damage_is_never_copied(tmp_path: Path) -> None:
     blob_ids = local.repository.blob_sizes(local.repository.read_manifest(bad))
     shared = local.repository.blob_sizes(local.repository.read_manifest(good))
     (victim,) = [cid for cid in blob_ids if cid not in shared]
-    path = tmp_path / "repo" / "chunks" / victim[:2] / victim
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    repo = tmp_path / "repo"
+    assert is_packed(repo)  # the default format: the blob is in a pack
+    data = bytearray(read_stored(repo, victim))
+    data[-1] ^= 0xFF  # the blob's last byte, where it is stored
+    write_stored(repo, victim, bytes(data))
     replica = open_replica(local.repository, LocalStore(tmp_path / "replica"), create=True)
     with pytest.raises(BackupError, match=victim[:16]):
         sync(local.repository, replica)
     assert replica.snapshot_ids() == [good]  # copied before the damaged one; nothing partial
-    assert not (tmp_path / "replica" / "chunks" / victim[:2] / victim).exists()
+    stored = stored_chunk_ids(tmp_path / "replica")
+    assert stored and victim not in stored  # neither packed nor loose
 
 
 @pytest.mark.timeout(240)

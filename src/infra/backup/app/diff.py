@@ -275,14 +275,16 @@ def _unique_key(items: Sequence[dict[Any, Any]], name: str) -> bool:
         if name not in item:
             return False
         value = item[name]
-        if not isinstance(value, Hashable) or (isinstance(value, float) and math.isnan(value)):
+        if not isinstance(value, Hashable):
             return False
         try:
+            if value != value:  # NaN (float or Decimal) never matches itself
+                return False
             marker = (type(value), value)  # 1 and True and 1.0 are different keys here
             if marker in seen:
                 return False
             seen.add(marker)
-        except TypeError:  # "hashable" but hash() fails (a tuple holding a list)
+        except (TypeError, ArithmeticError):  # hash() fails (a tuple holding a list); sNaN
             return False
     # Keys equal across types (1 and 1.0) would collide in the lookup dicts: refuse them.
     return len({value for _, value in seen}) == len(seen)

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("cmd_verify", "verify"),
     "check": ("cmd_check", "check"),
     "prune": ("cmd_prune", "prune_command"),
+    "migrate": ("cmd_migrate", "migrate_command"),
     "init": ("cmd_init", "init"),
     "key": ("cmd_key", "key"),
     "diff": ("cmd_diff", "diff"),

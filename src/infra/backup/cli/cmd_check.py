@@ -36,6 +36,10 @@ def print_check(ctx: Context, report: CheckReport) -> None:
         ):
             for cid, users in sorted(found.items()):
                 stdout.print(f"  {title} chunk {cid[:16]}… used by {', '.join(users)}")
+        for name, why in sorted(report.damaged_packs.items()):
+            users = report.damaged_pack_users.get(name, [])
+            used = f" (used by {', '.join(users)})" if users else ""
+            stdout.print(f"  damaged pack {name}: {why}{used}")
         for bid, why in sorted(report.damaged_manifests.items()):
             stdout.print(f"  damaged manifest {bid}: {why}")
         if report.affected_backups:

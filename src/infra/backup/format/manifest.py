@@ -22,7 +22,7 @@ from src.infra.backup.format.crypto import RepositoryKeys, object_aad
 # format that can express it (format 1 unless it uses a format-2 feature), so older versions
 # keep reading backups of values and plain files; repo.json stays at REPO_FORMAT_VERSION.
 FORMAT_VERSION = 2
-REPO_FORMAT_VERSION = 1
+REPO_FORMAT_VERSION = 2
 # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
 JSON_ERRORS = (msgspec.MsgspecError, UnicodeDecodeError)
 CHECKSUM_FIELD = b'"checksum":"'
@@ -326,3 +326,6 @@ class Collection(msgspec.Struct, frozen=True, omit_defaults=True):
     fossils: list[str] = []
     packs: list[str] = []
     dead: list[str] = []
+    # Instead of ``dead`` (a record that big did not fit on a full disk): every chunk of
+    # ``packs`` that no other pack holds, as the pack index lists them.
+    dead_all: bool = False

@@ -40,6 +40,8 @@ class BlobWriter:
     """Collects ``(chunk id, blob, plaintext size)`` and writes them out on :meth:`flush`."""
 
     repository: BlobDestination
+    # Pack even in a format-1 repository (``migrate``, before it switches the format).
+    force_packs: bool = False
     pending: list[tuple[str, bytes, int]] = field(default_factory=list)
     pending_bytes: int = 0
     packs_written: list[str] = field(default_factory=list)
@@ -55,7 +57,7 @@ class BlobWriter:
         repository = self.repository
         if not self.pending:
             return
-        if not repository.packed:
+        if not (repository.packed or self.force_packs):
             repository.store.put_many((chunk_key(cid), blob) for cid, blob, _ in self.pending)
             self.pending, self.pending_bytes = [], 0
             return

@@ -46,6 +46,7 @@ class CheckReport:
     damaged_packs: dict[str, str] = field(default_factory=dict)
     damaged_pack_users: dict[str, list[str]] = field(default_factory=dict)
     unindexed_packs: int = 0
+    stale_index_entries: int = 0
 
     @property
     def clean(self) -> bool:
@@ -90,6 +91,7 @@ class CheckReport:
                 for name, why in self.damaged_packs.items()
             },
             "unindexed_packs": self.unindexed_packs,
+            "stale_index_entries": self.stale_index_entries,
         }
 
 

@@ -24,6 +24,7 @@ a time (an exclusive lock); a second one gets :class:`RepositoryBusyError`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     COLLECTION_PREFIX,
+    PACK_PREFIX,
     chunk_id_of,
     chunk_key,
     collection_key,
@@ -53,6 +55,7 @@ from src.infra.backup.repository.locks import (
     list_leases,
     utcnow,
 )
+from src.infra.backup.repository.pack_gc import DEAD_PREFIX as PACK_DEAD_PREFIX
 from src.infra.backup.repository.pack_gc import (
     collect_packs,
     consolidate_index,
@@ -124,19 +127,62 @@ def pending_collections(
     return records
 
 
+# Collection records name the chunks that go with collected packs by this many leading hex
+# digits of their ids: short records fit on a full disk, and a chunk wrongly taken for one
+# of them is only written again.
+DEAD_PREFIX = PACK_DEAD_PREFIX
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What pending collections take away: chunks moved to ``fossils/`` (ids), chunks that
+    go with collected packs (id prefixes, see :data:`DEAD_PREFIX`), and those packs."""
+
+    fossils: frozenset[str] = frozenset()
+    dead: frozenset[str] = frozenset()
+    packs: frozenset[str] = frozenset()
+    # Packs whose records list no chunks (``dead_all``): see :meth:`with_whole_packs`.
+    whole_packs: frozenset[str] = frozenset()
+
+    def with_whole_packs(self, index: PackIndex) -> Collected:
+        """Add the chunks of :attr:`whole_packs` that no other pack holds, as ``index``
+        (refreshed) lists them, to :attr:`fossils`."""
+        if not self.whole_packs:
+            return self
+        index.refresh()
+        listed = index.packs()
+        ids = {
+            blob.id
+            for pack_id in self.whole_packs
+            if pack_id in listed
+            for blob in listed[pack_id].blobs
+            if not any(loc.pack not in self.packs for loc in index.locations(blob.id))
+        }
+        return dataclasses.replace(self, fossils=self.fossils | ids, whole_packs=frozenset())
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, str) and (cid in self.fossils or cid[:DEAD_PREFIX] in self.dead)
+
+    def __bool__(self) -> bool:
+        return bool(self.fossils or self.dead or self.packs)
+
+
 def collected_chunks(
     store: Store, cache: dict[str, tuple[str, Collection]], lock: threading.Lock
-) -> tuple[set[str], set[str]]:
-    """Chunks that pending collections have moved (or are moving) to ``fossils/`` or that go
-    with the packs they collected, and those packs: a backup reads them after taking its
-    lease and never reuses such a chunk unseen."""
-    chunks: set[str] = set()
+) -> Collected:
+    """What pending collections take away (:class:`Collected`): a backup reads it after
+    taking its lease and never reuses such a chunk unseen."""
+    fossils: set[str] = set()
+    dead: set[str] = set()
     packs: set[str] = set()
+    whole: set[str] = set()
     for record in pending_collections(store, cache, lock):
-        chunks.update(record.fossils)
-        chunks.update(record.dead)
+        fossils.update(record.fossils)
+        dead.update(prefix[:DEAD_PREFIX] for prefix in record.dead)
         packs.update(record.packs)
-    return chunks, packs
+        if record.dead_all:
+            whole.update(record.packs)
+    return Collected(frozenset(fossils), frozenset(dead), frozenset(packs), frozenset(whole))
 
 
 def revalidate(store: Store, chunk_ids: Iterable[str]) -> None:
@@ -247,14 +293,18 @@ def prune(
         )
         if repo.packed:
             pending = {pid for record in _records(repo) for pid in record[1].packs}
-            collect_packs(repo, report, users, utcnow(), grace, pending, renew)
+            after = delete_at_once if immediate else None
+            collect_packs(repo, report, users, utcnow(), grace, pending, renew, after)
         # Leases are read after the collection was recorded: a backup that started since
         # sees the record (and avoids its fossils); one that started before holds a lease
         # that keeps the fossils until it has finished.
         leases = list_leases(repo.store, BACKUP_LEASE_KIND)
         _delete_collected(repo, report, leases, utcnow(), grace, renew)
         if repo.packed and not dry_run:
-            consolidate_index(repo, drop=set())
+            try:
+                consolidate_index(repo, drop=set())
+            except DiskFullError as exc:
+                log.warning("pack index files not merged, the disk is full (%s)", exc)
         _remove_stale_leases(repo, report, leases)
     finally:
         if lock is not None:
@@ -295,9 +345,11 @@ def _delete_collected(
     records = _records(repo, only)
     pending_packs = {pid for _, record in _records(repo) for pid in record.packs}
     due_packs: list[tuple[str, Collection]] = []
+    blocked: set[str] = set()
     for key, collection in records:
         if collection.time > now - grace:
             report.postponed.append(f"{key}: younger than the grace period ({grace})")
+            blocked.update(collection.packs)
             continue
         blocking = [
             lease
@@ -310,9 +362,11 @@ def _delete_collected(
                 f"{key}: a backup that started before it is still running "
                 f"({holder.host} pid {holder.pid})"
             )
+            blocked.update(collection.packs)
             continue
         if users is None:
             users = referenced_chunks(repo)
+            packed = _packed_chunks(repo)
         for cid in collection.fossils:
             renew()
             fossil = fossil_key(cid)
@@ -320,7 +374,7 @@ def _delete_collected(
                 size = repo.store.size(fossil)
             except KeyError:
                 continue  # a crash before it was moved, or already handled
-            if cid in users:
+            if cid in users and not packed(cid):
                 report.resurrected += 1
                 if not report.dry_run:
                     _resurrect(repo, cid)
@@ -335,10 +389,21 @@ def _delete_collected(
             repo.store.delete(key)
     if due_packs and users is not None:
         records_due = [record for _, record in due_packs]
-        delete_packs(repo, report, records_due, set(users), pending_packs, renew)
-        if not report.dry_run:
+        if delete_packs(repo, report, records_due, set(users), pending_packs, renew, blocked):
             for key, _ in due_packs:
                 repo.store.delete(key)
+
+
+def _packed_chunks(repo: CollectableRepository) -> Callable[[str], bool]:
+    """Whether a chunk is in a pack that exists and no pending collection names: its loose
+    copy (from a format-1 past, see migrate.py) is then garbage."""
+    if not repo.packed:
+        return lambda cid: False
+    index = repo.pack_index
+    index.refresh()
+    pending = {pid for _, record in _records(repo) for pid in record.packs}
+    present = {key.rsplit("/", 1)[-1] for key in repo.store.list(PACK_PREFIX)} - pending
+    return lambda cid: any(loc.pack in present for loc in index.locations(cid))
 
 
 def _resurrect(repo: CollectableRepository, cid: str) -> None:
@@ -362,10 +427,11 @@ def _collect(
     users = referenced_chunks(repo)
     report.referenced_chunks = len(users)
     cutoff = now.timestamp() - grace.total_seconds()
+    packed = _packed_chunks(repo)
     candidates = []
     for info in repo.store.list_info(CHUNK_PREFIX):
         cid = chunk_id_of(info.key)
-        if cid not in users and info.mtime <= cutoff:
+        if (cid not in users or packed(cid)) and info.mtime <= cutoff:
             candidates.append((cid, info.size))
     if not candidates:
         return users

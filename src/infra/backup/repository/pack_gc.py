@@ -30,7 +30,12 @@ from typing import Protocol
 
 import msgspec
 
-from src.infra.backup.errors import CorruptDataError, IntegrityError, StorageError
+from src.infra.backup.errors import (
+    CorruptDataError,
+    DiskFullError,
+    IntegrityError,
+    StorageError,
+)
 from src.infra.backup.format.blobs import BlobCodec
 from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
@@ -46,7 +51,7 @@ from src.infra.backup.format.packs import PACK_SIZE, PackEntry, encode_index
 from src.infra.backup.repository.blob_writer import BlobWriter
 from src.infra.backup.repository.locks import utcnow
 from src.infra.backup.repository.pack_index import PackIndex
-from src.infra.backup.storage.base import Store
+from src.infra.backup.storage.base import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ SMALL_PACK = PACK_SIZE // 2
 MERGE_SMALL_FROM = 8
 # Packs per collection record (a record lists their dead chunks too).
 PACKS_PER_RECORD = 16
+# Leading hex digits of a dead chunk's id in a record (gc.DEAD_PREFIX, which imports this).
+DEAD_PREFIX = 16
 # Index files beyond this many are merged into one by a prune even when no pack goes.
 MAX_INDEX_FILES = 16
 
@@ -85,6 +92,8 @@ class PackReport(Protocol):
     """Where pack collection records what it did (``gc.PruneReport``)."""
 
     dry_run: bool
+    fossilized: int
+    deleted: int
     packs_collected: int
     packs_repacked: int
     packs_deleted: int
@@ -101,13 +110,21 @@ def collect_packs(
     grace: timedelta,
     pending: set[str],
     renew: Callable[[], None],
+    after_record: Callable[[str], None] | None = None,
 ) -> None:
-    """Phase 1 (see the module docstring); ``pending``: packs earlier records collected."""
+    """Phase 1 (see the module docstring); ``pending``: packs earlier records collected;
+    ``after_record(key)`` runs after each record is written (with no grace period, prune
+    deletes right away, which frees space record by record on a full disk).
+
+    Packs that go whole are recorded first: that needs no space but the records', so a
+    prune on a full disk still frees space. Repacking writes new packs; on a full disk it is
+    left for a later prune."""
     live = set(users)
     index = repo.pack_index
     index.refresh()
     listed = {info.key.rsplit("/", 1)[-1]: info for info in repo.store.list_info(PACK_PREFIX)}
-    packs = {pid: entry for pid, entry in index.packs().items() if pid in listed}
+    indexed = index.packs()
+    packs = {pid: entry for pid, entry in indexed.items() if pid in listed}
     home = _homes(packs, live)
     cutoff = now.timestamp() - grace.total_seconds()
     whole: list[str] = []
@@ -118,9 +135,10 @@ def collect_packs(
         if pack_id in pending or info.mtime > cutoff:
             continue
         kept = sum(b.length for b in entry.blobs if home.get(b.id) == pack_id)
+        data = sum(b.length for b in entry.blobs)  # the header is not garbage
         if not kept:
             whole.append(pack_id)
-        elif kept < REPACK_BELOW * info.size:
+        elif kept < REPACK_BELOW * data:
             repack.append(pack_id)
         elif info.size < SMALL_PACK:
             small.append(pack_id)
@@ -129,22 +147,52 @@ def collect_packs(
     unindexed = [
         pid
         for pid, info in listed.items()
-        if pid not in index.packs() and pid not in pending and info.mtime <= cutoff
+        if pid not in indexed and pid not in pending and info.mtime <= cutoff
     ]
-    collected = whole + repack + unindexed
-    if not collected:
+    stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
+    records = _Records(repo, stamp, report, after_record)
+    first = whole + unindexed
+    if first:
+        gone = set(first) | pending
+        dead = _dead(whole, packs, index, listed, gone, copied=set())
+        records.write(first, packs, dead, {pid: listed[pid].size for pid in first})
+    if not repack:
         return
-    report.packs_collected += len(collected)
-    report.packs_repacked += len(repack)
-    report.fossilized_bytes += sum(listed[pid].size for pid in collected)
     if report.dry_run:
+        records.write(repack, packs, [], {pid: listed[pid].size for pid in repack})
+        report.packs_repacked += len(repack)
         return
-    copied = _repack(repo, [packs[pid] for pid in repack], home, renew)
-    gone = set(collected) | pending
-    dead = sorted(
+    try:
+        copied, written = _repack(repo, [packs[pid] for pid in repack], home, renew)
+    except DiskFullError as exc:
+        log.warning("not repacking now, the disk is full (%s); a later prune will", exc)
+        return
+    repack = [pid for pid in repack if pid not in written]  # (a pack made again, identical)
+    if not repack:
+        return
+    gone = set(first) | set(repack) | pending
+    dead = _dead(repack, packs, index, listed, gone, copied)
+    freed = {
+        pid: listed[pid].size - sum(b.length for b in packs[pid].blobs if b.id in copied)
+        for pid in repack
+    }
+    records.write(repack, packs, dead, freed)
+    report.packs_repacked += len(repack)
+
+
+def _dead(
+    pack_ids: list[str],
+    packs: dict[str, PackEntry],
+    index: PackIndex,
+    listed: dict[str, ObjectInfo],
+    gone: set[str],
+    copied: set[str],
+) -> list[str]:
+    """The chunks of ``pack_ids`` that no pack outside ``gone`` holds (and not ``copied``)."""
+    return sorted(
         {
             b.id
-            for pid in whole + repack
+            for pid in pack_ids
             for b in packs[pid].blobs
             if b.id not in copied
             and not any(
@@ -152,15 +200,62 @@ def collect_packs(
             )
         }
     )
-    stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
-    for number, start in enumerate(range(0, len(collected), PACKS_PER_RECORD)):
-        group = collected[start : start + PACKS_PER_RECORD]
-        members = {b.id for pid in group if pid in packs for b in packs[pid].blobs}
-        # Timed when written, like every record: backups that started before it block phase 2.
-        record = Collection(
-            time=utcnow(), packs=group, dead=[cid for cid in dead if cid in members]
-        )
-        repo.store.put(collection_key(f"{stamp}P", number), msgspec.json.encode(record))
+
+
+class _Records:
+    """Writes the collection records of one prune run: :data:`PACKS_PER_RECORD` packs each,
+    fewer when the disk is too full for a record that big (down to one pack a record)."""
+
+    def __init__(
+        self,
+        repo: PackedRepository,
+        stamp: str,
+        report: PackReport,
+        after_record: Callable[[str], None] | None,
+    ) -> None:
+        self.repo, self.stamp, self.report = repo, stamp, report
+        self.after_record = after_record
+        self.number = 0
+
+    def write(
+        self,
+        pack_ids: list[str],
+        packs: dict[str, PackEntry],
+        dead: list[str],
+        freed: dict[str, int],
+    ) -> None:
+        report = self.report
+        report.packs_collected += len(pack_ids)
+        report.fossilized += len(dead)
+        report.fossilized_bytes += sum(freed.values())
+        if report.dry_run:
+            report.deleted += len(dead)
+            report.deleted_bytes += sum(freed.values())
+            return
+        batch, start = PACKS_PER_RECORD, 0
+        while start < len(pack_ids):
+            group = pack_ids[start : start + batch]
+            members = {b.id for pid in group if pid in packs for b in packs[pid].blobs}
+            # Timed when written, like every record: backups started before it block phase 2.
+            prefixes = sorted({cid[:DEAD_PREFIX] for cid in dead if cid in members})
+            record = Collection(time=utcnow(), packs=group, dead=prefixes)
+            key = collection_key(f"{self.stamp}P", self.number)
+            try:
+                self.repo.store.put(key, msgspec.json.encode(record))
+            except DiskFullError:
+                if batch > 1:
+                    batch = 1  # a record of one pack may fit; each one frees its pack's space
+                    continue
+                if not prefixes:
+                    raise
+                # Even one pack's list does not fit: name the pack alone (writers then take
+                # its chunks from the pack index; gc.Collected).
+                record = Collection(time=utcnow(), packs=group, dead_all=True)
+                self.repo.store.put(key, msgspec.json.encode(record))
+            start += len(group)
+            self.number += 1
+            if self.after_record is not None:
+                self.after_record(key)
 
 
 def _homes(packs: dict[str, PackEntry], live: set[str]) -> dict[str, str]:
@@ -183,10 +278,10 @@ def _repack(
     entries: list[PackEntry],
     home: dict[str, str],
     renew: Callable[[], None],
-) -> set[str]:
+) -> tuple[set[str], set[str]]:
     """Copy the live chunks of ``entries`` into new packs (and an index file); returns the
-    chunks copied. Each blob is verified before it is copied, so damage never spreads; a
-    damaged one stays where it is (``check`` reports it) and its pack is kept whole."""
+    chunks copied and the packs written. Each blob is verified before it is copied, so damage
+    never spreads; a damaged one stays where it is (``check`` reports it), and so its pack."""
     sink = BlobWriter(repo)
     copied: set[str] = set()
     codec = repo.codec
@@ -209,7 +304,7 @@ def _repack(
             sink.add(blob.id, stored, blob.size)
             copied.add(blob.id)
     sink.flush(final=True)
-    return copied
+    return copied, set(sink.packs_written)
 
 
 def delete_packs(
@@ -219,14 +314,20 @@ def delete_packs(
     users: set[str],
     pending: set[str],
     renew: Callable[[], None],
-) -> None:
+    blocked: set[str],
+) -> bool:
     """Phase 2 for the packs of ``records`` (all due); ``pending``: packs of every record
-    still pending, due or not (none of them counts as a place a chunk stays)."""
+    still pending, due or not (none of them counts as a place a chunk stays); ``blocked``:
+    packs a record not yet due also names (they wait for it). Packs are
+    deleted first (that frees space on a full disk), then the index is rewritten without
+    them. Returns whether it was: until then the records must stay, since their ``dead``
+    lists are what keeps a writer from taking a chunk of a deleted pack as stored."""
     index = repo.pack_index
     index.refresh()
     sizes = {info.key.rsplit("/", 1)[-1]: info.size for info in repo.store.list_info(PACK_PREFIX)}
     packs = index.packs()
     doomed: list[str] = []
+    gone: set[str] = set()
     for record in records:
         for pack_id in record.packs:
             entry = packs.get(pack_id)
@@ -238,20 +339,31 @@ def delete_packs(
                 )
                 for blob in entry.blobs
             )
+            if pack_id in blocked:
+                continue
             if needed:
                 report.packs_kept += 1
             elif pack_id in sizes:
                 doomed.append(pack_id)
-    if report.dry_run:
-        report.packs_deleted += len(doomed)
-        report.deleted_bytes += sum(sizes[pid] for pid in doomed)
-        return
-    consolidate_index(repo, drop=set(doomed), force=bool(doomed))
+            else:
+                gone.add(pack_id)  # deleted by an earlier run whose index rewrite failed
+    dead = {prefix for record in records for prefix in record.dead}
     for pack_id in doomed:
-        renew()
-        repo.store.delete(pack_key(pack_id))
-        report.packs_deleted += 1
+        entry = packs.get(pack_id)
+        report.deleted += sum(1 for b in entry.blobs if b.id[:DEAD_PREFIX] in dead) if entry else 0
         report.deleted_bytes += sizes[pack_id]
+        report.packs_deleted += 1
+        if not report.dry_run:
+            renew()
+            repo.store.delete(pack_key(pack_id))
+    if report.dry_run:
+        return False
+    try:
+        consolidate_index(repo, drop=set(doomed) | gone, force=bool(doomed or gone))
+    except DiskFullError as exc:
+        log.warning("the pack index still lists deleted packs (%s); the next prune fixes it", exc)
+        return False
+    return True
 
 
 def consolidate_index(repo: PackedRepository, *, drop: set[str], force: bool = False) -> None:
@@ -275,7 +387,7 @@ def consolidate_index(repo: PackedRepository, *, drop: set[str], force: bool = F
 
 
 def revalidate_packed(
-    repo: PackedRepository, chunk_ids: Iterable[str], collected_packs: set[str]
+    repo: PackedRepository, chunk_ids: Iterable[str], collected_packs: frozenset[str]
 ) -> None:
     """Make sure each chunk is in a pack that stays, or loose (see the module docstring)."""
     index = repo.pack_index

@@ -111,25 +111,31 @@ class PackIndex:
 
     def locate(self, cid: str) -> Location | None:
         """One location of chunk ``cid`` (``None``: not packed, as far as known)."""
+        if not self._loaded:
+            self.refresh()
         return self._where.get(cid)
 
     def locations(self, cid: str) -> list[Location]:
         """Every known location of chunk ``cid``."""
+        if not self._loaded:
+            self.refresh()
         first = self._where.get(cid)
         if first is None:
             return []
         return [first, *self._more.get(cid, ())]
 
     def __contains__(self, cid: str) -> bool:
-        return cid in self._where
+        return self.locate(cid) is not None
 
     def files(self) -> dict[str, list[PackEntry]]:
         """Index id -> the packs it lists (a copy)."""
+        self.ensure_loaded()
         with self._lock:
             return dict(self._files)
 
     def packs(self) -> dict[str, PackEntry]:
         """Pack id -> its blobs, over all index files (the first listing of a pack wins)."""
+        self.ensure_loaded()
         with self._lock:
             found: dict[str, PackEntry] = {}
             for index_id in sorted(self._files):

@@ -279,7 +279,15 @@ class RepositoryReader:
         or ``fossils/`` where a collection moved it); with the pack index read again once if
         neither has it (garbage collection may have repacked it meanwhile)."""
         if not self.packed:
-            return read_chunk_blob(self.store, cid)
+            try:
+                return read_chunk_blob(self.store, cid)
+            except IntegrityError:
+                # Opened before a `migrate` packed it and prune collected the loose copy?
+                self.pack_index.refresh()
+                blob = self._read_packed(cid)
+                if blob is None:
+                    raise
+                return blob
         self.pack_index.ensure_loaded()
         blob = self._read_packed(cid)
         if blob is not None:
@@ -418,6 +426,8 @@ class RepositoryReader:
         """
         report = VerifyReport(backup_id, ok=True)
         packs_seen: set[str] = set()
+        if self.packed:
+            self.pack_index.refresh()  # damage or a prune since this process last looked
         try:
             manifest = self.read_manifest(backup_id)
         except (BackupNotFoundError, CorruptDataError, FormatVersionError, StorageError) as exc:

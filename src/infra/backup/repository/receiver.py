@@ -129,7 +129,7 @@ class RepositoryReceiver(RepositoryWriter):
             return Received(backup_id, "present")
         if existing is not None and not rename:
             raise ObjectExistsError(self._conflict(backup_id))
-        collected, collected_packs = self.collected_chunks()
+        collected = self.collected_chunks()
         sizes = source.blob_sizes(manifest)
         missing = [cid for cid in sizes if cid not in present or cid in collected]
         received = Received(backup_id, "copied")
@@ -144,9 +144,9 @@ class RepositoryReceiver(RepositoryWriter):
         sink.flush(final=True)
         present.update(missing)
         if not lease.still_valid():
-            self.revalidate(sizes, collected_packs)
+            self.revalidate(sizes, collected.packs)
         elif collected:  # as a backup does (writer.py): collected chunks are back before commit
-            self.revalidate([cid for cid in sizes if cid in collected], collected_packs)
+            self.revalidate([cid for cid in sizes if cid in collected], collected.packs)
         target, data = backup_id, stored
         while True:
             try:

@@ -53,6 +53,9 @@ from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 
+# The format of repositories created from now on (tests of format-1 behaviour set it to 1).
+NEW_REPOSITORY_FORMAT = REPO_FORMAT_VERSION
+
 PassphraseSource = Callable[[], str]
 
 
@@ -70,13 +73,14 @@ class Repository(RepositoryReceiver):
         create: bool = True,
         passphrase: PassphraseSource | None = None,
         encryption: str = "none",
-        repo_format: int = REPO_FORMAT_VERSION,
+        repo_format: int | None = None,
     ) -> Repository:
         """Open the repository in ``store``, creating it (``repo.json``) if allowed.
 
         ``encryption`` (an AEAD name or ``"none"``) and ``repo_format`` (1: one object per
-        chunk, as versions before 0.3 wrote; 2: packs) only matter when the repository is
-        created. ``passphrase`` is called when the repository is (or is to be) encrypted.
+        chunk, as versions before 0.3 wrote; 2: packs; by default
+        :data:`NEW_REPOSITORY_FORMAT`) only matter when the repository is created.
+        ``passphrase`` is called when the repository is (or is to be) encrypted.
         """
         compression = compression or Compression()
         created: RepositoryKeys | None = None
@@ -87,7 +91,9 @@ class Repository(RepositoryReceiver):
                 raise RepositoryNotFoundError(
                     f"no backup repository at {store.location} (the first backup creates it)"
                 ) from None
-            raw, created = cls._initialize(store, encryption, passphrase, repo_format)
+            raw, created = cls._initialize(
+                store, encryption, passphrase, repo_format or NEW_REPOSITORY_FORMAT
+            )
         config = decode_checked(raw, RepoConfig, f"{store.location}/{REPO_KEY}")
         if config.hash != "blake3-256":
             raise FormatVersionError(f"unsupported chunk hash {config.hash!r} in {REPO_KEY}")

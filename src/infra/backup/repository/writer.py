@@ -57,7 +57,7 @@ from src.infra.backup.format.manifest import (
 )
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.blob_writer import BlobWriter
-from src.infra.backup.repository.gc import collected_chunks, revalidate
+from src.infra.backup.repository.gc import Collected, collected_chunks, revalidate
 from src.infra.backup.repository.locks import BACKUP_LEASE_KIND, HOSTNAME, Lease
 from src.infra.backup.repository.pack_gc import revalidate_packed
 from src.infra.backup.repository.reader import CHUNKS_PER_LIST, ProgressCallback, RepositoryReader
@@ -109,7 +109,7 @@ class WriteSession:
     lease: Lease | None = None
     referenced: dict[str, int] = field(default_factory=dict)
     # Chunks of pending collections: never taken as stored without looking (see gc.py).
-    collected: frozenset[str] = frozenset()
+    collected: Collected = field(default_factory=Collected)
     new_chunks: int = 0
     added_bytes: int = 0
 
@@ -168,7 +168,11 @@ class SnapshotWriter:
         if seen is not None:
             session.referenced[cid] = seen[1]
             return ChunkRef(cid, seen[0], seen[1])
-        stored = repository.stored_size(cid) if cid not in session.collected else None
+        stored = (
+            repository.stored_size(cid, session.collected.packs)
+            if cid not in session.collected
+            else None
+        )
         if stored is None:
             blob = codec.encode(plain, cid)
             stored = len(blob)
@@ -272,28 +276,29 @@ class SnapshotWriter:
 class RepositoryWriter(RepositoryReader):
     """Writes new backups (one write path for new backups and imports)."""
 
-    def stored_size(self, cid: str) -> int | None:
-        """The stored size of chunk ``cid`` if it is known to be stored, found without a
-        round trip (``None`` on a network store: writing it again costs less than asking)."""
+    def stored_size(self, cid: str, collected_packs: frozenset[str] = frozenset()) -> int | None:
+        """The stored size of chunk ``cid`` if it is known to be stored (in a pack no pending
+        collection names, or loose), found without a round trip (``None`` on a network store:
+        writing it again costs less than asking)."""
         if not self.store.cheap_exists:
             return None
         if self.packed:
-            self.pack_index.ensure_loaded()
-            location = self.pack_index.locate(cid)
-            if location is not None:
-                return location.length
+            for location in self.pack_index.locations(cid):
+                if location.pack not in collected_packs:
+                    return location.length
         try:
             return self.store.size(chunk_key(cid))
         except KeyError:
             return None
 
-    def collected_chunks(self) -> tuple[set[str], set[str]]:
-        """Chunks a pending garbage collection has moved (or is moving) to ``fossils/`` or
-        that go with packs it collected, and those packs: a backup must never reuse such a
-        chunk unseen. Read after the backup's lease is taken."""
-        return collected_chunks(self.store, self._collections, self._lock)
+    def collected_chunks(self) -> Collected:
+        """What pending garbage collections take away (chunks moved to ``fossils/``, packs
+        and the chunks that go with them): a backup must never reuse such a chunk unseen.
+        Read after the backup's lease is taken."""
+        collected = collected_chunks(self.store, self._collections, self._lock)
+        return collected.with_whole_packs(self.pack_index)
 
-    def revalidate(self, chunk_ids: Iterable[str], collected_packs: set[str]) -> None:
+    def revalidate(self, chunk_ids: Iterable[str], collected_packs: frozenset[str]) -> None:
         """Make sure every chunk of ``chunk_ids`` stays stored (a backup outlived its lease,
         or found chunks of a pending collection): see gc.py and pack_gc.py."""
         if self.packed:
@@ -390,14 +395,17 @@ class RepositoryWriter(RepositoryReader):
         warnings: Sequence[str] = (),
         taken_at: datetime | None = None,
     ) -> Manifest:
+        if self.packed and self.store.cheap_exists:
+            # Packs a prune deleted since the last backup must not be taken as stored.
+            self.pack_index.refresh()
         parent = self._parent_manifest()
         known = self._known_chunks(parent)
         # Chunks of a pending collection may be deleted soon: never reuse them unseen.
-        collected, collected_packs = self.collected_chunks()
-        for cid in collected:
-            known.pop(cid, None)
+        collected = self.collected_chunks()
+        if collected:
+            known = {cid: sizes for cid, sizes in known.items() if cid not in collected}
         session = WriteSession(
-            known=known, blobs=BlobWriter(self), lease=lease, collected=frozenset(collected)
+            known=known, blobs=BlobWriter(self), lease=lease, collected=collected
         )
         writer = SnapshotWriter(self, session, parent)
         writer.warnings.extend(warnings)
@@ -412,13 +420,13 @@ class RepositoryWriter(RepositoryReader):
         writer.flush()
         if not lease.still_valid():
             # Frozen past the lease: collection may have moved chunks we reuse. Check them.
-            self.revalidate(session.referenced, collected_packs)
+            self.revalidate(session.referenced, collected.packs)
         elif collected:
             # A pending collection may still be moving chunks this backup found in chunks/
             # (the pruner does not wait for a backup that started after its record): bring
             # those back before committing, or fail if one is gone already.
             self.revalidate(
-                [cid for cid in session.referenced if cid in collected], collected_packs
+                [cid for cid in session.referenced if cid in collected], collected.packs
             )
         stats = writer.stats(stored_entries)
         return self._commit(
