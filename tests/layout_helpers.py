@@ -14,8 +14,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from stored_chunks import is_packed, locate, stored_chunk_ids
-
 from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
@@ -35,6 +33,7 @@ from src.infra.backup.format.packs import (
 )
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import LocalStore
+from tests.stored_chunks import cover_packs, is_packed, locate, stored_chunk_ids
 
 # Where a repository keeps chunks, whatever its format.
 CHUNK_HOLDERS = (CHUNK_PREFIX, FOSSIL_PREFIX, PACK_PREFIX, PACK_INDEX_PREFIX)
@@ -71,6 +70,7 @@ def object_files(repo: Path, prefixes: Iterable[str] = CHUNK_HOLDERS) -> dict[st
 def pack_entries(repo: Path, keys: RepositoryKeys | None = None) -> dict[str, PackEntry]:
     """Pack id -> its blobs, as the pack index files list them (the first listing wins)."""
     found: dict[str, PackEntry] = {}
+    cover_packs(repo, keys)
     for index_path in sorted(_files(repo, PACK_INDEX_PREFIX).values()):
         name = index_path.name
         for entry in decode_index(index_path.read_bytes(), name, keys, name):
@@ -84,6 +84,7 @@ def stored_files(repo: Path, keys: RepositoryKeys | None = None) -> dict[str, Pa
     for key, path in _files(repo, CHUNK_PREFIX).items():
         found[key.rsplit("/", 1)[-1]] = path
     if is_packed(repo):
+        cover_packs(repo, keys)
         for index_path in _files(repo, PACK_INDEX_PREFIX).values():
             name = index_path.name
             for entry in decode_index(index_path.read_bytes(), name, keys, name):
@@ -157,6 +158,7 @@ def write_stored(
     except KeyError:
         add_packed(repo, {cid: content}, keys, sizes=None if size is None else {cid: size})
         return
+    cover_packs(repo, keys)
     for index_path in list(_files(repo, PACK_INDEX_PREFIX).values()):
         name = index_path.name
         entries = decode_index(index_path.read_bytes(), name, keys, name)

@@ -1,7 +1,9 @@
 """Stored chunks in tests, whatever the repository's format: find them, read them, damage them.
 
 A format-1 repository stores a chunk as ``chunks/<aa>/<id>``; a format-2 one stores its blob
-inside a pack (``packs/<aa>/<pack id>``) at the place the pack index says. Tests that damage
+inside a pack (``packs/<aa>/<pack id>``) at the place the pack index (index files, or the
+pack's own header) says; the helpers here first write an index file for packs only their
+headers describe (:func:`cover_packs`), then work on index files. Tests that damage
 "a chunk" use :func:`damage_chunk`, so they test what the default format does:
 
 - ``flip``: one byte in the middle of the blob changes (an integrity error on read);
@@ -31,6 +33,8 @@ from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import PACK_INDEX_PREFIX, chunk_key, pack_index_key, pack_key
 from src.infra.backup.format.packs import PackedBlob, PackEntry, decode_index, encode_index
 from src.infra.backup.repository import repository as repository_module
+from src.infra.backup.repository.pack_index import PackIndex
+from src.infra.backup.storage.local import LocalStore
 
 Damage = Literal["flip", "flip_header", "truncate", "empty", "missing"]
 
@@ -49,7 +53,23 @@ def is_packed(repo: Path) -> bool:
     return repo_format(repo) >= 2
 
 
+def cover_packs(repo: Path, keys: RepositoryKeys | None = None) -> None:
+    """Write an index file for the packs only their headers describe (as ``prune`` does), so
+    that the helpers here find, and change, every packed blob through index files."""
+    if not (repo / "repo.json").exists() or not is_packed(repo):
+        return
+    index = PackIndex(LocalStore(repo), keys)
+    uncovered = index.uncovered()
+    if uncovered:
+        packs = index.packs()
+        index_id, stored = encode_index([packs[pid] for pid in sorted(uncovered)], keys)
+        path = repo / pack_index_key(index_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(stored)
+
+
 def _index_files(repo: Path, keys: RepositoryKeys | None) -> dict[str, list[PackEntry]]:
+    cover_packs(repo, keys)
     base = repo / PACK_INDEX_PREFIX
     found: dict[str, list[PackEntry]] = {}
     if base.exists():

@@ -1054,11 +1054,15 @@ def test_concurrent_writers_and_pruner_lose_nothing(
     assert pruner.returncode == 0, f"pruner: {err}"
     pruner_stats = json.loads(out.strip().splitlines()[-1])
     # Nothing runs any more: one prune settles every collection (the killed writer's lease
-    # belongs to a dead PID and blocks nothing); a second one finds nothing to do.
+    # belongs to a dead PID and blocks nothing); a second one finds nothing to do. Packs may
+    # take a few passes more (small packs a repack made are merged once there are enough),
+    # but prune settles.
     final = [prune(new_manager(repo).repository, grace=ZERO) for _ in range(2)]
-    assert final[1].fossilized == final[1].deleted == final[1].resurrected == 0, final[1]
-    assert final[1].packs_collected == final[1].packs_repacked == 0, final[1]
-    assert final[1].postponed == [], final[1]
+    while repository_format == 2 and final[-1].packs_collected and len(final) < 5:
+        final.append(prune(new_manager(repo).repository, grace=ZERO))
+    assert final[-1].fossilized == final[-1].deleted == final[-1].resurrected == 0, final[-1]
+    assert final[-1].packs_collected == final[-1].packs_repacked == 0, final[-1]
+    assert final[-1].postponed == [], final[-1]
 
     # What the writers recorded.
     exec_ns: dict[str, Any] = {}

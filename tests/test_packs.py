@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
-from src.infra.backup.errors import CorruptDataError, StorageError
+from src.infra.backup.errors import CorruptDataError, IntegrityError, StorageError
 from src.infra.backup.format.crypto import create_encryption
 from src.infra.backup.format.layout import PACK_INDEX_PREFIX, PACK_PREFIX, pack_key
 from src.infra.backup.format.packs import (
@@ -110,7 +110,7 @@ def test_a_new_repository_writes_packs_of_at_least_the_pack_size(tmp_path: Path)
     packs = _files(repo, PACK_PREFIX)
     sizes = sorted(p.stat().st_size for p in packs.values())
     assert len(packs) == 4 and all(size >= PACK_SIZE for size in sizes[1:]), sizes
-    assert _files(repo, PACK_INDEX_PREFIX)
+    assert not _files(repo, PACK_INDEX_PREFIX)  # writers write packs only (prune indexes them)
     restored = tmp_path / "restored"
     RecoveryManager(_manager(repo)).restore_to_directory(backup_id, restored, verify=True)
     assert (restored / "src" / "big.bin").read_bytes() == big
@@ -138,7 +138,7 @@ def test_many_small_backups_share_few_files(tmp_path: Path) -> None:
     for n in range(10):
         manager.create_backup(_state(n), "pre_trade")
     packs, indexes = _files(repo, PACK_PREFIX), _files(repo, PACK_INDEX_PREFIX)
-    assert len(packs) == 10 and len(indexes) == 10  # one small pack and index file each
+    assert len(packs) == 10 and not indexes  # one small pack each, described by its header
     report = prune(_manager(repo).repository, grace=ZERO)
     assert report.packs_repacked >= 8  # the small packs were merged
     assert len(_files(repo, PACK_PREFIX)) == 1 and len(_files(repo, PACK_INDEX_PREFIX)) == 1
@@ -279,11 +279,12 @@ def test_check_reports_a_damaged_pack_with_the_backups_it_affects(tmp_path: Path
     assert report.to_json()["damaged_packs"][pack_path.name]["backups"] == [backup_id]
 
 
-def test_check_reports_a_missing_pack_and_a_damaged_index(tmp_path: Path) -> None:
+def test_check_reports_a_missing_pack(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     manager = _manager(repo)
     first = manager.create_backup({"a": _noise(100_000, 3)})
-    second = manager.create_backup({"b": _noise(100_000, 4)})
+    manager.create_backup({"b": _noise(100_000, 4)})
+    prune(_manager(repo).repository, grace=ZERO)  # an index file now lists both packs
     store = LocalStore(repo)
     repository = _manager(repo).repository
     repository.pack_index.refresh()
@@ -295,12 +296,35 @@ def test_check_reports_a_missing_pack_and_a_damaged_index(tmp_path: Path) -> Non
     report = _manager(repo).check()
     assert report.damaged_packs[pack_of_first.pack].startswith("listed in the pack index")
     assert report.affected_backups == [first]
-    # An index file that cannot be read: the chunks only it locates are missing.
-    index_files = _files(repo, PACK_INDEX_PREFIX)
-    for path in index_files.values():
-        os.chmod(path, 0o600)
-        path.write_bytes(path.read_bytes()[:-3])
+
+
+def test_a_damaged_index_file_is_reported_and_the_pack_headers_stand_in(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    manager = _manager(repo)
+    backup_id = manager.create_backup({"a": _noise(100_000, 3)})
+    prune(_manager(repo).repository, grace=ZERO)  # writes the index file
+    (index_path,) = _files(repo, PACK_INDEX_PREFIX).values()
+    os.chmod(index_path, 0o600)
+    index_path.write_bytes(index_path.read_bytes()[:-3])
     report = _manager(repo).check()
-    assert any(name.startswith(PACK_INDEX_PREFIX) for name in report.damaged_packs)
-    assert report.missing_chunks
-    assert report.affected_backups == sorted([first, second])
+    assert f"{PACK_INDEX_PREFIX}{index_path.name}" in report.damaged_packs
+    assert not report.missing_chunks and not report.affected_backups
+    assert _manager(repo).load_backup(backup_id) == {"a": _noise(100_000, 3)}
+    prune(_manager(repo).repository, grace=ZERO)  # writes it again, whole
+    assert _manager(repo).check().clean
+
+
+def test_a_pack_with_a_damaged_header_that_no_index_lists(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    backup_id = _manager(repo).create_backup({"a": _noise(100_000, 3)})
+    (pack_path,) = _files(repo, PACK_PREFIX).values()
+    os.chmod(pack_path, 0o600)
+    data = bytearray(pack_path.read_bytes())
+    data[-TRAILER_SIZE - 5] ^= 0xFF  # inside the header
+    pack_path.write_bytes(bytes(data))
+    report = _manager(repo).check()
+    assert pack_path.name in report.damaged_packs
+    assert backup_id in report.affected_backups
+    with pytest.raises(IntegrityError, match="missing"):  # references unknown: no prune
+        prune(_manager(repo).repository, grace=ZERO)
+    assert pack_path.exists()

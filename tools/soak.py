@@ -76,11 +76,13 @@ from src.infra.backup import (
 from src.infra.backup.repository import gc as gc_module
 from src.infra.backup.repository.check import CheckReport
 from src.infra.backup.repository.locks import ExclusiveLock
+from src.infra.backup.repository.pack_gc import REPACK_BELOW
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOAK_FORMAT = 1
 FILE_NAME = "ledger.jsonl"
 PRUNE_GRACE = timedelta(seconds=2)
+MAX_PACK_PASSES = 5
 BACKUP_TYPES = ("pre_trade", "pre_trade", "automatic", "scheduled", "manual")
 # The trade history of sequence number s has TRADE_BASE + (s * TRADE_STEP) % TRADE_SPAN trades:
 # it grows by appends (so content-defined chunking deduplicates it) and wraps around.
@@ -892,6 +894,7 @@ def check_summary(report: CheckReport) -> dict[str, Any]:
         "backups": report.backups,
         "chunks_checked": report.chunks_checked,
         "orphaned_chunks": report.orphaned_chunks,
+        "orphaned_bytes": report.orphaned_bytes,
         "fossils": report.fossils,
         "temp_leftovers": len(report.temp_leftovers),
         "damaged_manifests": sorted(report.damaged_manifests),
@@ -993,7 +996,12 @@ def final_verification(repo: Path, workdir: Path, journals: JournalSummary) -> F
                     report.unrecorded_valid += 1
 
     verify_all("before prune")
-    for _ in range(2):  # the first pass collects and deletes; the second must find nothing left
+    # Format 1: the first pass collects and deletes; the second must find nothing left. With
+    # packs, passes go on until one collects nothing (the first completes the records of
+    # killed prunes and keeps whole the packs a backup still needed; later ones repack them),
+    # at most MAX_PACK_PASSES; what garbage stays is below the repack threshold.
+    packed = manager.repository.packed
+    for number in range(MAX_PACK_PASSES if packed else 2):
         pruned = manager.prune(grace=timedelta(0))
         report.prune_passes.append(
             {
@@ -1002,10 +1010,24 @@ def final_verification(repo: Path, workdir: Path, journals: JournalSummary) -> F
                 "resurrected": pruned.resurrected,
                 "postponed": len(pruned.postponed),
                 "stale_leases_removed": pruned.stale_leases_removed,
+                "packs_collected": pruned.packs_collected,
+                "packs_repacked": pruned.packs_repacked,
+                "packs_kept": pruned.packs_kept,
+                "packs_deleted": pruned.packs_deleted,
             }
         )
+        if packed and number and not (pruned.packs_collected or pruned.fossilized):
+            break
     report.check_after_prune = check_summary(manager.check())
-    if report.check_after_prune["orphaned_chunks"]:
+    last = report.prune_passes[-1]
+    if packed:
+        if last["packs_collected"] or last["fossilized"]:
+            report.errors.append(f"prune did not settle in {MAX_PACK_PASSES} passes: {last}")
+        stored = manager.repository.stored_bytes()
+        garbage = report.check_after_prune["orphaned_bytes"]
+        if garbage > (1 - REPACK_BELOW) * stored:
+            report.errors.append(f"{garbage} of {stored} stored bytes are garbage after prune")
+    elif report.check_after_prune["orphaned_chunks"]:
         report.errors.append(
             f"{report.check_after_prune['orphaned_chunks']} orphaned chunks after the final prune"
         )

@@ -15,6 +15,7 @@ from src.infra.backup.cli.context import Context, json_option
 from src.infra.backup.cli.output import emit_json, human_size, stdout
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.monitoring.status import StatusSummary, collect_status, stale_threshold
+from src.infra.backup.storage.requests import measure, ordered, total_requests
 
 EXIT_STALE = 9
 
@@ -66,12 +67,16 @@ def status(ctx: Context, max_age: str | None) -> None:
     except ValueError as exc:
         raise click.UsageError(f"--max-age: {exc}") from None
     threshold = stale_threshold(ctx.manager, limit)
-    summary = collect_status(ctx.manager)
+    with measure() as seen:  # what this command asks of the stores
+        summary = collect_status(ctx.manager)
     ok, problems = evaluate(summary, threshold)
     if ctx.as_json:
+        document = summary.to_json()
+        asked = ordered(seen.snapshot())
+        document["requests"]["this_command"] = {"by_op": asked, "total": total_requests(asked)}
         emit_json(
             {
-                **summary.to_json(),
+                **document,
                 "stale_after_seconds": threshold.total_seconds(),
                 "ok": ok,
                 "problems": problems,
@@ -117,6 +122,15 @@ def _print_status(summary: StatusSummary, problems: list[str]) -> None:
         verdict = "[green]ok[/green]" if verify.ok else "[red]FAILED[/red]"
         stdout.print(
             f"Last verify: {verdict} ({verify.backup_id}, {_age(summary.age(verify.time))} ago)",
+            highlight=False,
+        )
+    measured = summary.requests_json()
+    if measured is not None:
+        by_op = measured["by_op"]
+        stdout.print(
+            f"Store requests of {measured['backup_id']}: {measured['total']} ("
+            + (", ".join(f"{n} {op}" for op, n in by_op.items()) or "none")
+            + ")",
             highlight=False,
         )
     if summary.offsite is not None:

@@ -10,7 +10,10 @@ without it; using them without it raises :class:`MetricsUnavailableError`.
 Metrics (``type`` is the backup type): ``backups_created_total{type}``,
 ``backups_failed_total{type}``, ``backup_duration_seconds{type}`` (histogram of successful
 backups), ``backup_last_success_timestamp_seconds{type}``, ``backup_repository_size_bytes``
-(stored size of all chunks, computed when scraped).
+(stored size of all chunks, computed when scraped), and
+``peak_backup_store_requests_total{op, store}``: the requests this process made of each store
+location (``op``: GET, PUT, HEAD, LIST, DELETE, COPY; see ``storage.requests``), read from the
+stores' counters at each scrape.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 from src.infra.backup.app.outcome import BackupOutcome
 from src.infra.backup.errors import BackupError, MetricsUnavailableError, RepositoryNotFoundError
 from src.infra.backup.monitoring.status import collect_status
+from src.infra.backup.storage.requests import OPS, process_requests
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from wsgiref.simple_server import WSGIServer
 
     from prometheus_client import CollectorRegistry
@@ -53,6 +58,36 @@ def _prometheus() -> Any:
             "metrics need prometheus-client: pip install 'peak-trade-backup[metrics]'"
         ) from None
     return prometheus_client
+
+
+STORE_REQUESTS = "peak_backup_store_requests"  # exposed as peak_backup_store_requests_total
+STORE_REQUESTS_HELP = (
+    "Requests this process made of a backup store, by operation (S3 names; a local store "
+    "counts the S3 requests its file operations stand for)."
+)
+
+
+class StoreRequestsCollector:
+    """``peak_backup_store_requests_total{op, store}`` from the process-wide request counts
+    (``storage.requests.process_requests``), read at each scrape. Every operation of a store
+    that made any request is reported, zeros included, so ``rate()`` works from the start."""
+
+    def describe(self) -> Iterator[Any]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Any]:
+        family = self._family()
+        for location, counts in sorted(process_requests().items()):
+            for op in (*OPS, *sorted(set(counts) - set(OPS))):
+                family.add_metric([op, location], counts.get(op, 0))
+        yield family
+
+    @staticmethod
+    def _family() -> Any:
+        _prometheus()  # the clear error without prometheus-client
+        from prometheus_client.metrics_core import CounterMetricFamily
+
+        return CounterMetricFamily(STORE_REQUESTS, STORE_REQUESTS_HELP, labels=["op", "store"])
 
 
 class BackupMetrics:
@@ -88,6 +123,8 @@ class BackupMetrics:
             "Stored size of all chunks in the repository.",
             registry=self.registry,
         )
+        self.store_requests = StoreRequestsCollector()
+        self.registry.register(self.store_requests)
         self._lock = threading.Lock()
 
     def __call__(self, outcome: BackupOutcome) -> None:

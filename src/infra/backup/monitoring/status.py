@@ -21,6 +21,7 @@ from src.infra.backup.repository.history import (
     merged_history,
     now_utc,
 )
+from src.infra.backup.storage.requests import ordered, total_requests
 
 if TYPE_CHECKING:
     from src.infra.backup.app.manager import BackupManager
@@ -56,6 +57,31 @@ class StatusSummary:
     def age(self, when: datetime) -> timedelta:
         return self.now - when
 
+    @property
+    def last_measured_backup(self) -> tuple[str, SuccessRecord] | None:
+        """The newest success (and its type) whose record has its store requests (records of
+        older versions have none)."""
+        measured = [
+            (name, t.last_success)
+            for name, t in self.types.items()
+            if t.last_success is not None and t.last_success.requests is not None
+        ]
+        return max(measured, key=lambda item: item[1].time, default=None)
+
+    def requests_json(self) -> dict[str, Any] | None:
+        """The store requests of :attr:`last_measured_backup`, by operation and in total."""
+        found = self.last_measured_backup
+        if found is None:
+            return None
+        name, success = found
+        by_op = ordered(success.requests or {})
+        return {
+            "backup_id": success.backup_id,
+            "backup_type": name,
+            "by_op": by_op,
+            "total": total_requests(by_op),
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "repository_exists": self.repository_exists,
@@ -75,6 +101,7 @@ class StatusSummary:
             "last_verify": self.last_verify.to_json() if self.last_verify else None,
             "offsite": self.offsite.to_json(self.now) if self.offsite else None,
             "fallback": self.fallback.to_json(self.now) if self.fallback else None,
+            "requests": {"last_backup": self.requests_json()},
         }
 
     @property

@@ -1,10 +1,11 @@
-"""New blobs on their way to the store: loose chunk objects in a format-1 repository, packs
-and a pack index file in a format-2 one.
+"""New blobs on their way to the store: loose chunk objects in a format-1 repository, packs in
+a format-2 one.
 
 Packs are cut once they hold :data:`~src.infra.backup.format.packs.PACK_SIZE` bytes, so every
 pack but the last of a backup is at least that big; a flush writes the full packs (durably,
-in one ``put_many``) and then one index file listing them, so a pack is never referenced by a
-manifest before an index lists it. The last flush writes the rest.
+in one ``put_many``), the last flush the rest. A pack describes itself (its header), so no
+index file is written here: readers read the headers of packs no index file lists, and
+``prune`` writes the index files (one request per backup saved on object storage).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from src.infra.backup.format.crypto import RepositoryKeys
-from src.infra.backup.format.layout import chunk_key, pack_index_key, pack_key
-from src.infra.backup.format.packs import PACK_SIZE, PackEntry, build_pack, encode_index
+from src.infra.backup.format.layout import chunk_key, pack_key
+from src.infra.backup.format.packs import PACK_SIZE, PackEntry, build_pack
 from src.infra.backup.repository.pack_index import PackIndex
 from src.infra.backup.storage.base import Store
 
@@ -86,7 +87,5 @@ class BlobWriter:
             entries.append(PackEntry(pack_id, table))
             items.append((pack_key(pack_id), data))
         repository.store.put_many(items)
-        index_id, stored = encode_index(entries, repository.keys)
-        repository.store.put(pack_index_key(index_id), stored)
-        repository.pack_index.add(index_id, entries)
+        repository.pack_index.add_packs(entries)
         self.packs_written.extend(entry.pack for entry in entries)

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from src.infra.backup.format.layout import STATUS_PREFIX, status_key
 from src.infra.backup.repository.locks import HOSTNAME
 from src.infra.backup.storage.base import Store
+from src.infra.backup.storage.requests import take_context_requests
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +54,39 @@ def _parse_time(value: Any) -> datetime:
 
 @dataclass(frozen=True)
 class SuccessRecord:
-    """The last successful backup of a type."""
+    """The last successful backup of a type. ``requests``: the store requests by operation
+    (``storage.requests``) its thread made since the previous record, when known."""
 
     backup_id: str
     time: datetime
     duration_seconds: float | None = None
     size_bytes: int | None = None
+    requests: dict[str, int] | None = field(default=None, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw: dict[str, Any] = {
             "backup_id": self.backup_id,
             "time": iso_utc(self.time),
             "duration_seconds": self.duration_seconds,
             "size_bytes": self.size_bytes,
         }
+        if self.requests is not None:  # optional: absent in records of older versions
+            raw["requests"] = dict(self.requests)
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SuccessRecord:
         duration = raw.get("duration_seconds")
         size = raw.get("size_bytes")
+        requests = raw.get("requests")
         return cls(
             backup_id=str(raw["backup_id"]),
             time=_parse_time(raw["time"]),
             duration_seconds=float(duration) if duration is not None else None,
             size_bytes=int(size) if size is not None else None,
+            requests={str(op): int(n) for op, n in requests.items()}
+            if isinstance(requests, dict)
+            else None,
         )
 
 
@@ -248,9 +258,18 @@ def record_success(
     duration_seconds: float | None = None,
     size_bytes: int | None = None,
     host: str | None = None,
+    requests: Mapping[str, int] | None = None,
 ) -> None:
-    """Record a successful backup (best-effort, never raises)."""
-    record = SuccessRecord(backup_id, time or now_utc(), duration_seconds, size_bytes)
+    """Record a successful backup (best-effort, never raises). ``requests``: the store
+    requests the backup made, by operation; by default those this thread made since its
+    previous record (``take_context_requests``): in a process that backs up in a loop, one
+    backup's, with the previous record's status write and anything else the thread asked of
+    a store in between."""
+    if requests is None:
+        requests = take_context_requests()
+    record = SuccessRecord(
+        backup_id, time or now_utc(), duration_seconds, size_bytes, dict(requests)
+    )
     _update(
         store,
         lambda s: setattr(s.type_status(backup_type), "last_success", record),
@@ -268,6 +287,7 @@ def record_failure(
     host: str | None = None,
 ) -> None:
     """Record a failed backup attempt (best-effort, never raises)."""
+    take_context_requests()  # the failed attempt's requests are not the next success's
     message = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
     record = FailureRecord(time or now_utc(), message[:MAX_ERROR_LENGTH])
     _update(

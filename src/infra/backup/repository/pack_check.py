@@ -78,9 +78,10 @@ def check_packs(
             (info.key.rsplit("/", 1)[-1], info.size) for info in repo.store.list_info(PACK_PREFIX)
         )
     report.packs = len(listed)
-    report.unindexed_packs = len(set(listed) - set(packs))
-    for index_id, why in index.damaged.items():
+    report.unindexed_packs = len(index.uncovered())
+    for index_id, why in index.damaged_files.items():
         report.damaged_packs[pack_index_key(index_id)] = why
+    report.damaged_packs.update(index.damaged_headers)  # packs no index file lists
     verified: set[str] = set()
     for pack_id, entry in packs.items():
         if pack_id not in listed:

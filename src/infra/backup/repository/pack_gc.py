@@ -5,16 +5,18 @@ Packs are never moved; a collection record names them instead:
 1. **Collect** (phase 1). Packs older than the grace period that hold no chunk a backup
    uses are collected whole. Packs whose live share of bytes is below
    :data:`REPACK_BELOW`, and small packs (below :data:`SMALL_PACK`, when there are several),
-   are repacked: their live chunks are copied into new packs (with an index file) first,
-   then the old packs are collected. The record (``packs``, and ``dead``: the chunks that go
-   with them, found in no other pack) is written before anything is deleted; a backup that
-   starts later never takes a ``dead`` chunk as stored.
+   are repacked: their live chunks are copied into new packs first, then the old packs are
+   collected. A pack whose contents are unknown (no index file lists it and its header is
+   damaged) is never collected: ``check`` reports it. The record (``packs``, and ``dead``:
+   the chunks that go with them, found in no other pack) is written before anything is
+   deleted; a backup that starts later never takes a ``dead`` chunk as stored.
 2. **Delete** (phase 2, under the same conditions as fossils: grace period over, no backup
    lease from before the record). The references are read again: a collected pack holding a
-   chunk some backup now uses, with no copy in a pack that stays, is kept. Then one new index
-   file listing every remaining pack replaces the index files read, and only then are the
-   packs deleted: a crash in between leaves packs no index lists, which the next prune
-   deletes (after the grace period), never an index entry without its pack.
+   chunk some backup now uses, with no copy in a pack that stays, is kept. The others are
+   deleted, then one new index file listing every remaining pack replaces the index files
+   read; the records go last (their ``dead`` lists protect writers until the index no longer
+   lists the deleted packs). Each prune also writes an index file for the packs only their
+   headers describe (writers write packs only).
 
 A backup that outlived its lease re-checks every chunk it uses (:func:`revalidate_packed`):
 a chunk found only in a collected pack that still exists is copied into a new pack of the
@@ -144,14 +146,12 @@ def collect_packs(
             small.append(pack_id)
     if len(small) >= MERGE_SMALL_FROM:
         repack.extend(small)
-    unindexed = [
-        pid
-        for pid, info in listed.items()
-        if pid not in indexed and pid not in pending and info.mtime <= cutoff
-    ]
+    # A live chunk that a pack staying as it is also holds needs no copy out of a pack that
+    # goes: re-home it there (else the copy would be a new duplicate for the next prune).
+    home = _homes(packs, live, avoid=set(whole) | set(repack))
     stamp = f"{now:%Y%m%dT%H%M%S%fZ}"
     records = _Records(repo, stamp, report, after_record)
-    first = whole + unindexed
+    first = whole
     if first:
         gone = set(first) | pending
         dead = _dead(whole, packs, index, listed, gone, copied=set())
@@ -258,17 +258,22 @@ class _Records:
                 self.after_record(key)
 
 
-def _homes(packs: dict[str, PackEntry], live: set[str]) -> dict[str, str]:
-    """For each live chunk, the one pack that keeps it: of its packs, the one holding the
-    most live chunks (ties: the smaller pack id), so duplicates empty the other packs."""
+def _homes(
+    packs: dict[str, PackEntry], live: set[str], avoid: set[str] | None = None
+) -> dict[str, str]:
+    """For each live chunk, the one pack that keeps it: of its packs, preferring those not in
+    ``avoid``, the one holding the most live chunks (ties: the smaller pack id), so
+    duplicates empty the other packs."""
+    avoid = avoid or set()
     weight = {pid: sum(1 for b in entry.blobs if b.id in live) for pid, entry in packs.items()}
     home: dict[str, str] = {}
     for pid, entry in sorted(packs.items()):
+        rank = (pid not in avoid, weight[pid])
         for blob in entry.blobs:
             if blob.id not in live:
                 continue
             current = home.get(blob.id)
-            if current is None or weight[pid] > weight[current]:
+            if current is None or rank > (current not in avoid, weight[current]):
                 home[blob.id] = pid
     return home
 
@@ -279,7 +284,7 @@ def _repack(
     home: dict[str, str],
     renew: Callable[[], None],
 ) -> tuple[set[str], set[str]]:
-    """Copy the live chunks of ``entries`` into new packs (and an index file); returns the
+    """Copy the live chunks of ``entries`` into new packs; returns the
     chunks copied and the packs written. Each blob is verified before it is copied, so damage
     never spreads; a damaged one stays where it is (``check`` reports it), and so its pack."""
     sink = BlobWriter(repo)
@@ -367,12 +372,16 @@ def delete_packs(
 
 
 def consolidate_index(repo: PackedRepository, *, drop: set[str], force: bool = False) -> None:
-    """Replace the index files with one listing every pack they list but ``drop`` (when
-    there is something to drop, or too many files): written before the old ones go."""
+    """Replace the index files with one listing every known pack but ``drop`` (when there is
+    something to drop, packs only their headers describe, or too many files): written before
+    the old ones go."""
     index = repo.pack_index
     index.refresh()
     files = index.files()
-    if not force and len(files) <= MAX_INDEX_FILES:
+    # Index files that cannot be read: the packs they listed are read from their headers,
+    # and the new file lists them again, so these can go.
+    unreadable = list(index.damaged_files)
+    if not force and len(files) <= MAX_INDEX_FILES and not index.uncovered() and not unreadable:
         return
     remaining = [entry for pid, entry in sorted(index.packs().items()) if pid not in drop]
     written = ""
@@ -380,7 +389,7 @@ def consolidate_index(repo: PackedRepository, *, drop: set[str], force: bool = F
         written, stored = encode_index(remaining, repo.keys)
         if written not in files:
             repo.store.put(pack_index_key(written), stored)
-    for index_id in files:
+    for index_id in [*files, *unreadable]:
         if index_id != written:
             repo.store.delete(pack_index_key(index_id))
     index.refresh()

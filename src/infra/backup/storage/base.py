@@ -10,6 +10,9 @@ the store's life: an operation after ``close()`` works and acquires again what i
 store handed to several users is not broken by one of them closing it), and ``close()`` may be
 called any number of times. ``storage.testing.contract.StoreContract`` checks every backend
 against this contract.
+
+Every store counts the requests it makes, per operation under S3's names
+(:mod:`.requests`): ``store.requests()``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import NamedTuple, TypeVar
+
+from src.infra.backup.storage.requests import RequestCounter, counter_of
 
 
 class ObjectInfo(NamedTuple):
@@ -165,6 +170,19 @@ class Store(ABC):
     @abstractmethod
     def location(self) -> str:
         """A human-readable location (a path or URL) for messages."""
+
+    @property
+    def request_counter(self) -> RequestCounter:
+        """The counter of the requests this store makes (see :mod:`.requests`). A backend
+        counts each request it makes into it; a wrapper that delegates to an inner store
+        returns the inner store's. This default is the store's own counter, created on first
+        use: it stays at zero for a store that counts nothing."""
+        return counter_of(self, lambda: self.location)
+
+    def requests(self) -> dict[str, int]:
+        """The requests this store made so far, by operation (``{"PUT": 5, "GET": 1, ...}``;
+        operations never made are absent)."""
+        return self.request_counter.snapshot()
 
     def close(self) -> None:  # noqa: B027 - optional: most stores hold nothing to release
         """Release what the store holds (threads, connections); a no-op by default.

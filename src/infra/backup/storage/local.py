@@ -4,6 +4,10 @@ A write goes to a temporary file in the target directory (``.tmp-*``, never list
 fsync'ed, renamed (or hard-linked, for exclusive writes) into place, and the directory is
 fsync'ed, so a crash leaves either the old state or the complete new object. Files are created
 0600 and directories 0700.
+
+Requests are counted as the S3 requests they stand for (:mod:`.requests`): a read is a GET, a
+write a PUT (each object of ``put_many`` one), ``exists``/``stat`` a HEAD, a listing one LIST
+per 1,000 keys found, a move (one rename) a COPY and a DELETE, a delete a DELETE.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from pathlib import Path
 from src.infra.backup.errors import DiskFullError, ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
+from src.infra.backup.storage.requests import (
+    COPY,
+    DELETE,
+    GET,
+    HEAD,
+    LIST,
+    PUT,
+    RequestCounter,
+    list_pages,
+)
 
 TEMP_PREFIX = ".tmp-"
 _DIR_MODE = 0o700
@@ -88,6 +102,8 @@ class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self._root_text = str(self.root).rstrip("/") or ""
+        self._request_counter = RequestCounter(str(self.root))
+        self._count = self._request_counter.add
 
     @property
     def location(self) -> str:
@@ -120,6 +136,7 @@ class LocalStore(Store):
     def get(self, key: str) -> bytes:
         validate_key(key)
         path = f"{self._root_text}/{key.strip('/')}"  # str, not Path: ~900 reads per restore
+        self._count(GET)
         try:
             return _read_file(path)
         except FileNotFoundError:
@@ -134,6 +151,7 @@ class LocalStore(Store):
             raise ValueError(f"invalid range {start}+{length} of {key}")
         validate_key(key)
         path = f"{self._root_text}/{key.strip('/')}"
+        self._count(GET)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, IsADirectoryError):
@@ -157,6 +175,7 @@ class LocalStore(Store):
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         path = self._path(key)
+        self._count(PUT)
         try:
             self._ensure_dir(path.parent)
             temp = write_temp_file(path.parent, data, sync=durable)
@@ -181,6 +200,7 @@ class LocalStore(Store):
         try:
             for key, data in items:
                 path = self._path(key)
+                self._count(PUT)
                 self._ensure_dir(path.parent)
                 temp = write_temp_file(path.parent, data)
                 try:
@@ -197,10 +217,13 @@ class LocalStore(Store):
             raise storage_error("write", path, exc) from exc
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        self._count(HEAD)
+        return path.is_file()
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
+        self._count(HEAD)
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -211,21 +234,27 @@ class LocalStore(Store):
 
     def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
         base, start = self._listing_root(prefix)
-        return iter(self._infos(self._scan(base, start, temporary=False)))
+        return iter(self._infos(self._listed(self._scan(base, start, temporary=False))))
 
     def list(self, prefix: str) -> Iterator[str]:
         base, start = self._listing_root(prefix)  # names only: no stat per file
-        return (key for key, _ in self._scan(base, start, temporary=False))
+        return (key for key, _ in self._listed(self._scan(base, start, temporary=False)))
 
     def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
         # The inode number comes with the directory entry (d_ino): no stat per file.
         base, start = self._listing_root(prefix)
-        return iter(
-            [(key, _token(entry)) for key, entry in self._scan(base, start, temporary=False)]
-        )
+        found = self._listed(self._scan(base, start, temporary=False))
+        return iter([(key, _token(entry)) for key, entry in found])
 
     def list_temporary(self) -> Iterator[ObjectInfo]:
-        return iter(self._infos(self._scan(self.root, "", temporary=True)))
+        return iter(self._infos(self._listed(self._scan(self.root, "", temporary=True))))
+
+    def _listed(
+        self, found: builtins.list[tuple[str, os.DirEntry[str]]]
+    ) -> builtins.list[tuple[str, os.DirEntry[str]]]:
+        """Count a listing's LIST pages (as S3 would page it) and pass it on."""
+        self._count(LIST, list_pages(len(found)))
+        return found
 
     @staticmethod
     def _infos(
@@ -249,6 +278,7 @@ class LocalStore(Store):
         *folders, name = key.split("/")
         if not name.startswith(TEMP_PREFIX) or "/" in name:
             raise StorageError(f"{key!r} is not a temporary object")
+        self._count(DELETE)
         _unlink(self._path("/".join(folders)) / name if folders else self.root / name)
 
     def _scan(
@@ -280,6 +310,8 @@ class LocalStore(Store):
 
     def move(self, source: str, destination: str) -> None:
         src, dst = self._path(source), self._path(destination)
+        self._count(COPY)
+        self._count(DELETE)
         try:
             self._ensure_dir(dst.parent)
             os.replace(src, dst)
@@ -295,6 +327,7 @@ class LocalStore(Store):
 
     def delete(self, key: str, *, durable: bool = True) -> None:
         path = self._path(key)
+        self._count(DELETE)
         if not _unlink(path) or not durable:
             return
         try:

@@ -5,7 +5,8 @@ Every operation takes one lock, so the store is safe to share between threads an
 operation is atomic: an exclusive put has exactly one winner, a move is never seen half done.
 Objects are kept as immutable ``bytes``; a write replaces the whole object. Writes are atomic,
 so there are never temporary objects. Nothing survives the process (``durable`` is accepted
-and means nothing).
+and means nothing). Requests are counted as a :class:`LocalStore` counts them (the S3 requests
+they stand for, see :mod:`.requests`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from collections.abc import Callable, Iterable, Iterator
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
+from src.infra.backup.storage.requests import (
+    COPY,
+    DELETE,
+    GET,
+    HEAD,
+    LIST,
+    PUT,
+    RequestCounter,
+    list_pages,
+)
 
 # Distinct names for the stores of one process (messages, ``location``).
 _NAMES = itertools.count(1)
@@ -34,6 +45,8 @@ class MemoryStore(Store):
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self._versions = itertools.count(1)  # a new version per write, never reused
+        self._request_counter = RequestCounter(self.location)
+        self._count = self._request_counter.add
 
     @property
     def location(self) -> str:
@@ -62,6 +75,7 @@ class MemoryStore(Store):
 
     def get(self, key: str) -> bytes:
         name = self._key(key)
+        self._count(GET)
         with self._lock:
             entry = self._objects.get(name)
         if entry is None:
@@ -70,6 +84,7 @@ class MemoryStore(Store):
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         name = self._key(key)
+        self._count(PUT)
         with self._lock:
             if exclusive and name in self._objects:
                 raise ObjectExistsError(f"{self.location}/{name} already exists")
@@ -78,17 +93,21 @@ class MemoryStore(Store):
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         # Keys are checked before anything is written: a bad key stores nothing.
         batch = [(self._key(key), data) for key, data in items]
+        if batch:
+            self._count(PUT, len(batch))
         with self._lock:
             for name, data in batch:
                 self._objects[name] = self._entry(name, data)
 
     def exists(self, key: str) -> bool:
         name = self._key(key)
+        self._count(HEAD)
         with self._lock:
             return name in self._objects
 
     def stat(self, key: str) -> ObjectInfo:
         name = self._key(key)
+        self._count(HEAD)
         with self._lock:
             entry = self._objects.get(name)
         if entry is None:
@@ -102,10 +121,13 @@ class MemoryStore(Store):
         below = f"{folder}/" if folder else ""
         with self._lock:  # a snapshot: later writes do not disturb the caller's iteration
             found = [info for name, (_, info) in self._objects.items() if name.startswith(below)]
+        self._count(LIST, list_pages(len(found)))
         return iter(found)
 
     def move(self, source: str, destination: str) -> None:
         src, dst = self._key(source), self._key(destination)
+        self._count(COPY)
+        self._count(DELETE)
         with self._lock:
             entry = self._objects.pop(src, None)
             if entry is None:
@@ -115,6 +137,7 @@ class MemoryStore(Store):
 
     def delete(self, key: str, *, durable: bool = True) -> None:
         name = self._key(key)
+        self._count(DELETE)
         with self._lock:
             self._objects.pop(name, None)
 

@@ -21,6 +21,10 @@ Semantics against the :class:`Store` contract:
 - Errors never contain credentials: messages name the operation, the ``s3://`` location and
   the server's status text.
 - ``close()`` stops the upload/download threads; a later call starts them again.
+- Every request is counted (:mod:`.requests`): in :meth:`S3Store._call` by the client function
+  it calls, where a call bypasses it (conditional PUTs, deletes, listings) there, and a
+  multipart upload as its parts plus create and complete. Uploads on the worker threads count
+  as the caller's (its context).
 
 ``obstore`` is imported when an :class:`S3Store` is built or used, not with this module: the
 module's names (:class:`S3Options`, :func:`parse_s3_url`) are needed by every configuration,
@@ -41,6 +45,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from src.infra.backup.errors import ObjectExistsError, StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.keys import validate_key
+from src.infra.backup.storage.requests import (
+    COPY,
+    DELETE,
+    GET,
+    HEAD,
+    LIST,
+    PUT,
+    RequestCounter,
+    in_caller_context,
+    list_pages,
+)
 from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
 if TYPE_CHECKING:
@@ -55,6 +70,16 @@ MULTIPART_PART_SIZE = 8 * 1024 * 1024
 # Where the conditional-write probe object goes unless the caller names a place (the
 # repository passes a key in its lock namespace; the store knows no repository names).
 DEFAULT_PROBE_PREFIX = "probe-"
+# The request each client function makes when ``_call`` runs it (other callables, such as
+# reading the body of a GET already counted, make none).
+_REQUEST_OF = {
+    "get": GET,
+    "get_range": GET,
+    "head": HEAD,
+    "put": PUT,
+    "copy": COPY,
+    "delete": DELETE,
+}
 
 
 class S3Store(Store):
@@ -79,6 +104,7 @@ class S3Store(Store):
         self._probe_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # two first put_many calls: one pool, not two
+        self._request_counter = RequestCounter(self.location)
 
     @property
     def location(self) -> str:
@@ -97,6 +123,7 @@ class S3Store(Store):
                 key = f"{self.probe_prefix}{os.urandom(8).hex()}"
                 self._call("write", key, obstore.put, self._client, key, b"probe", mode="create")
                 try:
+                    self._request_counter.add(PUT)
                     obstore.put(self._client, key, b"probe", mode="create")
                     self._conditional = False
                 except (AlreadyExistsError, PreconditionError):
@@ -158,6 +185,7 @@ class S3Store(Store):
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
+        self._request_counter.add(PUT)
         try:
             obstore.put(self._client, key, data, mode="create")
         except (AlreadyExistsError, PreconditionError):
@@ -188,6 +216,8 @@ class S3Store(Store):
         import obstore
 
         big = len(data) > MULTIPART_THRESHOLD
+        if big:  # create + parts + complete; _call counts one
+            self._request_counter.add(PUT, -(-len(data) // MULTIPART_PART_SIZE) + 1)
         self._call(
             "write",
             key,
@@ -208,9 +238,13 @@ class S3Store(Store):
             for key, data in batch:
                 self._upload(key, data)
             return
-        # Parallel PUTs: the client releases the GIL while a request is in flight.
+        # Parallel PUTs: the client releases the GIL while a request is in flight. Each runs
+        # in the caller's context, so its requests count as the caller's.
         try:
-            futures = [self._executor().submit(self._upload, key, data) for key, data in batch]
+            futures = [
+                self._executor().submit(in_caller_context(self._upload), key, data)
+                for key, data in batch
+            ]
         except RuntimeError:  # interpreter shutdown (an exit-time flush): one at a time
             for key, data in batch:
                 self._upload(key, data)
@@ -298,6 +332,8 @@ class S3Store(Store):
                 found.extend(_info(meta["path"], meta) for meta in batch)
         except Exception as exc:  # noqa: BLE001
             raise self._error("list", prefix or "/", exc) from None
+        finally:  # one request per page (S3 pages hold 1,000 keys)
+            self._request_counter.add(LIST, list_pages(len(found)))
         return iter(found)
 
     def move(self, source: str, destination: str) -> None:
@@ -313,6 +349,7 @@ class S3Store(Store):
         from obstore.exceptions import NotFoundError
 
         validate_key(key)
+        self._request_counter.add(DELETE)
         try:
             obstore.delete(self._client, key)
         except (FileNotFoundError, NotFoundError):
@@ -342,6 +379,9 @@ class S3Store(Store):
     def _call(self, action: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         from obstore.exceptions import NotFoundError
 
+        op = _REQUEST_OF.get(getattr(fn, "__name__", ""))
+        if op is not None:
+            self._request_counter.add(op)
         try:
             return fn(*args, **kwargs)
         except (FileNotFoundError, NotFoundError):

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from src.infra.backup.storage.base import ObjectInfo, Store
+from src.infra.backup.storage.requests import RequestCounter
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class EventualStore(Store):
     @property
     def location(self) -> str:
         return self.inner.location
+
+    @property
+    def request_counter(self) -> RequestCounter:
+        """The inner store's: a wrapper makes no requests of its own."""
+        return self.inner.request_counter
 
     # -- the lag -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from typing import Literal, TypeVar
 from src.infra.backup.errors import StorageError
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.local import LocalStore, storage_error, write_temp_file
+from src.infra.backup.storage.requests import RequestCounter
 
 FaultKind = Literal["ENOSPC", "EIO", "timeout", "short_write"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("ENOSPC", "EIO", "timeout", "short_write")
@@ -170,6 +171,11 @@ class FaultyStore(Store):
     @property
     def location(self) -> str:
         return self.inner.location
+
+    @property
+    def request_counter(self) -> RequestCounter:
+        """The inner store's: a wrapper makes no requests of its own."""
+        return self.inner.request_counter
 
     # -- writes ----------------------------------------------------------------------------
 
