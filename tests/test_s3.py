@@ -18,6 +18,7 @@ import pytest
 
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import BackupError, ObjectExistsError, StorageError
+from src.infra.backup.repository.locks import BACKUP_LEASE_KIND, list_leases, utcnow
 from src.infra.backup.storage.s3 import S3Store
 from tests.conftest import S3Bucket, create_bucket, start_server
 from tests.helpers import PROJECT_ROOT, run_cli_inline
@@ -336,3 +337,23 @@ def test_server_killed_mid_upload(
         assert RecoveryManager(fresh).verify_backup(after)
     finally:
         server.kill()
+
+
+def test_a_backup_on_s3_leaves_its_lease_to_expire_and_deletes_nothing(
+    s3_bucket: S3Bucket,
+) -> None:
+    """One DELETE less per backup (and nothing to fail for credentials that cannot delete):
+    the finished lease is left to expire, its key reused by the next backup; this process no
+    longer counts it as live, so its own prune is not held back by it."""
+    manager = BackupManager(s3_bucket.config())
+    first = manager.create_backup({"n": 1})
+    store = manager.repository.store
+    before = store.requests()
+    manager.create_backup({"n": 2})
+    after = store.requests()
+    assert after.get("DELETE", 0) == before.get("DELETE", 0)
+    (lease,) = list_leases(store, BACKUP_LEASE_KIND)  # one key, used again
+    assert lease.record.pid == os.getpid() and not lease.is_live(utcnow())
+    manager.delete_backup(first)
+    report = manager.prune(grace=ZERO)
+    assert not report.postponed, report.postponed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -37,6 +38,13 @@ BREAK_TOKEN_TTL = 30.0
 # Exclusive locks this process holds (key -> holder), so a lock our own PID left behind
 # (its release failed) is recognised as stale, while one another thread holds is not.
 _held_here: dict[str, ExclusiveLock] = {}
+# Leases of this process whose work is running. On a network store a finished lease is not
+# deleted but left to expire (one request less per backup, and a host whose credentials
+# cannot delete has nothing to fail): a record of this very process counts as live only while
+# its key is here, and its key is used again by the next lease of the same kind.
+_running_here: set[str] = set()
+_idle_keys: dict[str, list[str]] = {}
+_keys_lock = threading.Lock()
 
 
 class LeaseRecord(msgspec.Struct, frozen=True):
@@ -57,10 +65,15 @@ class LeaseInfo:
     record: LeaseRecord
 
     def is_live(self, now: datetime) -> bool:
-        """Unexpired, and (on this host) held by a running process."""
+        """Unexpired, and (on this host) held by a running process (of this process: one
+        whose work is still running)."""
         if self.record.expires <= now:
             return False
-        return not (self.record.host == HOSTNAME and not pid_alive(self.record.pid))
+        if self.record.host != HOSTNAME:
+            return True
+        if self.record.pid == os.getpid():
+            return self.key in _running_here
+        return pid_alive(self.record.pid)
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,7 +114,9 @@ class Lease:
         self.store = store
         self.kind = kind
         self.ttl = ttl
-        self.key = lease_key(kind, os.urandom(8).hex())
+        with _keys_lock:
+            idle = _idle_keys.get(f"{store.location}\0{kind}")
+            self.key = idle.pop() if idle else lease_key(kind, os.urandom(8).hex())
         self.started = utcnow()
         self.expires = self.started
         self._renewed_at = 0.0
@@ -117,7 +132,12 @@ class Lease:
     def acquire(self) -> Lease:
         """Announce the work."""
         self.started = utcnow()
-        self._write()
+        _running_here.add(self.key)
+        try:
+            self._write()
+        except BaseException:
+            _running_here.discard(self.key)
+            raise
         return self
 
     def renew_if_due(self) -> None:
@@ -130,7 +150,14 @@ class Lease:
         return utcnow() < self.expires
 
     def release(self) -> None:
-        """Withdraw the lease (best effort: an unreleased lease just expires)."""
+        """Withdraw the lease: deleted on a local store; on a network store left to expire
+        (this process no longer counts it as live, and reuses its key; see
+        ``_running_here``). Best effort: an unreleased lease just expires."""
+        _running_here.discard(self.key)
+        if not self.store.cheap_exists:
+            with _keys_lock:
+                _idle_keys.setdefault(f"{self.store.location}\0{self.kind}", []).append(self.key)
+            return
         try:
             self.store.delete(self.key, durable=False)
         except BackupError as exc:  # never mask the outcome of the work itself
@@ -140,9 +167,14 @@ class Lease:
 class ExclusiveLock(Lease):
     """A lease that only one holder can have at a time (``locks/<name>.lock``)."""
 
-    def __init__(self, store: Store, name: str, ttl: timedelta) -> None:
-        super().__init__(store, name, ttl)
+    def __init__(self, store: Store, name: str, ttl: timedelta) -> None:  # no idle key reuse
+        self.store = store
+        self.kind = name
+        self.ttl = ttl
         self.key = lock_key(name)
+        self.started = utcnow()
+        self.expires = self.started
+        self._renewed_at = 0.0
 
     def acquire(self, wait: float = 0.0) -> ExclusiveLock:  # type: ignore[override]
         """Take the lock, waiting up to ``wait`` seconds; :class:`RepositoryBusyError` if
@@ -220,8 +252,11 @@ class ExclusiveLock(Lease):
             and current.record.pid == os.getpid()
             and current.record.started == self.started
         )
-        if mine:
-            super().release()
+        if mine:  # always deleted: a lock left to expire would block every other prune
+            try:
+                self.store.delete(self.key, durable=False)
+            except BackupError as exc:
+                log.warning("could not release lock %s: %s", self.key, exc)
 
     def _holder(self) -> LeaseInfo | None:
         try:
