@@ -514,14 +514,14 @@ class RepositoryWriter(RepositoryReader):
             raw = encode_checked(manifest)
             stored = seal_manifest(raw, self.keys, backup_id) if self.keys else raw
             try:
-                self.store.put(snapshot_key(backup_id), stored, exclusive=True)
+                version = self.store.put_versioned(snapshot_key(backup_id), stored, exclusive=True)
             except ObjectExistsError:
                 if fixed:
                     raise ObjectExistsError(f"backup {backup_id} already exists") from None
                 continue
             if not fixed:  # the next backup within this second starts after this id
                 self._next_free = (base_id, next_id(backup_id))
-            return self._remember_committed(msgspec.json.decode(raw, type=Manifest))
+            return self._remember_committed(msgspec.json.decode(raw, type=Manifest), version)
         raise AssertionError("unreachable: the candidate ids never end")
 
     def _candidate_ids(self, base_id: str, fixed: tuple[str, datetime] | None) -> Iterator[str]:
@@ -538,13 +538,11 @@ class RepositoryWriter(RepositoryReader):
             yield candidate
             candidate = next_id(candidate)
 
-    def _remember_committed(self, manifest: Manifest) -> Manifest:
-        """Cache a just-committed manifest (the parent of this process's next backup)."""
-        try:
-            version = self.store.stat(snapshot_key(manifest.backup_id)).version
-        except (KeyError, StorageError):
-            # Deleted at once by another process, or the store failed right after the
-            # commit: the backup is committed either way; it just is not cached.
+    def _remember_committed(self, manifest: Manifest, version: str) -> Manifest:
+        """Cache a just-committed manifest stored as ``version`` (the parent of this
+        process's next backup); with no version known, it is not cached (it is committed
+        either way)."""
+        if not version:
             return manifest
         with self._lock:
             self._manifests[manifest.backup_id] = (version, manifest)

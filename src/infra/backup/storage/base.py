@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import NamedTuple, TypeVar
 
+from src.infra.backup.errors import StorageError
 from src.infra.backup.storage.requests import RequestCounter, counter_of
 
 
@@ -65,6 +66,16 @@ class Store(ABC):
         atomically. ``durable=False`` skips the flushes that make a write survive a power loss
         (for leases, which mean nothing after a crash anyway).
         """
+
+    def put_versioned(self, key: str, data: bytes, *, exclusive: bool = False) -> str:
+        """:meth:`put` (durably) and return the new object's version, as :meth:`stat` would
+        give it, or "" if it cannot be told (the write stands either way); a network store
+        takes it from the write's answer (no second request)."""
+        self.put(key, data, exclusive=exclusive)
+        try:
+            return self.stat(key).version
+        except (KeyError, StorageError):  # deleted at once by another process, or a failure
+            return ""
 
     @abstractmethod
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:

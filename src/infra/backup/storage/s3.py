@@ -181,21 +181,39 @@ class S3Store(Store):
         else:
             self._put_exclusive_fallback(key, data)
 
-    def _put_exclusive(self, key: str, data: bytes) -> None:
+    def put_versioned(self, key: str, data: bytes, *, exclusive: bool = False) -> str:
+        validate_key(key)
+        if exclusive and self.conditional_writes():
+            version = self._put_exclusive(key, data)
+        elif exclusive:
+            self._put_exclusive_fallback(key, data)
+            version = ""
+        else:
+            version = self._upload(key, data)
+        if version:
+            return version
+        try:  # a retried write whose answer was lost, or no conditional writes
+            return self.stat(key).version
+        except (KeyError, StorageError):
+            return ""
+
+    def _put_exclusive(self, key: str, data: bytes) -> str:
+        """The conditional PUT; returns the new object's version ("" if unknown)."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         self._request_counter.add(PUT)
         try:
-            obstore.put(self._client, key, data, mode="create")
+            result = obstore.put(self._client, key, data, mode="create")
         except (AlreadyExistsError, PreconditionError):
             # Either the key is taken, or our own PUT succeeded, its answer was lost and the
             # client's retry hit our object: read it back to tell which.
             if self._holds(key, data):
-                return
+                return ""
             raise ObjectExistsError(f"{self._name(key)} already exists") from None
         except Exception as exc:  # noqa: BLE001 - mapped to StorageError with the cause named
             raise self._error("write", key, exc) from None
+        return _version_of(result)
 
     def _put_exclusive_fallback(self, key: str, data: bytes) -> None:
         """No conditional PUT on this server: check, write, read back. Two writers of one key
@@ -212,13 +230,14 @@ class S3Store(Store):
         except KeyError:
             return False
 
-    def _upload(self, key: str, data: bytes) -> None:
+    def _upload(self, key: str, data: bytes) -> str:
+        """A plain PUT (multipart when big); returns the new object's version."""
         import obstore
 
         big = len(data) > MULTIPART_THRESHOLD
         if big:  # create + parts + complete; _call counts one
             self._request_counter.add(PUT, -(-len(data) // MULTIPART_PART_SIZE) + 1)
-        self._call(
+        result = self._call(
             "write",
             key,
             obstore.put,
@@ -229,6 +248,7 @@ class S3Store(Store):
             chunk_size=MULTIPART_PART_SIZE,
             max_concurrency=self.options.concurrency,
         )
+        return _version_of(result)
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         batch = list(items)
@@ -415,6 +435,14 @@ def _short(message: str) -> str:
     """The gist of a client error: its first line, without request dumps."""
     line = message.strip().splitlines()[0] if message.strip() else "unknown error"
     return line[:300]
+
+
+def _version_of(put_result: Any) -> str:
+    """The version (ETag) a PUT answered with, as :func:`_info` gives it ("" if none)."""
+    try:
+        return str(put_result.get("e_tag") or "")
+    except AttributeError:
+        return ""
 
 
 def _info(key: str, meta: Any) -> ObjectInfo:

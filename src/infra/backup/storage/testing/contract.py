@@ -104,6 +104,16 @@ class StoreContract(ABC):
             assert store.stat(key).size == len(data) == store.size(key)
             assert store.stat(key).key == key
 
+    def test_put_versioned_answers_the_version_stat_gives(self, store: Store) -> None:
+        version = store.put_versioned("snapshots/v.json", b"one", exclusive=True)
+        self.settle(store)
+        assert version == store.stat("snapshots/v.json").version != ""
+        with pytest.raises(ObjectExistsError):
+            store.put_versioned("snapshots/v.json", b"two", exclusive=True)
+        replaced = store.put_versioned("snapshots/v.json", b"three")
+        self.settle(store)
+        assert replaced == store.stat("snapshots/v.json").version != version
+
     def test_ranged_reads(self, store: Store) -> None:
         data = bytes(range(256)) * 4000  # about 1 MB
         store.put("packs/ab/range", data)
