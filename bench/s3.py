@@ -92,6 +92,10 @@ class BytesCountingStore(Store):
         self.bytes_up += len(data)
         self.inner.put(key, data, exclusive=exclusive, durable=durable)
 
+    def put_versioned(self, key: str, data: bytes, *, exclusive: bool = False) -> str:
+        self.bytes_up += len(data)
+        return self.inner.put_versioned(key, data, exclusive=exclusive)
+
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         batch = list(items)
         self.bytes_up += sum(len(data) for _, data in batch)
