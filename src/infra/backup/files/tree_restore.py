@@ -72,6 +72,7 @@ from src.infra.backup.repository.reader import decode_data_payload
 from src.infra.backup.storage.local import storage_error
 
 if TYPE_CHECKING:
+    from src.infra.backup.repository.blob_stream import BlobStream
     from src.infra.backup.repository.repository import Repository
 
 # Files written at once. Where a worker rarely waits (a local repository, files made durable
@@ -110,6 +111,11 @@ class _TreeWriter:
         self.repository = repository
         self.root = root
         self.local = repository.store.cheap_exists
+        # From a network store, a packed repository's file chunks come through one
+        # read-ahead for the whole tree (coalesced ranged reads: repository/pack_reader.py).
+        self.streamed = not self.local and repository.packed
+        self.stream: BlobStream | None = None
+        self.slots: dict[int, int] = {}  # entry index -> its place in the stream
         self.cancel = threading.Event()
         self._depth = len(root.parts)
         self.dirs = DirHandles(root, OPEN_DIRS)
@@ -130,7 +136,12 @@ class _TreeWriter:
         taking the next entry when done with one; their results in entry order."""
         results: list[_Written | None] = [None] * len(entries)
         failures: list[tuple[int, BaseException]] = []
-        order = _interleaved(entries, workers)
+        planned = list(_interleaved(entries, workers))
+        if self.streamed:  # the files, in the order the workers will take them
+            files = [index for index in planned if entries[index].kind == "file"]
+            self.slots = {index: slot for slot, index in enumerate(files)}
+            self.stream = self.repository.stream_entries([entries[i] for i in files])
+        order = iter(planned)
         lock = threading.Lock()
 
         def work() -> None:
@@ -140,7 +151,7 @@ class _TreeWriter:
                 if index is None:
                     return
                 try:
-                    results[index] = self._restore_one(entries[index])
+                    results[index] = self._restore_one(index, entries[index])
                 except CancelledError:
                     return
                 except BaseException as exc:  # noqa: BLE001 - raised below, in entry order
@@ -155,6 +166,9 @@ class _TreeWriter:
             self.cancel.set()
             wait(threads)
             raise
+        finally:
+            if self.stream is not None:
+                self.stream.close()
         if failures:
             raise min(failures, key=lambda failure: failure[0])[1]
         self.durable.check()
@@ -163,20 +177,24 @@ class _TreeWriter:
             raise CancelledError
         return done
 
-    def _restore_one(self, entry: Entry) -> _Written:
+    def _restore_one(self, index: int, entry: Entry) -> _Written:
         try:
             self._check()
             if entry.kind == "data":
                 return self._restore_data(entry)
             if entry.origin == "sqlite":
                 remove_database_companions(self.root, restore_path(self.root, entry.name))
-            refs = self.repository.entry_refs(entry)
+            slot = self.slots.get(index)
+            if slot is not None and self.stream is not None:
+                refs = self.stream.refs(slot)
+            else:
+                refs = self.repository.entry_refs(entry)
             if sum(ref.size for ref in refs) != entry.size:
                 raise CorruptDataError(
                     f"entry {entry.name!r}: its chunks hold {sum(r.size for r in refs)} "
                     f"bytes, not {entry.size}"
                 )
-            chunks = self._chunks(entry, refs)
+            chunks = self._chunks(entry, refs, slot)
             owner = restore_owner(entry.uid, entry.gid)
             with closing(chunks):
                 return self._write(entry.name, chunks, entry.mode, entry.mtime_ns, owner)
@@ -197,13 +215,21 @@ class _TreeWriter:
         if self.cancel.is_set():
             raise CancelledError
 
-    def _chunks(self, entry: Entry, refs: Sequence[ChunkRef]) -> Generator[bytes, None, None]:
-        """The verified chunks of a file entry, one at a time, read by the writing thread
-        (a network store's reader fetches ahead within its own bounded window)."""
+    def _chunks(
+        self, entry: Entry, refs: Sequence[ChunkRef], slot: int | None
+    ) -> Generator[bytes, None, None]:
+        """The verified chunks of a file entry, one at a time, decoded by the writing thread
+        (from a network store fetched ahead: by the tree's stream, else by the reader within
+        its own bounded window)."""
         if self.local:
             for ref in refs:
                 self._check()
                 yield self.repository.read_chunk(ref)
+        elif slot is not None and self.stream is not None:
+            with closing(self.stream.chunks(slot)) as chunks:
+                for chunk in chunks:
+                    self._check()
+                    yield chunk
         else:
             for chunk in self.repository.iter_entry(entry):
                 self._check()
@@ -325,7 +351,8 @@ def _write_contents(
         return []
     writer = _TreeWriter(repository, root)
     if workers is None:
-        waits = writer.durable.sync_files or not writer.local
+        # Streamed reads wait on nothing per file: the stream fetched ahead.
+        waits = writer.durable.sync_files or not (writer.local or writer.streamed)
         workers = IO_WORKERS if waits else FILE_WORKERS
     try:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="peak-backup-restore") as pool:
