@@ -11,29 +11,12 @@ index file is written here: readers read the headers of packs no index file list
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import chunk_key, pack_key
 from src.infra.backup.format.packs import PACK_SIZE, PackEntry, build_pack
-from src.infra.backup.repository.pack_index import PackIndex
-from src.infra.backup.storage.base import Store
+from src.infra.backup.repository.pack_index import PackedRepository
 
-
-class BlobDestination(Protocol):
-    """What a :class:`BlobWriter` needs of a repository."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def keys(self) -> RepositoryKeys | None: ...
-
-    @property
-    def packed(self) -> bool: ...
-
-    @property
-    def pack_index(self) -> PackIndex: ...
+BlobDestination = PackedRepository
 
 
 @dataclass

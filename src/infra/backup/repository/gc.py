@@ -36,8 +36,6 @@ from typing import Protocol
 import msgspec
 
 from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityError, StorageError
-from src.infra.backup.format.blobs import BlobCodec
-from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     COLLECTION_PREFIX,
@@ -61,7 +59,7 @@ from src.infra.backup.repository.pack_gc import (
     consolidate_index,
     delete_packs,
 )
-from src.infra.backup.repository.pack_index import PackIndex
+from src.infra.backup.repository.pack_index import PackedRepository, PackIndex
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -73,29 +71,14 @@ PRUNE_LOCK_TTL = timedelta(minutes=30)
 CLOCK_SKEW = timedelta(minutes=5)
 
 
-class CollectableRepository(Protocol):
+class CollectableRepository(PackedRepository, Protocol):
     """What the pruner needs of a repository (the repository package's reader has it)."""
-
-    @property
-    def store(self) -> Store: ...
 
     def list_snapshots(self) -> list[Manifest]: ...
 
     def entry_refs(self, entry: Entry, *, fresh: bool = False) -> list[ChunkRef]: ...
 
     def damaged_snapshots(self) -> dict[str, str]: ...
-
-    @property
-    def keys(self) -> RepositoryKeys | None: ...
-
-    @property
-    def packed(self) -> bool: ...
-
-    @property
-    def pack_index(self) -> PackIndex: ...
-
-    @property
-    def codec(self) -> BlobCodec: ...
 
 
 # -- the writer's half of the protocol ----------------------------------------------------------

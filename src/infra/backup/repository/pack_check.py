@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from src.infra.backup.errors import CorruptDataError, IntegrityError
-from src.infra.backup.format.blobs import BlobCodec
-from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import PACK_PREFIX, pack_index_key, pack_key
 from src.infra.backup.format.manifest import ChunkRef
 from src.infra.backup.format.packs import (
@@ -21,27 +19,13 @@ from src.infra.backup.format.packs import (
     decode_pack_header,
     header_span,
 )
-from src.infra.backup.repository.pack_index import PackIndex
-from src.infra.backup.storage.base import Store
+from src.infra.backup.repository.pack_index import PackedRepository
 
 # chunk id -> (a reference to read it with, the backups using it)
 Users = dict[str, tuple[ChunkRef, list[str]]]
 
 
-class CheckedRepository(Protocol):
-    """What the pack check needs of a repository."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def keys(self) -> RepositoryKeys | None: ...
-
-    @property
-    def codec(self) -> BlobCodec: ...
-
-    @property
-    def pack_index(self) -> PackIndex: ...
+CheckedRepository = PackedRepository
 
 
 class PackFindings(Protocol):

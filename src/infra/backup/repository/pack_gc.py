@@ -38,8 +38,6 @@ from src.infra.backup.errors import (
     IntegrityError,
     StorageError,
 )
-from src.infra.backup.format.blobs import BlobCodec
-from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     PACK_PREFIX,
     chunk_key,
@@ -52,8 +50,8 @@ from src.infra.backup.format.manifest import Collection
 from src.infra.backup.format.packs import PACK_SIZE, PackEntry, encode_index
 from src.infra.backup.repository.blob_writer import BlobWriter
 from src.infra.backup.repository.locks import utcnow
-from src.infra.backup.repository.pack_index import PackIndex
-from src.infra.backup.storage.base import ObjectInfo, Store
+from src.infra.backup.repository.pack_index import PackedRepository, PackIndex
+from src.infra.backup.storage.base import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +67,6 @@ PACKS_PER_RECORD = 16
 DEAD_PREFIX = 16
 # Index files beyond this many are merged into one by a prune even when no pack goes.
 MAX_INDEX_FILES = 16
-
-
-class PackedRepository(Protocol):
-    """What pack garbage collection needs of a repository."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def keys(self) -> RepositoryKeys | None: ...
-
-    @property
-    def packed(self) -> bool: ...
-
-    @property
-    def pack_index(self) -> PackIndex: ...
-
-    @property
-    def codec(self) -> BlobCodec: ...
 
 
 class PackReport(Protocol):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from src.infra.backup.errors import CorruptDataError
+from src.infra.backup.format.blobs import BlobCodec
 from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import (
     PACK_INDEX_PREFIX,
@@ -45,6 +46,26 @@ def _range_or_none(store: Store, key: str, start: int, length: int) -> bytes | N
         return store.get_range(key, start, length)
     except KeyError:
         return None
+
+
+class PackedRepository(Protocol):
+    """What the pack machinery (writing, reading, checking, collecting and copying packs)
+    needs of a repository (``RepositoryReader`` has it)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def keys(self) -> RepositoryKeys | None: ...
+
+    @property
+    def codec(self) -> BlobCodec: ...
+
+    @property
+    def packed(self) -> bool: ...
+
+    @property
+    def pack_index(self) -> PackIndex: ...
 
 
 class Location(NamedTuple):

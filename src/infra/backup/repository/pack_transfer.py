@@ -36,11 +36,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
 from src.infra.backup.errors import CorruptDataError, IntegrityError
-from src.infra.backup.format.blobs import BlobCodec
-from src.infra.backup.format.crypto import RepositoryKeys
 from src.infra.backup.format.layout import PACK_PREFIX, pack_key
 from src.infra.backup.format.packs import (
     PACK_SIZE,
@@ -52,9 +50,8 @@ from src.infra.backup.format.packs import (
 )
 from src.infra.backup.repository.gc import Collected
 from src.infra.backup.repository.pack_gc import REPACK_BELOW
-from src.infra.backup.repository.pack_index import PackIndex
+from src.infra.backup.repository.pack_index import PackedRepository
 from src.infra.backup.repository.pack_reader import SPAN_LIMIT
-from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R")
@@ -72,23 +69,7 @@ GROUP_BYTES = PACK_SIZE
 GROUP_BACKUPS = 1000
 
 
-class PackRepository(Protocol):
-    """What copying packs needs of either repository."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def keys(self) -> RepositoryKeys | None: ...
-
-    @property
-    def codec(self) -> BlobCodec: ...
-
-    @property
-    def packed(self) -> bool: ...
-
-    @property
-    def pack_index(self) -> PackIndex: ...
+PackRepository = PackedRepository
 
 
 @dataclass
