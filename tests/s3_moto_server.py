@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tools.s3_server import REGION, S3ServerUnavailableError, free_ports
+from tools.s3_server import (
+    REGION,
+    S3ServerUnavailableError,
+    answers_http,
+    free_ports,
+    log_tail,
+    stop_process,
+)
 
 USER = "peak-test"
 # The test identity may do anything: S3 (every test) and IAM (a test adding narrower users).
@@ -136,33 +142,16 @@ class MotoS3:
 
     def _answers(self) -> bool:
         """Whether the port answers HTTP at all (an error status is an answer)."""
-        try:
-            with urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
+        return answers_http(self.endpoint_url + "/moto-api/")
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = (self.data_dir / "moto.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.data_dir / "moto.log", lines)
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM by PID, then SIGKILL after ``grace`` seconds (its objects are gone: moto
         keeps them in memory)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process, grace)
 
     def __enter__(self) -> MotoS3:
         return self.start()

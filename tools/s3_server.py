@@ -89,6 +89,38 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def answers_http(url: str) -> bool:
+    """Whether a server answers HTTP at ``url`` at all (an error status is an answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a server's log ("" if it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """SIGTERM the server by its PID, then SIGKILL after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
 class SeaweedS3:
     """One single-node SeaweedFS with an S3 gateway and one identity (``ACCESS_KEY``)."""
 
@@ -153,32 +185,15 @@ class SeaweedS3:
 
     def _answers(self) -> bool:
         """Whether the S3 port answers HTTP at all (403 without credentials is an answer)."""
-        try:
-            with urllib.request.urlopen(self.endpoint_url + "/", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
+        return answers_http(self.endpoint_url + "/")
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = (self.data_dir / "weed.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.data_dir / "weed.log", lines)
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM by PID, then SIGKILL after ``grace`` seconds."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process, grace)
 
     def kill(self) -> None:
         """SIGKILL by PID at once (a crash of the server)."""

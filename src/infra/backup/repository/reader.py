@@ -329,23 +329,16 @@ class RepositoryReader:
         """The stored blob of chunk ``cid``: from a pack (format 2), else loose (``chunks/``,
         or ``fossils/`` where a collection moved it); with the pack index read again once if
         neither has it (garbage collection may have repacked it meanwhile)."""
-        if not self.packed:
-            try:
-                return read_chunk_blob(self.store, cid)
-            except IntegrityError:
-                # Opened before a `migrate` packed it and prune collected the loose copy?
-                self.pack_index.refresh()
-                blob = self._read_packed(cid)
-                if blob is None:
-                    raise
+        if self.packed:
+            self.pack_index.ensure_loaded()
+            blob = self._read_packed(cid)
+            if blob is not None:
                 return blob
-        self.pack_index.ensure_loaded()
-        blob = self._read_packed(cid)
-        if blob is not None:
-            return blob
         try:
             return read_chunk_blob(self.store, cid)
         except IntegrityError:
+            # Repacked since the index was read, or (format 1) packed by a `migrate` since
+            # this process opened the repository and its loose copy collected.
             self.pack_index.refresh()
             blob = self._read_packed(cid)
             if blob is None:
