@@ -104,9 +104,7 @@ class PackIndex:
         """List index files and packs; read the new index files and the headers of packs no
         index file lists; forget what is gone."""
         listed = {key.rsplit("/", 1)[-1] for key in self.store.list(PACK_INDEX_PREFIX)}
-        packs = {
-            info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list_info(PACK_PREFIX)
-        }
+        packs = self._list_packs()
         with self._lock:
             known = set(self._files)
         fresh: dict[str, list[PackEntry]] = {}
@@ -127,21 +125,51 @@ class PackIndex:
             covered = {entry.pack for entries in files.values() for entry in entries}
             headers = {pid: e for pid, e in self._headers.items() if pid in packs}
         wanted = [pid for pid in packs if pid not in covered and pid not in headers]
-        headers.update(self._read_headers(wanted, packs, bad_headers))
+        headers.update(self._read_headers(wanted, self._sizes(wanted, packs), bad_headers))
         with self._lock:
+            # The map is rebuilt only when what it is made of changed: a local backup
+            # refreshes at its start, and most find nothing new.
+            changed = (
+                not self._loaded or files.keys() != self._files.keys()
+            ) or headers.keys() != self._headers.keys()
             self._files, self._headers = files, headers
             old = {k: v for k, v in self.damaged_files.items() if k in listed}
             self.damaged_files = {**old, **damaged}
             # A header is read again at every refresh until it reads (it may be replaced).
             self.damaged_headers = bad_headers
-            self._rebuild()
+            if changed:
+                self._rebuild()
             self._loaded = True
+
+    def _list_packs(self) -> dict[str, int | None]:
+        """Pack id -> size (``None``: not asked for). A local store lists names only (no stat
+        per pack); a network listing carries the sizes anyway."""
+        if self.store.cheap_exists:
+            return {key.rsplit("/", 1)[-1]: None for key in self.store.list(PACK_PREFIX)}
+        return {
+            info.key.rsplit("/", 1)[-1]: info.size for info in self.store.list_info(PACK_PREFIX)
+        }
+
+    def _sizes(self, pack_ids: list[str], listed: dict[str, int | None]) -> dict[str, int]:
+        """The sizes of ``pack_ids`` (whose headers are to be read): from the listing, else
+        one stat each (a pack deleted meanwhile is left out)."""
+        sizes: dict[str, int] = {}
+        for pack_id in pack_ids:
+            size = listed[pack_id]
+            if size is None:
+                try:
+                    size = self.store.size(pack_key(pack_id))
+                except KeyError:
+                    continue
+            sizes[pack_id] = size
+        return sizes
 
     def _read_headers(
         self, pack_ids: list[str], sizes: dict[str, int], damaged: dict[str, str]
     ) -> dict[str, PackEntry]:
         """The blobs of each pack, from its header (a ranged read of its last bytes, and a
         second one if the header is longer)."""
+        pack_ids = [pid for pid in pack_ids if pid in sizes]
         ranges = [
             (pack_key(pid), max(0, sizes[pid] - HEADER_READ), min(sizes[pid], HEADER_READ))
             for pid in pack_ids
