@@ -47,7 +47,7 @@ def build_ours(path: Path, count: int) -> float:
     """``count`` pre-trade backups with their real ids and times; returns seconds taken."""
     from src.infra.backup import BackupConfig, BackupManager
     from src.infra.backup.format.values import ENCODING_NAME, encode_value
-    from src.infra.backup.repository.writer import DataInput
+    from src.infra.backup.repository.snapshot_writer import DataInput
 
     repo = BackupManager(BackupConfig(backup_path=str(path))).open_repository(create=True)
     started = time.perf_counter()

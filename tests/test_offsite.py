@@ -16,7 +16,7 @@ from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.errors import ConfigError
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.replication import open_replica
-from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.repository.snapshot_writer import DataInput
 from src.infra.backup.storage.s3 import S3Store
 from tests.conftest import S3Bucket, create_bucket
 from tests.helpers import run_cli_inline, run_python

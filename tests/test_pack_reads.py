@@ -20,7 +20,7 @@ from src.infra.backup.repository.blob_stream import BlobStream
 from src.infra.backup.repository.pack_index import Location
 from src.infra.backup.repository.pack_reader import SpanPlanner, coalesced_blobs
 from src.infra.backup.repository.repository import Repository
-from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.repository.snapshot_writer import DataInput
 from src.infra.backup.storage.base import ObjectInfo, Store
 from src.infra.backup.storage.memory import MemoryStore
 from src.infra.backup.storage.s3 import S3Store
@@ -308,7 +308,7 @@ def test_a_stream_lets_go_of_what_consumers_leave() -> None:
 
 
 def test_a_damaged_chunk_list_fails_only_its_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("src.infra.backup.repository.writer.CHUNKS_PER_LIST", 4)
+    monkeypatch.setattr("src.infra.backup.repository.snapshot_writer.CHUNKS_PER_LIST", 4)
     values = {f"v{n}": os.urandom(600 * KIB) for n in range(3)}
     repository, entries = _stream_entries(values)
     assert all(entry.lists for entry in entries)

@@ -28,7 +28,7 @@ from src.infra.backup.policy.retention import (
     SnapshotRef,
     apply_policy,
 )
-from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.repository.snapshot_writer import DataInput
 from tests.helpers import run_cli_inline
 
 BERLIN = "Europe/Berlin"

@@ -16,7 +16,7 @@ from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.catalog import INDEX_REWRITE_UNKNOWN
 from src.infra.backup.repository.repository import Repository
-from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.repository.snapshot_writer import DataInput
 from src.infra.backup.storage.base import ObjectInfo
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.testing.faulty import FaultyStore

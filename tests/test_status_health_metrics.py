@@ -20,6 +20,7 @@ from stored_chunks import is_packed
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.app.outcome import BackupOutcome
 from src.infra.backup.errors import BackupError, ConfigError, UnsupportedValueError
+from src.infra.backup.format.ids import new_backup_id
 from src.infra.backup.format.layout import status_key
 from src.infra.backup.monitoring.health import BackupHealthCheck, check_backup_health
 from src.infra.backup.monitoring.logging_setup import configure_logging
@@ -35,9 +36,9 @@ from src.infra.backup.repository.history import (
     current_host,
     read_status,
     record_failure,
-    record_success,
     record_verify,
 )
+from src.infra.backup.repository.snapshot_writer import DataInput
 from tests.helpers import run_cli_inline, run_python
 
 CONFIG = """\
@@ -59,6 +60,15 @@ def stored_size(repo: Path) -> int:
 
 def _ago(**kwargs: float) -> datetime:
     return datetime.now(timezone.utc) - timedelta(**kwargs)
+
+
+def _backup_made(manager: BackupManager, backup_type: str, when: datetime) -> str:
+    """A backup of ``backup_type`` made at ``when`` (a success's record is its manifest)."""
+    backup_id = new_backup_id(backup_type, f"{when.astimezone():%Y%m%d_%H%M%S}")
+    data = DataInput.from_value("state", {"made": when.isoformat()})
+    repository = manager.open_repository(create=True)
+    repository.create_snapshot_as(backup_id, when, backup_type, [data])
+    return backup_id
 
 
 @pytest.fixture
@@ -85,16 +95,40 @@ def _status(cwd: Path, *args: str) -> tuple[int, dict[str, object]]:
 # -- run history ------------------------------------------------------------------------------
 
 
-def test_create_records_success(manager: BackupManager) -> None:
+def test_a_success_is_recorded_by_its_manifest(manager: BackupManager) -> None:
+    manager.create_backup({"portfolio": {"equity": 1}}, "pre_trade")
     backup_id = manager.create_backup({"portfolio": {"equity": 10000}}, "pre_trade")
-    status = read_status(manager.repository.store)
-    assert status.host == current_host()
-    success = status.types["pre_trade"].last_success
-    assert success is not None and success.backup_id == backup_id
+    store = manager.repository.store
+    assert not store.exists(status_key(current_host()))  # a success writes no status
+    run = manager.repository.read_manifest(backup_id).run
+    assert run is not None and run.seconds >= 0 and run.requests["PUT"] >= 1
+    success = collect_status(manager).types["pre_trade"].last_success
+    assert success is not None and success.backup_id == backup_id  # the newest, not the first
     assert success.size_bytes == manager.get_backup_info(backup_id).size_bytes
-    assert success.duration_seconds is not None and success.duration_seconds >= 0
-    assert status.types["pre_trade"].last_failure is None
-    assert manager.repository.store.exists(status_key(current_host()))
+    assert success.duration_seconds == run.seconds and success.requests == run.requests
+    assert collect_status(manager).types["pre_trade"].last_failure is None
+
+
+def test_a_status_record_of_an_older_version_still_counts(manager: BackupManager) -> None:
+    backup_id = manager.create_backup({"a": 1}, "daily")
+    store = manager.repository.store
+    newer = datetime.now(timezone.utc) + timedelta(minutes=5)  # e.g. a pruned newer backup
+    old_record = {"backup_id": "daily_x", "time": newer.isoformat(), "duration_seconds": 2.5}
+    status = {
+        "version": 1,
+        "host": current_host(),
+        "types": {"daily": {"last_success": old_record, "last_failure": None}},
+    }
+    store.put(status_key(current_host()), json.dumps(status).encode())
+    success = collect_status(manager).types["daily"].last_success
+    assert success is not None and success.backup_id == "daily_x"
+    assert success.duration_seconds == 2.5 and success.requests is None
+    store.put(
+        status_key(current_host()),
+        json.dumps(status).replace(newer.isoformat(), _ago(hours=1).isoformat()).encode(),
+    )
+    success = collect_status(manager).types["daily"].last_success
+    assert success is not None and success.backup_id == backup_id  # the manifest is newer
 
 
 def _failing(manager: BackupManager) -> BackupManager:
@@ -119,6 +153,7 @@ def test_failed_create_records_failure(manager: BackupManager) -> None:
 
 def test_refused_input_is_not_recorded(manager: BackupManager, repo_dir: Path) -> None:
     manager.create_backup({"a": 1}, "daily")
+    record_failure(manager.repository.store, "daily", "an earlier failure")
     before = (repo_dir / status_key(current_host())).read_bytes()
     with pytest.raises(UnsupportedValueError):
         manager.create_backup({"bad": object()}, "daily")
@@ -146,11 +181,14 @@ def test_status_write_failure_never_fails_a_backup(
 ) -> None:
     manager.create_backup({"a": 1})
     path = manager.config.repository_path / status_key(current_host())
-    path.unlink()
-    path.mkdir()  # the status file cannot be replaced now
+    path.parent.mkdir(exist_ok=True)
+    path.mkdir()  # the status file cannot be written now
     with caplog.at_level(logging.WARNING):
         backup_id = manager.create_backup({"a": 2})
     assert manager.load_backup(backup_id) == {"a": 2}
+    assert not caplog.records  # a success writes no status at all
+    with caplog.at_level(logging.WARNING), pytest.raises(ConfigError):  # the backup's error
+        _failing(manager).create_backup({"a": 3})
     assert any("could not record backup status" in r.getMessage() for r in caplog.records)
 
 
@@ -205,10 +243,7 @@ def test_status_fresh_repository(configured_cwd: Path, project_manager: BackupMa
 
 
 def test_status_stale_repository(configured_cwd: Path, project_manager: BackupManager) -> None:
-    backup_id = project_manager.create_backup({"a": 1}, "daily")
-    record_success(
-        project_manager.repository.store, "daily", backup_id, time=_ago(hours=49), size_bytes=10
-    )
+    _backup_made(project_manager, "daily", _ago(hours=49))
     code, doc = _status(configured_cwd)
     assert code == 9 and doc["ok"] is False
     assert "stale" in doc["problems"][0]  # type: ignore[index]
@@ -263,14 +298,16 @@ def test_health_colours(manager: BackupManager) -> None:
     record_verify(store, backup_id, True, time=_ago(days=8))
     assert check_backup_health(manager).status == "yellow"  # verify too old
     record_verify(store, backup_id, True)
-    record_success(store, "daily", backup_id, time=_ago(hours=30))
+    manager.delete_backup(backup_id, force=True)
+    old_id = _backup_made(manager, "daily", _ago(hours=30))
     result = check_backup_health(manager)
     assert result.status == "yellow" and "30.0h old" in result.message  # past the interval
-    record_success(store, "daily", backup_id, time=_ago(hours=49))
+    manager.delete_backup(old_id, force=True)
+    _backup_made(manager, "daily", _ago(hours=49))
     assert check_backup_health(manager).status == "red"  # past 2 x interval
     assert check_backup_health(manager, max_age=timedelta(days=3)).status == "yellow"
 
-    record_success(store, "daily", backup_id)
+    backup_id = manager.create_backup({"a": 2}, "daily")
     record_verify(store, backup_id, False)
     assert check_backup_health(manager).status == "red"  # verify failed
     record_verify(store, backup_id, True)

@@ -23,8 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
+from src.infra.backup.format.layout import status_key
 from src.infra.backup.monitoring.metrics import BackupMetrics, metrics_available, write_textfile
-from src.infra.backup.repository.history import read_status, record_failure
+from src.infra.backup.repository.history import current_host, record_failure
 from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.local import LocalStore
 from src.infra.backup.storage.memory import MemoryStore
@@ -349,15 +350,15 @@ def test_each_backup_records_its_requests(repo_dir: Path) -> None:
     manager.create_backup({"a": 2}, "pre_trade")
     store = manager.repository.store
     mine = made(store, lambda: manager.create_backup({"a": "x" * 50_000}, "pre_trade"))
-    record = read_status(store).types["pre_trade"].last_success
-    assert record is not None and record.requests is not None
-    # The record holds what the thread asked since the previous record: this backup and
-    # the previous backup's status write (as the diff holds this backup's own).
-    assert record.requests["PUT"] >= 1  # at least the manifest
-    assert set(record.requests) <= set(OPS)
-    assert abs(sum(record.requests.values()) - sum(mine.values())) <= 2, (record, mine)
-    raw = json.loads(store.get("status/" + read_status(store).host.replace(" ", "_") + ".json"))
-    assert raw["types"]["pre_trade"]["last_success"]["requests"] == record.requests
+    newest = manager.list_backups()[0].backup_id
+    run = manager.repository.read_manifest(newest).run
+    assert run is not None
+    # The manifest holds what the backup asked of the store up to and including its own
+    # write: all the call made but the lease's release after the commit (one DELETE).
+    assert run.requests["PUT"] >= 2  # at least the lease and the manifest
+    assert list(run.requests) == [op for op in OPS if op in run.requests]
+    assert mine == run.requests | {"DELETE": run.requests.get("DELETE", 0) + 1}, (run, mine)
+    assert not store.exists(status_key(current_host()))  # and the call wrote no status
 
 
 def test_a_failed_attempts_requests_are_not_the_next_success(repo_dir: Path) -> None:
@@ -368,9 +369,8 @@ def test_a_failed_attempts_requests_are_not_the_next_success(repo_dir: Path) -> 
         store.exists("snapshots/none.json")
     record_failure(store, "daily", "disk full")  # ... is left with its failure record
     mine = made(store, lambda: manager.create_backup({"a": 2}, "daily"))
-    record = read_status(store).types["daily"].last_success
-    assert record is not None and record.requests is not None
-    assert abs(sum(record.requests.values()) - sum(mine.values())) <= 2, (record, mine)
+    run = manager.repository.read_manifest(manager.list_backups()[0].backup_id).run
+    assert run is not None and sum(run.requests.values()) == sum(mine.values()) - 1
 
 
 STATUS_CONFIG = """\

@@ -104,7 +104,7 @@ class CollectTheParent:
 
 def _build(name: str, encryption: str, work: Path, tests: ModuleType) -> dict[str, Any]:
     from src.infra.backup import BackupConfig, BackupManager
-    from src.infra.backup.repository.writer import DataInput
+    from src.infra.backup.repository.snapshot_writer import DataInput
 
     target = FIXTURE_DIR / name
     if target.exists():

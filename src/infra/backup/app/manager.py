@@ -43,7 +43,7 @@ from src.infra.backup.policy.retention import (
 )
 from src.infra.backup.repository.reader import ProgressCallback
 from src.infra.backup.repository.repository import Repository
-from src.infra.backup.repository.writer import DataInput, EntrySource
+from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
     from src.infra.backup.app.offsite import ReplicaCoordinator

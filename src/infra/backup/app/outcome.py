@@ -18,7 +18,7 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.format.ids import validate_backup_type
 from src.infra.backup.format.manifest import Manifest
-from src.infra.backup.repository.history import record_failure, record_success
+from src.infra.backup.repository.history import record_failure
 from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,9 @@ def record_outcome(
     logger: logging.Logger = log,
     in_background: bool = False,
 ) -> None:
-    """Log a backup attempt's outcome, record it in the run history (``repository`` if it
-    was opened, else ``open_repository()`` if there is one) and pass it to ``hooks``. Never
+    """Log a backup attempt's outcome, record a failure in the run history (``repository``
+    if it was opened, else ``open_repository()`` if there is one; a success's manifest is its
+    record) and pass it to ``hooks``. Never
     raises: a monitoring hook must never fail a backup. ``logger`` writes the outcome line
     (the manager passes its own, so the line keeps its logger name). Refused input is
     recorded only ``in_background``: there the caller has no exception to see at the call."""
@@ -89,18 +90,9 @@ def record_outcome(
                 repository = repository or open_repository()
             except BackupError:
                 repository = None
-    if repository is not None:
-        if manifest is not None:
-            record_success(
-                repository.store,
-                backup_type,
-                manifest.backup_id,
-                time=manifest.time_utc,
-                duration_seconds=duration,
-                size_bytes=manifest.stats.stored_bytes,
-            )
-        elif error is not None:
-            record_failure(repository.store, backup_type, error)
+    # A success's record is its manifest (see history.py): only a failure is written.
+    if repository is not None and manifest is None and error is not None:
+        record_failure(repository.store, backup_type, error)
     outcome = BackupOutcome(
         backup_type=backup_type,
         ok=manifest is not None,

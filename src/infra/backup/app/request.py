@@ -20,7 +20,7 @@ from src.infra.backup.format.ids import (
     validate_tags,
 )
 from src.infra.backup.repository.reader import ProgressCallback
-from src.infra.backup.repository.writer import DataInput
+from src.infra.backup.repository.snapshot_writer import DataInput
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from src.infra.backup.files.settings import CommandSourceSettings, SqliteOptions
 from src.infra.backup.files.sources import SourceItem
 from src.infra.backup.format.chunking import split_fixed
 from src.infra.backup.format.manifest import ChunkRef, Entry
-from src.infra.backup.repository.writer import EntrySource, SnapshotWriter
+from src.infra.backup.repository.snapshot_writer import EntrySource, SnapshotWriter
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ from src.infra.backup.files.settings import SourceSettings
 from src.infra.backup.files.sources import collect_sources, entry_name, is_secret
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.repository.reader import decode_data_payload
-from src.infra.backup.repository.writer import DataInput, EntrySource
+from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
     from src.infra.backup.repository.repository import Repository

@@ -9,6 +9,7 @@ restic keeps this map in ``internal/backend/layout``; here it is::
     index/packs/<id>               pack index files: where each packed blob is
     fossils/<cid[:2]>/<cid>        chunks a pending garbage collection moved aside
     gc/collection-<stamp>-<n>.json the records of pending collections
+    gc-state.json                  whether those records may be changing (format 2)
     locks/<kind>-<hex>.json        leases of running backups and prunes
     locks/<name>.lock              exclusive locks
     locks/probe-<hex>              the S3 conditional-write probe (deleted at once)
@@ -29,6 +30,7 @@ SNAPSHOT_SUFFIX = ".json"
 CHUNK_PREFIX = "chunks/"
 FOSSIL_PREFIX = "fossils/"
 COLLECTION_PREFIX = "gc/"
+GC_STATE_KEY = "gc-state.json"
 LOCK_PREFIX = "locks/"
 PROBE_PREFIX = f"{LOCK_PREFIX}probe-"
 INDEX_KEY = "index/snapshots"

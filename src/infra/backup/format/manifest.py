@@ -103,12 +103,22 @@ class Stats(msgspec.Struct, frozen=True, gc=False):  # integers only: no cycles
     total_chunks: int
 
 
+class RunStats(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a backup was made: ``seconds`` from its start to its commit, and the store
+    ``requests`` it made by operation (S3's names, see ``storage/requests.py``), the write of
+    its manifest included. Since 0.3; older manifests and imported backups have none."""
+
+    seconds: float
+    requests: dict[str, int] = {}
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A snapshot's manifest: the commit point of a backup.
 
     ``warnings`` (format 2, left out when empty): what the backup could not capture as
     asked (a file that vanished, could not be read, kept changing, a special file skipped,
-    a database stored as raw bytes), one line each, naming the file.
+    a database stored as raw bytes), one line each, naming the file. ``run`` (left out when
+    unknown): :class:`RunStats`; readers before 0.3 ignore it, so it needs no new format.
     """
 
     format: int
@@ -125,6 +135,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     entries: list[Entry]
     stats: Stats
     warnings: list[str] = []
+    run: RunStats | None = None
     checksum: str
 
 
@@ -329,3 +340,15 @@ class Collection(msgspec.Struct, frozen=True, omit_defaults=True):
     # Instead of ``dead`` (a record that big did not fit on a full disk): every chunk of
     # ``packs`` that no other pack holds, as the pack index lists them.
     dead_all: bool = False
+
+
+class GcState(msgspec.Struct, frozen=True):
+    """``gc-state.json`` (format 2): whether the set of collection records may be changing.
+
+    A prune writes a new random ``token`` with ``open`` before it writes or deletes any
+    record, and the same token closed when it ends. A backup that finds the state closed and
+    unchanged since it last listed the records knows they are the same, and skips the
+    listing (see gc.py)."""
+
+    token: str
+    open: bool

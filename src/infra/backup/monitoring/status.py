@@ -8,10 +8,13 @@ Reads the application's state; nothing below imports it back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from src.infra.backup.errors import BackupError
+from src.infra.backup.format.manifest import RunStats
 from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.repository.history import (
     SuccessRecord,
@@ -25,6 +28,7 @@ from src.infra.backup.storage.requests import ordered, total_requests
 
 if TYPE_CHECKING:
     from src.infra.backup.app.manager import BackupManager
+    from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +152,9 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
         repository = manager.repository
     except RepositoryNotFoundError:
         return StatusSummary({}, None, 0, False, now, fallback=manager.fallback_lag())
-    types, verify = merged_history(repository.store, manager.list_backups())
+    types, verify = merged_history(
+        repository.store, manager.list_backups(), _run_reader(repository)
+    )
     size = manager.repository.stored_bytes()
     settings = manager.config.offsite_settings
     return StatusSummary(
@@ -161,6 +167,20 @@ def collect_status(manager: BackupManager, *, now: datetime | None = None) -> St
         offsite_max_lag=settings.max_lag if settings else None,
         fallback=manager.fallback_lag(),
     )
+
+
+def _run_reader(repository: Repository) -> Callable[[str], RunStats | None]:
+    """A backup's run statistics from its manifest (``None`` if it cannot be read: status
+    then shows the backup without them)."""
+
+    def run_of(backup_id: str) -> RunStats | None:
+        try:
+            return repository.read_manifest(backup_id).run
+        except BackupError as exc:
+            log.warning("no run statistics for %s: %s", backup_id, exc)
+            return None
+
+    return run_of
 
 
 def stale_threshold(manager: BackupManager, max_age: timedelta | None = None) -> timedelta:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,13 +40,21 @@ from src.infra.backup.errors import CorruptDataError, DiskFullError, IntegrityEr
 from src.infra.backup.format.layout import (
     CHUNK_PREFIX,
     COLLECTION_PREFIX,
+    GC_STATE_KEY,
     PACK_PREFIX,
     chunk_id_of,
     chunk_key,
     collection_key,
     fossil_key,
 )
-from src.infra.backup.format.manifest import JSON_ERRORS, ChunkRef, Collection, Entry, Manifest
+from src.infra.backup.format.manifest import (
+    JSON_ERRORS,
+    ChunkRef,
+    Collection,
+    Entry,
+    GcState,
+    Manifest,
+)
 from src.infra.backup.repository.locks import (
     BACKUP_LEASE_KIND,
     ExclusiveLock,
@@ -108,6 +117,33 @@ def pending_collections(
                 cache[key] = cached
         records.append(cached[1])
     return records
+
+
+def read_gc_state(store: Store) -> GcState | None:
+    """The collection records' state (``gc-state.json``); ``None`` if there is none or it
+    is unreadable: then nothing may be assumed of the records."""
+    try:
+        return msgspec.json.decode(store.get(GC_STATE_KEY), type=GcState)
+    except KeyError:
+        return None
+    except JSON_ERRORS as exc:
+        log.warning("ignoring a damaged %s (%s): the next prune rewrites it", GC_STATE_KEY, exc)
+        return None
+
+
+def open_gc_state(store: Store) -> str:
+    """Mark the collection records as changing (durably, before any record is written or
+    deleted): a new token, open. Returns the token for :func:`close_gc_state`."""
+    token = secrets.token_hex(8)
+    store.put(GC_STATE_KEY, msgspec.json.encode(GcState(token=token, open=True)))
+    return token
+
+
+def close_gc_state(store: Store, token: str | None = None) -> None:
+    """Mark the collection records as settled (the prune that opened ``token`` is done, or a
+    new repository has none)."""
+    token = token or secrets.token_hex(8)
+    store.put(GC_STATE_KEY, msgspec.json.encode(GcState(token=token, open=False)))
 
 
 # Collection records name the chunks that go with collected packs by this many leading hex
@@ -260,6 +296,8 @@ def prune(
     if not dry_run:
         lock = ExclusiveLock(repo.store, "prune", PRUNE_LOCK_TTL).acquire(lock_wait)
     renew = lock.renew_if_due if lock is not None else _nothing
+    # Format 2: backups skip listing the records while this state stays closed and the same.
+    gc_token = open_gc_state(repo.store) if lock is not None and repo.packed else None
     try:
         # Temp leftovers first: on a full disk they may be what makes room for the rest.
         _remove_temporary(repo, report, grace)
@@ -290,9 +328,18 @@ def prune(
                 log.warning("pack index files not merged, the disk is full (%s)", exc)
         _remove_stale_leases(repo, report, leases)
     finally:
+        if gc_token is not None:
+            _close_quietly(repo.store, gc_token)
         if lock is not None:
             lock.release()
     return report
+
+
+def _close_quietly(store: Store, token: str) -> None:
+    try:
+        close_gc_state(store, token)
+    except StorageError as exc:  # stays open: backups list the records until the next prune
+        log.warning("could not mark the collection records settled: %s", exc)
 
 
 def _nothing() -> None:

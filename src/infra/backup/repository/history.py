@@ -1,15 +1,19 @@
 """Run history: what the last backups, failures and verifies of each host were.
 
-One small JSON object per host, ``status/<host>.json`` in the repository, holds per backup
-type the last success (id, time, duration, size) and the last failure (time, error), and the
-last verify (time, backup id, ok). ``create_backup`` and verifies update it **best-effort**:
-the write is one small non-durable ``put`` and a failure to write it is logged as a warning,
-never raised, so status can never fail a backup. It is a monitoring aid, not a commit record:
-the manifests stay the truth about which backups exist; ``collect_status`` uses them only for
-types without recorded history.
+A successful backup's record is its manifest: the newest manifest of each type is its last
+success, with the run statistics (duration, store requests) the manifest carries. So a
+backup writes nothing here and costs no request for its history (issue 16's request budget).
+
+What no manifest records goes to one small JSON object per host, ``status/<host>.json``: per
+backup type the last failure (time, error), and the last verify (time, backup id, ok).
+Versions before 0.3 also wrote each success there; such records are still read, and the
+newer of a record and the newest manifest wins. Failures and verifies update it
+**best-effort**: the write is one small non-durable ``put`` and a failure to write it is
+logged as a warning, never raised, so status can never fail a backup. It is a monitoring
+aid, not a commit record.
 
 Concurrent writers on one host may lose an update to each other (last writer wins); the next
-backup or verify writes it again.
+failure or verify writes it again.
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from src.infra.backup.format.layout import STATUS_PREFIX, status_key
+from src.infra.backup.format.manifest import RunStats
 from src.infra.backup.repository.locks import HOSTNAME
 from src.infra.backup.storage.base import Store
-from src.infra.backup.storage.requests import take_context_requests
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,9 @@ def _parse_time(value: Any) -> datetime:
 
 @dataclass(frozen=True)
 class SuccessRecord:
-    """The last successful backup of a type. ``requests``: the store requests by operation
-    (``storage.requests``) its thread made since the previous record, when known."""
+    """The last successful backup of a type. ``duration_seconds`` and ``requests`` (the store
+    requests it made, by operation: ``storage.requests``) come from its manifest's run
+    statistics, or from a record of a version before 0.3; ``None`` where unknown."""
 
     backup_id: str
     time: datetime
@@ -249,35 +254,6 @@ def _update(store: Store, change: Any, what: str, host: str | None = None) -> No
         log.warning("could not record backup status (%s): %s", what, exc)
 
 
-def record_success(
-    store: Store,
-    backup_type: str,
-    backup_id: str,
-    *,
-    time: datetime | None = None,
-    duration_seconds: float | None = None,
-    size_bytes: int | None = None,
-    host: str | None = None,
-    requests: Mapping[str, int] | None = None,
-) -> None:
-    """Record a successful backup (best-effort, never raises). ``requests``: the store
-    requests the backup made, by operation; by default those this thread made since its
-    previous record (``take_context_requests``): in a process that backs up in a loop, one
-    backup's, with the previous record's status write and anything else the thread asked of
-    a store in between."""
-    if requests is None:
-        requests = take_context_requests()
-    record = SuccessRecord(
-        backup_id, time or now_utc(), duration_seconds, size_bytes, dict(requests)
-    )
-    _update(
-        store,
-        lambda s: setattr(s.type_status(backup_type), "last_success", record),
-        f"success of {backup_id}",
-        host,
-    )
-
-
 def record_failure(
     store: Store,
     backup_type: str,
@@ -287,7 +263,6 @@ def record_failure(
     host: str | None = None,
 ) -> None:
     """Record a failed backup attempt (best-effort, never raises)."""
-    take_context_requests()  # the failed attempt's requests are not the next success's
     message = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
     record = FailureRecord(time or now_utc(), message[:MAX_ERROR_LENGTH])
     _update(
@@ -366,16 +341,31 @@ class ListedBackup(Protocol):
 
 
 def merged_history(
-    store: Store, backups: Iterable[ListedBackup]
+    store: Store,
+    backups: Iterable[ListedBackup],
+    run_of: Callable[[str], RunStats | None] | None = None,
 ) -> tuple[dict[str, TypeSummary], VerifyRecord | None]:
-    """The run history of every host merged per type, and the newest verify. For a type
-    without a recorded success (backups made before status was recorded, or by an import), the
-    newest of ``backups`` (listed newest first) of that type stands in as its last success."""
+    """The run history of every host merged per type, and the newest verify. Each type's
+    last success is the newest of its ``backups``, unless a status record (of a version
+    before 0.3) names a newer one; ``run_of(backup_id)`` gives that backup's run statistics
+    (its manifest's, read only for the newest of each type)."""
     types, verify = merge_statuses(read_all_statuses(store))
+    newest: dict[str, ListedBackup] = {}
     for info in backups:
-        summary = types.setdefault(info.backup_type, TypeSummary(info.backup_type))
-        if summary.last_success is None:
-            summary.last_success = SuccessRecord(
-                info.backup_id, info.timestamp_utc, None, info.size_bytes
-            )
+        best = newest.get(info.backup_type)
+        if best is None or info.timestamp_utc > best.timestamp_utc:
+            newest[info.backup_type] = info
+    for name, info in newest.items():
+        summary = types.setdefault(name, TypeSummary(name))
+        recorded = summary.last_success
+        if recorded is not None and recorded.time >= info.timestamp_utc:
+            continue
+        run = run_of(info.backup_id) if run_of is not None else None
+        summary.last_success = SuccessRecord(
+            info.backup_id,
+            info.timestamp_utc,
+            run.seconds if run is not None else None,
+            info.size_bytes,
+            dict(run.requests) if run is not None and run.requests else None,
+        )
     return types, verify

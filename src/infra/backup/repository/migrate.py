@@ -29,7 +29,7 @@ from src.infra.backup.errors import CorruptDataError, IntegrityError
 from src.infra.backup.format.layout import CHUNK_PREFIX, REPO_KEY, chunk_id_of
 from src.infra.backup.format.manifest import REPO_FORMAT_VERSION, encode_checked
 from src.infra.backup.repository.blob_writer import BlobWriter
-from src.infra.backup.repository.gc import PRUNE_LOCK_TTL
+from src.infra.backup.repository.gc import PRUNE_LOCK_TTL, close_gc_state
 from src.infra.backup.repository.locks import ExclusiveLock
 from src.infra.backup.repository.repository import Repository
 
@@ -91,6 +91,7 @@ def migrate_repository(
         report.packs_written = len(sink.packs_written)
         if repo.config.format < REPO_FORMAT_VERSION:
             config = msgspec.structs.replace(repo.config, format=REPO_FORMAT_VERSION)
+            close_gc_state(repo.store)  # the records are settled: we hold the prune lock
             repo.store.put(REPO_KEY, encode_checked(config))
             repo.config = config
             report.format_after = REPO_FORMAT_VERSION

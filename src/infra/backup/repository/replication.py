@@ -31,6 +31,7 @@ from src.infra.backup.errors import (
 from src.infra.backup.format.index import Summary
 from src.infra.backup.format.layout import REPO_KEY, snapshot_key
 from src.infra.backup.format.manifest import Manifest, RepoConfig, decode_checked, open_manifest
+from src.infra.backup.repository.gc import close_gc_state
 from src.infra.backup.repository.locks import Lease
 from src.infra.backup.repository.pack_transfer import TransferPlan
 from src.infra.backup.repository.repository import Repository
@@ -82,6 +83,8 @@ def open_replica(source: Repository, store: Store, *, create: bool) -> Repositor
         if not create:
             raise RepositoryNotFoundError(f"no replica at {store.location}") from None
         raw = source.store.get(REPO_KEY)
+        if source.packed:  # as a new repository does (see Repository.open)
+            close_gc_state(store)
         try:
             store.put(REPO_KEY, raw, exclusive=True)
         except ObjectExistsError:

@@ -48,6 +48,7 @@ from src.infra.backup.format.manifest import (
     decode_checked,
     encode_checked,
 )
+from src.infra.backup.repository.gc import close_gc_state
 from src.infra.backup.repository.receiver import RepositoryReceiver
 from src.infra.backup.storage.base import Store
 
@@ -138,6 +139,8 @@ class Repository(RepositoryReceiver):
             encryption=header_json,
         )
         raw = encode_checked(config)
+        if repo_format >= 2:  # before repo.json: no prune can run before it is there
+            close_gc_state(store)
         try:
             store.put(REPO_KEY, raw, exclusive=True)
         except ObjectExistsError:

@@ -194,6 +194,13 @@ class LocalStore(Store):
         except OSError as exc:
             raise storage_error("write", path, exc) from exc
 
+    def put_versioned(self, key: str, data: bytes, *, exclusive: bool = False) -> str:
+        self.put(key, data, exclusive=exclusive)
+        try:  # the version of the file just written, as an S3 PUT answers it: no request
+            return _object_info(key, self._path(key).stat()).version
+        except OSError:  # deleted at once by another process: the write stands either way
+            return ""
+
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         touched: set[Path] = set()
         path: Path | str = self.root

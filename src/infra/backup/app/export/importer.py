@@ -53,7 +53,7 @@ from src.infra.backup.errors import (
 )
 from src.infra.backup.files.archiver import FileInput, RecordedEntry
 from src.infra.backup.format.values import ENCODING_NAME, decode_value, encode_value, to_jsonable
-from src.infra.backup.repository.writer import DataInput, EntrySource
+from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
 from src.infra.backup.storage.local import storage_error
 
 log = logging.getLogger(__name__)
