@@ -5,7 +5,7 @@ Starts SeaweedFS (``tools/s3_server.py``, 127.0.0.1) and runs the trading-day wo
 
 * the requests of every pre-trade backup, per operation, as the store's own counters count
   them (``storage/requests.py``: PUT, GET, HEAD, LIST pages of 1,000, COPY, DELETE), in
-  total, and as the run history recorded them for the last backup (``status --json``);
+  total, and as the last backup's manifest records them (what ``status --json`` shows);
 * what one bot backing up 200 times a day would pay a month at S3 Standard's published
   prices (:data:`PRICES`): requests, plus the bucket after the day held for the month;
 * the same day on a one-object-per-chunk repository (format 1: every new chunk its own PUT) on
@@ -35,7 +35,6 @@ from typing import Any
 
 from bench.workload import TradingDay
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
-from src.infra.backup.repository.history import read_status
 from src.infra.backup.repository.replication import open_replica, sync
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.base import ObjectInfo, Store
@@ -232,8 +231,9 @@ def s3_day(
     made = diff(store.requests(), before)
     per_backup = by_op({op: n / backups for op, n in made.items()})
     bytes_per_backup = store.bytes_up / backups
-    last = read_status(store).types["pre_trade"].last_success
-    recorded = by_op(dict(last.requests or {})) if last is not None else {}
+    newest = manager.list_backups("pre_trade")[0].backup_id
+    run = manager.repository.read_manifest(newest).run  # what status --json shows
+    recorded = by_op(dict(run.requests)) if run is not None else {}
     listed = list(store.list_info(""))
     bucket_bytes = sum(info.size for info in listed)
     report = {
@@ -328,7 +328,7 @@ def _day_lines(name: str, day: dict[str, Any]) -> None:
         f"    requests per pre-trade backup: {day['per_backup_requests_total']:.2f} "
         f"({_requests(day['per_backup_requests'])})"
     )
-    print(f"    recorded in the run history for the last backup: {day['recorded_last_backup']}")
+    print(f"    recorded in the last backup's manifest: {day['recorded_last_backup']}")
     print(f"    uploaded per pre-trade backup: {day['per_backup_bytes_up'] / 1024:.1f} KiB")
     first = day["first_backup"]
     print(f"    first backup: {first['requests']}, {first['bytes_up'] / 1e6:.1f} MB")
