@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) -m bench.restore_tree --size-mb $(SIZE_MB)
 	$(PY) -m bench.many_backups --count 100000
 	$(PY) -m bench.s3
+	$(PY) -m bench.s3_listing
 	$(PY) -m bench.s3_transfer --size $(SIZE_MB)
 	$(PY) -m bench.sqlite_live --size-mb $(DB_SIZE_MB)
 	$(PY) -m bench.sqlite_backup --size-mb $(DB_SIZE_MB)

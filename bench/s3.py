@@ -22,6 +22,7 @@ latency: on a real link, multiply the requests made in sequence by the round-tri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -174,13 +175,10 @@ def run_day(manager: BackupManager, day: TradingDay, backups: int) -> list[float
     return latencies
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.s3", description=__doc__)
-    parser.add_argument("--trades", type=int, default=100_000)
-    parser.add_argument("--backups", type=int, default=BACKUPS_PER_DAY)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="peak-bench-s3-"))
+@contextlib.contextmanager
+def seaweed_bucket(work: Path, bucket: str = "bench") -> Iterator[S3Options]:
+    """A SeaweedFS server (127.0.0.1) with a new ``bucket``, for the duration of the block:
+    the options to reach it."""
     server = SeaweedS3(work / "seaweedfs").start()
     try:
         import boto3
@@ -191,17 +189,29 @@ def main(argv: list[str] | None = None) -> int:
             aws_access_key_id=server.access_key,
             aws_secret_access_key=server.secret_key,
             region_name=server.region,
-        ).create_bucket(Bucket="bench")
+        ).create_bucket(Bucket=bucket)
         time.sleep(0.5)
-        options = S3Options(
+        yield S3Options(
             endpoint_url=server.endpoint_url,
             region=server.region,
             access_key_id=server.access_key,
             secret_access_key=server.secret_key,
         )
-        report = measure(work, options, args.trades, args.backups)
     finally:
         server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.s3", description=__doc__)
+    parser.add_argument("--trades", type=int, default=100_000)
+    parser.add_argument("--backups", type=int, default=BACKUPS_PER_DAY)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="peak-bench-s3-"))
+    try:
+        with seaweed_bucket(work) as options:
+            report = measure(work, options, args.trades, args.backups)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
     print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)

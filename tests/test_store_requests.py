@@ -328,6 +328,22 @@ def test_s3_listing_of_2500_keys_is_3_pages(logged_s3: tuple[S3Store, RequestLog
     assert sum(1 for _ in store.list("many/0/")) == 500
 
 
+def test_s3_listing_after_a_key_requests_only_the_pages_it_reads(
+    logged_s3: tuple[S3Store, RequestLog],
+) -> None:
+    """``list_tokens_after`` stops at the first key past its prefix: the newest keys of one
+    type cost one page however many keys the folder holds after them."""
+    store, log = logged_s3
+    store.put_many([(f"t/b_{n:05d}", b"") for n in range(1_500)])  # after the a_ keys
+    store.put_many([(f"t/a_{n:05d}", b"") for n in range(1_100)])
+    log.clear()
+    newest = made(store, lambda: list(store.list_tokens_after("t/a_", "t/a_01050")))
+    assert newest == {"LIST": 1} and log.by_op() == {"LIST": 1}
+    log.clear()
+    everything = made(store, lambda: list(store.list_tokens_after("t/a_", "t/a_")))
+    assert everything == {"LIST": 2} and log.by_op() == {"LIST": 2}  # 1,100 keys: 2 pages
+
+
 def test_s3_parallel_uploads_count_as_the_callers(s3_bucket: S3Bucket) -> None:
     store = S3Store(s3_bucket.url, s3_bucket.options)
     try:

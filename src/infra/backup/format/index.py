@@ -68,9 +68,31 @@ class _Untokened(msgspec.Struct, frozen=True, array_like=True, gc=False):
     summary: Summary
 
 
+class ListingBasis(msgspec.Struct, frozen=True, array_like=True):
+    """What a complete listing of ``snapshots/`` rested on (format 2, network stores; see
+    ``repository/catalog.py``): the snapshots token read just before it (``layout.
+    SNAPSHOTS_TOKEN_KEY``), when it started, and every backup type it or an earlier basis
+    showed. While the token stays the same, no manifest was deleted and no type appeared
+    since; manifests written since are found by listing each type's keys past ``listed_at``
+    less a day."""
+
+    token: str
+    listed_at: datetime
+    types: tuple[str, ...]
+
+
+class SnapshotsToken(msgspec.Struct, frozen=True):
+    """``index/snapshots.token`` (format 2): a random ``token``, replaced before and after a
+    manifest is deleted, and before a process commits its first backup of a type."""
+
+    token: str
+
+
 class _IndexFile(msgspec.Struct, frozen=True, array_like=True):
     format: int
     entries: list[IndexedSummary]
+    # A trailing element (since 0.3): older readers ignore it.
+    basis: ListingBasis | None = None
 
 
 _PATH_KINDS = ("file", "hardlink", "symlink")  # directories are not listed as files
@@ -96,10 +118,14 @@ def summarize(manifest: Manifest) -> Summary:
     )
 
 
-def encode_index(entries: list[IndexedSummary], keys: RepositoryKeys | None) -> bytes:
-    """The stored form of an index holding ``entries``."""
+def encode_index(
+    entries: list[IndexedSummary],
+    keys: RepositoryKeys | None,
+    basis: ListingBasis | None = None,
+) -> bytes:
+    """The stored form of an index holding ``entries`` (and the ``basis`` of its listing)."""
     rows = [e if e.token else _Untokened(e.version, e.summary) for e in entries]
-    body = _ENCODER.encode((INDEX_FORMAT, rows))
+    body = _ENCODER.encode((INDEX_FORMAT, rows, basis) if basis else (INDEX_FORMAT, rows))
     if keys is not None:
         return SEALED_MAGIC + keys.seal(body, object_aad("index", INDEX_KEY))
     return PLAIN_MAGIC + blake3.blake3(body).digest() + body
@@ -108,6 +134,13 @@ def encode_index(entries: list[IndexedSummary], keys: RepositoryKeys | None) -> 
 def decode_index(stored: bytes | memoryview, keys: RepositoryKeys | None) -> list[IndexedSummary]:
     """The entries of a stored index; :class:`CorruptDataError` if it is damaged, forged or
     of the wrong kind for this repository, :class:`FormatVersionError` if it is newer."""
+    return decode_index_file(stored, keys)[0]
+
+
+def decode_index_file(
+    stored: bytes | memoryview, keys: RepositoryKeys | None
+) -> tuple[list[IndexedSummary], ListingBasis | None]:
+    """The entries of a stored index and the basis of its listing (see :func:`decode_index`)."""
     magic = bytes(stored[: len(PLAIN_MAGIC)])
     body: bytes | memoryview
     if keys is not None:
@@ -127,4 +160,4 @@ def decode_index(stored: bytes | memoryview, keys: RepositoryKeys | None) -> lis
         raise CorruptDataError(f"snapshot index: damaged ({exc})") from exc
     if index.format > INDEX_FORMAT:
         raise FormatVersionError(f"snapshot index has format {index.format}, newer than this")
-    return index.entries
+    return index.entries, index.basis

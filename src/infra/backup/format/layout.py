@@ -14,6 +14,7 @@ restic keeps this map in ``internal/backend/layout``; here it is::
     locks/<name>.lock              exclusive locks
     locks/probe-<hex>              the S3 conditional-write probe (deleted at once)
     index/snapshots                the snapshot index (a cache of manifest summaries)
+    index/snapshots.token          changes when a manifest is deleted or a type appears (format 2)
     status/<host>.json             each host's run history (last success, failure, verify)
 
 Storage knows none of these names; the repository and monitoring layers build keys only
@@ -34,6 +35,7 @@ GC_STATE_KEY = "gc-state.json"
 LOCK_PREFIX = "locks/"
 PROBE_PREFIX = f"{LOCK_PREFIX}probe-"
 INDEX_KEY = "index/snapshots"
+SNAPSHOTS_TOKEN_KEY = "index/snapshots.token"
 PACK_PREFIX = "packs/"
 PACK_INDEX_PREFIX = "index/packs/"
 STATUS_PREFIX = "status/"

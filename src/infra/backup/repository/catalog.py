@@ -14,6 +14,14 @@ Two kinds of listing:
   caller that acts on a summary from such a listing re-checks it first
   (:meth:`SummaryCatalog.is_current`); ``list_backups`` uses it.
 
+On a network store in a format-2 repository, a names-only listing need not list every
+manifest: ``index/snapshots.token`` changes before and after any manifest is deleted and before
+a process commits its first backup of a type. While it stays the token a complete listing was
+made under (its :class:`ListingBasis`, kept in the snapshot index for fresh processes), that
+listing plus each known type's keys past the listing's time less a day (``StartAfter``: one
+request per type) is the current listing. A basis older than :data:`BASIS_MAX_AGE` is renewed
+by a complete listing (it bounds what a clock more than a day behind can hide).
+
 With 100,000 backups the bulk work (decoding the index, building the maps, sorting) runs with
 the cyclic garbage collector paused: the objects are acyclic, and a collection triggered by
 their allocation would scan every one of them several times (docs/PERFORMANCE.md).
@@ -25,11 +33,14 @@ import contextlib
 import gc
 import logging
 import operator
+import secrets
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from itertools import compress, filterfalse
 from operator import attrgetter
+
+import msgspec
 
 from src.infra.backup.errors import (
     BackupNotFoundError,
@@ -38,9 +49,22 @@ from src.infra.backup.errors import (
     StorageError,
 )
 from src.infra.backup.format.crypto import RepositoryKeys
-from src.infra.backup.format.ids import id_sort_key
-from src.infra.backup.format.index import IndexedSummary, Summary, decode_index, encode_index
-from src.infra.backup.format.layout import INDEX_KEY, SNAPSHOT_PREFIX, snapshot_key
+from src.infra.backup.format.ids import id_sort_key, is_id_of_type, type_of_id
+from src.infra.backup.format.index import (
+    IndexedSummary,
+    ListingBasis,
+    SnapshotsToken,
+    Summary,
+    decode_index,
+    decode_index_file,
+    encode_index,
+)
+from src.infra.backup.format.layout import (
+    INDEX_KEY,
+    SNAPSHOT_PREFIX,
+    SNAPSHOTS_TOKEN_KEY,
+    snapshot_key,
+)
 from src.infra.backup.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +73,13 @@ log = logging.getLogger(__name__)
 # listing had to read at least this many manifests.
 INDEX_MIN_UNKNOWN = 16
 INDEX_REWRITE_UNKNOWN = 64
+# Listing past a basis: a complete listing at least this often, and each type's keys from the
+# basis's time less the margin (ids carry the writer's local time: zones, DST, clock skew).
+BASIS_MAX_AGE = timedelta(hours=1)
+TAIL_MARGIN = timedelta(days=1)
+# Past a basis, rewrite the index after learning this many manifests (so that a fresh process
+# reads few manifests).
+TAIL_REWRITE_UNKNOWN = 8
 
 #: Reads one manifest: its summary (``CorruptDataError``/``FormatVersionError`` if damaged,
 #: ``BackupNotFoundError`` if it is gone).
@@ -106,6 +137,31 @@ def list_snapshot_store(store: Store, *, validate: bool) -> Listing:
     )
 
 
+def read_snapshots_token(store: Store) -> str | None:
+    """The current snapshots token; ``None`` if there is none or it is unreadable (then
+    nothing may be assumed: listings are complete)."""
+    try:
+        return msgspec.json.decode(store.get(SNAPSHOTS_TOKEN_KEY), type=SnapshotsToken).token
+    except KeyError:
+        return None
+    except msgspec.MsgspecError as exc:
+        log.warning("ignoring a damaged %s (%s)", SNAPSHOTS_TOKEN_KEY, exc)
+        return None
+
+
+def drop_snapshots_token(store: Store) -> None:
+    """Delete the snapshots token (before a manifest is deleted: until a new one is written,
+    every listing is complete; deleting needs no space on a full disk)."""
+    store.delete(SNAPSHOTS_TOKEN_KEY)
+
+
+def renew_snapshots_token(store: Store) -> None:
+    """Replace the snapshots token (durably): around a manifest's deletion, and before a
+    process commits its first backup of a type."""
+    token = SnapshotsToken(secrets.token_hex(8))
+    store.put(SNAPSHOTS_TOKEN_KEY, msgspec.json.encode(token))
+
+
 class SummaryCatalog:
     """What this process knows of each backup (its summary, manifest version and listing
     token) and of damaged manifests; thread-safe."""
@@ -119,6 +175,10 @@ class SummaryCatalog:
         self._sorted: list[Summary] = []
         self._sorted_for: tuple[bool, dict[str, str]] | None = None
         self._index_version: str | None = None
+        # Names-only listings past a basis (set by the reader: format 2 on a network store).
+        self.tails = False
+        self._basis: ListingBasis | None = None
+        self._basis_tokens: dict[str, str] = {}
 
     # -- what is known ---------------------------------------------------------------------
 
@@ -173,7 +233,10 @@ class SummaryCatalog:
         """Summaries of all readable backups, newest first; reads the manifests neither this
         process nor the snapshot index knows (damaged ones are skipped and logged)."""
         with paused_gc():
-            listing = list_snapshot_store(self.store, validate=validate)
+            listing = self._listing_past_basis() if self.tails and not validate else None
+            past_basis = listing is not None
+            if listing is None:
+                listing = self._complete_listing(validate)
             self.retain(listing)
             shown = listing.versions if listing.versions is not None else listing.tokens
             if self._sorted_for == (validate, shown):
@@ -184,10 +247,76 @@ class SummaryCatalog:
                 unknown = list(filterfalse(taken.__contains__, unknown)) if taken else unknown
             learned = self._resolve(unknown, listing, fetch)
             result = self._sort(list(map(_SUMMARY, self._rows.values())))
-            if learned >= INDEX_REWRITE_UNKNOWN:
+            if learned >= (TAIL_REWRITE_UNKNOWN if past_basis else INDEX_REWRITE_UNKNOWN) or (
+                self._basis is not None and self._basis is not self._index_basis
+            ):
                 self._write_index(listing, result)
             self._sorted, self._sorted_for = result, (validate, shown)
             return list(result)
+
+    # -- listing past a basis ---------------------------------------------------------------
+
+    _index_basis: ListingBasis | None = None  # the basis the stored index was last seen with
+
+    def _complete_listing(self, validate: bool) -> Listing:
+        """List every manifest; with :attr:`tails`, make the listing the new basis."""
+        if not self.tails:
+            return list_snapshot_store(self.store, validate=validate)
+        token = read_snapshots_token(self.store)
+        started = datetime.now(timezone.utc)
+        listing = list_snapshot_store(self.store, validate=validate)
+        if token is None:
+            self._basis = None
+            return listing
+        known = set(self._basis.types) if self._basis is not None else set()
+        known.update(map(type_of_id, listing.tokens))
+        self._basis = ListingBasis(token, started, tuple(sorted(known)))
+        self._basis_tokens = dict(listing.tokens)
+        return listing
+
+    def _listing_past_basis(self) -> Listing | None:
+        """The current listing from the basis and each type's newest keys, or ``None`` when
+        the basis does not hold (the token changed, it is too old, there is none)."""
+        token = read_snapshots_token(self.store)
+        if token is None:
+            return None
+        basis = self._basis
+        if basis is None or basis.token != token:
+            basis = self._adopt_index_basis(token)
+            if basis is None:
+                return None
+        if basis.listed_at < datetime.now(timezone.utc) - BASIS_MAX_AGE:
+            return None
+        start = f"{basis.listed_at - TAIL_MARGIN:%Y%m%d_%H%M%S}"
+        tokens = dict(self._basis_tokens)
+        for backup_type in basis.types:
+            base = f"{SNAPSHOT_PREFIX}{backup_type}_"
+            # Ids of this millennium only: keeps keys of a type "<type>_<letters>" out.
+            for key, key_token in self.store.list_tokens_after(base + "2", base + start):
+                backup_id = key[len(SNAPSHOT_PREFIX) : -len(_SUFFIX)]
+                if key.endswith(_SUFFIX) and is_id_of_type(backup_id, backup_type):
+                    tokens[backup_id] = key_token
+        self._basis_tokens = tokens
+        return Listing(tokens, None)
+
+    def _adopt_index_basis(self, token: str) -> ListingBasis | None:
+        """Take the stored index's entries and basis if it was made under ``token``."""
+        try:
+            entries, basis = decode_index_file(self.store.get(INDEX_KEY), self.keys)
+        except KeyError:
+            return None
+        except (CorruptDataError, FormatVersionError, StorageError) as exc:
+            log.info("ignoring the snapshot index (%s); listing every manifest", exc)
+            return None
+        self._index_basis = basis
+        if basis is None or basis.token != token:
+            return None
+        rows = {entry.summary.backup_id: entry for entry in entries if entry.token}
+        with self._lock:
+            self._rows.update(rows)
+            self._basis = basis
+            self._basis_tokens = {backup_id: row.token for backup_id, row in rows.items()}
+        return basis
 
     def _unknown(self, listing: Listing) -> list[str]:
         """The listed ids whose manifest is known neither as readable nor as damaged."""
@@ -211,6 +340,8 @@ class SummaryCatalog:
             token = listing.tokens[backup_id]
             if listing.versions is not None:
                 version = listing.versions[backup_id]
+            elif self.store.tokens_are_versions:
+                version = token
             else:
                 try:
                     version = self.store.stat(snapshot_key(backup_id)).version
@@ -296,8 +427,11 @@ class SummaryCatalog:
             row = rows.get(summary.backup_id)
             if row is not None and row.summary is summary:
                 entries.append(IndexedSummary(row.version, summary, tokens[summary.backup_id]))
+        basis = self._basis if self.tails else None
         try:
-            self.store.put(INDEX_KEY, encode_index(entries, self.keys))
-            self._index_version = self.store.stat(INDEX_KEY).version
-        except (StorageError, KeyError) as exc:
+            self._index_version = self.store.put_versioned(
+                INDEX_KEY, encode_index(entries, self.keys, basis)
+            )
+            self._index_basis = basis
+        except StorageError as exc:
             log.info("could not update the snapshot index: %s", exc)

@@ -125,7 +125,10 @@ class RepositoryReader:
         self._next_free: tuple[str, str] = ("", "")
         self._last_committed: tuple[str, Manifest] | None = None
         self._collections: dict[str, tuple[str, Collection]] = {}
+        self._announced_types: set[str] = set()  # see RepositoryWriter.announce_type
         self.catalog = SummaryCatalog(store, keys)
+        # Listing the newest keys past a basis needs StartAfter and the snapshots token.
+        self.catalog.tails = config.format >= 2 and not store.cheap_exists
         self.pack_index = PackIndex(store, keys)
 
     @property

@@ -206,6 +206,7 @@ class RepositoryReceiver(RepositoryWriter):
         elif collected:  # as a backup does (writer.py): collected chunks are back before commit
             self.revalidate([cid for cid in sizes if cid in collected], collected.packs)
         target, data = backup_id, stored
+        self.announce_type(manifest.backup_type)
         while True:
             try:
                 self.store.put(snapshot_key(target), data, exclusive=True)

@@ -22,6 +22,7 @@ from src.infra.backup.errors import (
     ObjectExistsError,
     PassphraseRequiredError,
     RepositoryNotFoundError,
+    StorageError,
 )
 from src.infra.backup.format.blobs import Compression
 from src.infra.backup.format.chunking import NEW_REPOSITORY_CHUNKER
@@ -48,6 +49,7 @@ from src.infra.backup.format.manifest import (
     decode_checked,
     encode_checked,
 )
+from src.infra.backup.repository.catalog import drop_snapshots_token, renew_snapshots_token
 from src.infra.backup.repository.gc import close_gc_state
 from src.infra.backup.repository.receiver import RepositoryReceiver
 from src.infra.backup.storage.base import Store
@@ -169,7 +171,17 @@ class Repository(RepositoryReceiver):
         key = snapshot_key(backup_id)
         if not is_valid_backup_id(backup_id) or not self.store.exists(key):
             raise BackupNotFoundError(f"backup not found: {backup_id}")
+        if self.packed:  # no token while it goes: listings are complete (catalog.py)
+            try:
+                drop_snapshots_token(self.store)
+            except StorageError as exc:
+                raise type(exc)(f"backup {backup_id} not deleted: {exc}") from exc
         self.store.delete(key)
+        if self.packed:
+            try:
+                renew_snapshots_token(self.store)
+            except StorageError as exc:  # a full disk: deleting is how space is freed
+                log.warning("snapshots token not renewed, listings stay complete: %s", exc)
         with self._lock:
             self._manifests.pop(backup_id, None)
         self.catalog.forget(backup_id)

@@ -54,6 +54,7 @@ from src.infra.backup.format.manifest import (
     seal_manifest,
 )
 from src.infra.backup.repository.blob_writer import BlobWriter
+from src.infra.backup.repository.catalog import renew_snapshots_token
 from src.infra.backup.repository.gc import (
     Collected,
     collected_chunks,
@@ -348,6 +349,7 @@ class RepositoryWriter(RepositoryReader):
     ) -> Manifest:
         """Write the manifest exclusively under a fresh id (or the fixed id and time of an
         import): the backup's commit point."""
+        self.announce_type(backup_type)
         now = fixed[1] if fixed else (taken_at or datetime.now(timezone.utc))
         base_id = new_backup_id(backup_type, f"{now.astimezone():%Y%m%d_%H%M%S}")
         for backup_id in self._candidate_ids(base_id, fixed):
@@ -382,6 +384,19 @@ class RepositoryWriter(RepositoryReader):
             manifest = msgspec.json.decode(raw, type=Manifest)
             return self._remember_committed(manifest, version, gc_state)
         raise AssertionError("unreachable: the candidate ids never end")
+
+    def announce_type(self, backup_type: str) -> None:
+        """Before this process commits its first backup of ``backup_type`` to a format-2
+        repository: renew the snapshots token, so that listings past a basis (catalog.py)
+        learn of a type they may not know."""
+        if not self.packed:
+            return
+        with self._lock:
+            if backup_type in self._announced_types:
+                return
+        renew_snapshots_token(self.store)
+        with self._lock:
+            self._announced_types.add(backup_type)
 
     def _candidate_ids(self, base_id: str, fixed: tuple[str, datetime] | None) -> Iterator[str]:
         """The ids to try in turn: the fixed one of an import (once), else ``base_id``

@@ -152,6 +152,23 @@ class Store(ABC):
         """
         return ((info.key, info.token or info.version) for info in self.list_info(prefix))
 
+    #: Whether a listing token is the object's :attr:`ObjectInfo.version` (an S3 ETag), so a
+    #: cache need not ask for the version of an object it has a token of.
+    tokens_are_versions: bool = False
+
+    def list_tokens_after(self, prefix: str, start_after: str) -> Iterator[tuple[str, str]]:
+        """:meth:`list_tokens` of the keys that start with ``prefix`` (any string, not only a
+        folder) and sort after ``start_after`` (byte order). S3 lists only those
+        (``StartAfter``), so a listing of the newest keys of a long series costs a request
+        per 1,000 of them, not of the series."""
+        # Listings are of folders: list the prefix's folder and keep the keys that match.
+        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        return (
+            (key, token)
+            for key, token in self.list_tokens(folder)
+            if key > start_after and key.startswith(prefix)
+        )
+
     @abstractmethod
     def move(self, source: str, destination: str) -> None:
         """Move an object to another key (replacing it), atomically where the backend can;

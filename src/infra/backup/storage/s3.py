@@ -356,6 +356,34 @@ class S3Store(Store):
             self._request_counter.add(LIST, list_pages(len(found)))
         return iter(found)
 
+    tokens_are_versions = True  # the ETag is both
+
+    def list_tokens_after(self, prefix: str, start_after: str) -> Iterator[tuple[str, str]]:
+        import obstore
+
+        # obstore lists by folder: from StartAfter on, stop at the first key past the prefix
+        # (keys that share a prefix are contiguous), so only the pages read are requested.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if folder:
+            validate_key(folder)
+        found: list[tuple[str, str]] = []
+        seen = 0
+        try:
+            pages = obstore.list(
+                self._client, prefix=folder or None, offset=start_after, chunk_size=1000
+            )
+            for batch in pages:
+                seen += len(batch)
+                keys = [(meta["path"], str(meta.get("e_tag") or "")) for meta in batch]
+                found.extend(item for item in keys if item[0].startswith(prefix))
+                if keys and not keys[-1][0].startswith(prefix):
+                    break
+        except Exception as exc:  # noqa: BLE001
+            raise self._error("list", prefix or "/", exc) from None
+        finally:
+            self._request_counter.add(LIST, list_pages(seen))
+        return iter(found)
+
     def move(self, source: str, destination: str) -> None:
         import obstore
 

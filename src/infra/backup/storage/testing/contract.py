@@ -189,6 +189,19 @@ class StoreContract(ABC):
         after = dict(store.list_tokens("dir/"))
         assert after["dir/a"] != tokens["dir/a"] and after["dir/b"] == tokens["dir/b"]
 
+    def test_listing_tokens_after_a_key(self, store: Store) -> None:
+        """Only the keys that start with the prefix and sort after the start; neighbours
+        that share the folder (before, after, and a longer name past the prefix) are not."""
+        for key in ("s/a_1", "s/a_2", "s/a_3", "s/a_b_1", "s/a", "s/b_1", "s/Z_9", "t/a_2"):
+            store.put(key, key.encode())
+        self.settle(store)
+        tokens = dict(store.list_tokens("s/"))
+        after = dict(store.list_tokens_after("s/a_", "s/a_1"))
+        assert after == {k: tokens[k] for k in ("s/a_2", "s/a_3", "s/a_b_1")}
+        assert dict(store.list_tokens_after("s/a_2", "s/a_1")) == {"s/a_2": tokens["s/a_2"]}
+        assert dict(store.list_tokens_after("s/a_", "s/a_c")) == {}
+        assert dict(store.list_tokens_after("s/c_", "s/c_")) == {}
+
     def test_get_many_keeps_order_with_missing_keys(self, store: Store) -> None:
         present = {f"g/{n:03d}": os.urandom(n + 1) for n in range(40) if n % 3 != 1}
         store.put_many(present.items())
