@@ -185,10 +185,15 @@ class S3Bucket:
         )
 
 
-def create_bucket(server: S3Endpoint, name: str) -> S3Bucket:
+def create_bucket(server: S3Endpoint, name: str, *, object_lock: bool = False) -> S3Bucket:
+    """A new bucket (``object_lock``: created with S3 Object Lock enabled, hence versioned),
+    ready for writes."""
     bucket = S3Bucket(server, name)
     client = bucket.boto3_client()
-    client.create_bucket(Bucket=name)
+    if object_lock:
+        client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    else:
+        client.create_bucket(Bucket=name)
     deadline = time.monotonic() + 10  # the first PUT works ~0.2 s after CreateBucket
     while True:
         try:

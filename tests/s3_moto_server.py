@@ -129,6 +129,23 @@ class MotoS3:
         if answer.get("status") != "ok":
             raise RuntimeError(f"reset-auth answered {answer}")
 
+    def add_user(self, name: str, policy: dict[str, Any]) -> tuple[str, str]:
+        """A new IAM user with ``policy`` (an inline policy document); returns its access key
+        id and secret. Made with the server's identity (which may use IAM)."""
+        import boto3
+
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
     def _post(self, path: str, body: bytes) -> dict[str, Any]:
         request = urllib.request.Request(
             self.endpoint_url + path,

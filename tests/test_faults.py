@@ -382,8 +382,13 @@ def run_scenario(scenario: Scenario, work: Path, kind: FaultKind) -> Tally:
         assert any(entry.lists for entry in manifest.entries), "no chunk lists in the backup"
     write_log = list(dry.store.write_log)
     tally.steps = len(write_log)
+    # The commit point: the manifest's write, or a delete's removal of it.
     commit = next(
-        (i + 1 for i, (op, key) in enumerate(write_log) if op == "put" and "snapshots/" in key),
+        (
+            i + 1
+            for i, (op, key) in enumerate(write_log)
+            if op in ("put", "delete") and key.startswith("snapshots/")
+        ),
         None,
     )
     before = set(scenario.committed)
@@ -408,7 +413,8 @@ def run_scenario(scenario: Scenario, work: Path, kind: FaultKind) -> Tally:
         tally.injected[kind] += 1
         if outcome.error is None:
             # Allowed only where the design swallows it: after the commit point (releasing a
-            # backup's lease) or when prune releases its lock.
+            # backup's lease, renewing the snapshots token after a delete) or when prune
+            # releases its lock.
             tally.absorbed += 1
             if not scenario.name.startswith("prune") and (commit is None or step <= commit):
                 tally.problems.append(f"{label}: fault before the commit point swallowed")

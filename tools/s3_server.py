@@ -27,6 +27,14 @@ from typing import Protocol
 ACCESS_KEY = "peak-test-access"
 SECRET_KEY = "peak-test-secret-key"
 REGION = "us-east-1"
+# A second identity, for tests of a bot host that may read, list and write but not delete.
+# SeaweedFS's identity actions cannot say that ("Write" includes deletes): a test denies it
+# s3:DeleteObject with a bucket policy naming RESTRICTED_PRINCIPAL (see
+# tests/test_s3_restricted.py).
+RESTRICTED_USER = "peak-bot"
+RESTRICTED_ACCESS_KEY = "peak-bot-access"
+RESTRICTED_SECRET_KEY = "peak-bot-secret-key"
+RESTRICTED_PRINCIPAL = f"arn:aws:iam::000000000000:user/{RESTRICTED_USER}"
 # Ports `weed mini` opens besides S3; each gets a free one so parallel servers never collide.
 _PORT_FLAGS = (
     "master.port",
@@ -65,13 +73,19 @@ def weed_binary() -> str | None:
 
 
 def write_identity(path: Path) -> Path:
-    """The S3 gateway's config: one identity (``ACCESS_KEY``/``SECRET_KEY``) allowed all."""
+    """The S3 gateway's config: one identity (``ACCESS_KEY``/``SECRET_KEY``) allowed all, and
+    ``RESTRICTED_USER`` allowed to read, list and write (deletes are for a bucket policy)."""
     identity = {
         "name": "test",
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
-    path.write_text(json.dumps({"identities": [identity]}))
+    restricted = {
+        "name": RESTRICTED_USER,
+        "credentials": [{"accessKey": RESTRICTED_ACCESS_KEY, "secretKey": RESTRICTED_SECRET_KEY}],
+        "actions": ["Read", "List", "Write"],
+    }
+    path.write_text(json.dumps({"identities": [identity, restricted]}))
     return path
 
 

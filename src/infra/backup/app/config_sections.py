@@ -19,6 +19,7 @@ from src.infra.backup.errors import ConfigError
 from src.infra.backup.files.settings import CommandSourceSettings, HookCommand
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.format.ids import is_valid_backup_type
+from src.infra.backup.format.layout import PACK_PREFIX, REPO_KEY, SNAPSHOT_PREFIX
 from src.infra.backup.policy.retention import COUNT_RULES, DEFAULT_POLICY, RetentionPolicy, zone_of
 from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
 
@@ -45,6 +46,13 @@ class OffsiteSettings:
     retention: dict[str, RetentionPolicy] | None
 
 
+# ``[backup.s3] object_lock_days``: what gets the retention (the backups' manifests, their
+# packs, and the repository's configuration with its wrapped key), and a bound that catches
+# a typo before it locks objects for centuries.
+OBJECT_LOCK_KEYS = (REPO_KEY, SNAPSHOT_PREFIX, PACK_PREFIX)
+MAX_OBJECT_LOCK_DAYS = 36_500
+
+
 class _S3Table(msgspec.Struct, forbid_unknown_fields=True):
     """Schema of ``[backup.s3]``: how to reach an ``s3://`` backup_path."""
 
@@ -58,6 +66,7 @@ class _S3Table(msgspec.Struct, forbid_unknown_fields=True):
     retry_timeout: str = "3m"
     max_retries: int = 5
     concurrency: int = 8
+    object_lock_days: int | None = None
 
 
 DEFAULT_HOOK_TIMEOUT = "5m"
@@ -136,6 +145,12 @@ def parse_s3(table: Any, where: str = "[backup.s3]") -> S3Options:
     endpoint = parsed.endpoint_url
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: endpoint_url = {endpoint!r}: expected an http(s):// URL")
+    lock_days = parsed.object_lock_days
+    if lock_days is not None and not 1 <= lock_days <= MAX_OBJECT_LOCK_DAYS:
+        raise ConfigError(
+            f"{where}: object_lock_days = {lock_days!r}: expected a number of days, "
+            f"1..{MAX_OBJECT_LOCK_DAYS} (leave the key out for no Object Lock)"
+        )
     return S3Options(
         endpoint_url=endpoint,
         region=parsed.region,
@@ -147,6 +162,8 @@ def parse_s3(table: Any, where: str = "[backup.s3]") -> S3Options:
         retry_timeout=durations["retry_timeout"],
         max_retries=parsed.max_retries,
         concurrency=parsed.concurrency,
+        object_lock_days=lock_days or 0,
+        object_lock_keys=OBJECT_LOCK_KEYS if lock_days else (),
     )
 
 
@@ -338,6 +355,8 @@ def s3_table(options: S3Options) -> dict[str, Any]:
     for key in ("endpoint_url", "region", *_SECRET_KEYS):
         if getattr(options, key) is not None:
             table[key] = getattr(options, key)
+    if options.object_lock_days:
+        table["object_lock_days"] = options.object_lock_days
     return table
 
 

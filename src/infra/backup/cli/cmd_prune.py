@@ -8,8 +8,10 @@ import click
 
 from src.infra.backup.cli.context import Context, json_option
 from src.infra.backup.cli.output import delayed_progress, emit_json, human_size, stdout
+from src.infra.backup.errors import RepositoryNotFoundError
 from src.infra.backup.format.durations import parse_duration
 from src.infra.backup.policy.retention import Decision
+from src.infra.backup.repository.locks import check_deletes_allowed
 
 
 @click.command(name="prune")
@@ -40,6 +42,8 @@ def prune_command(ctx: Context, dry_run: bool, grace: str | None, retry_lock: st
         wait = parse_duration(retry_lock).total_seconds()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if not dry_run:
+        _check_deletes_allowed(ctx)
     decisions = ctx.manager.plan_retention()
     if not dry_run and not all(d.keep for d in decisions):
         ctx.manager.apply_retention(decisions=decisions, auto_prune=False)
@@ -61,6 +65,16 @@ def prune_command(ctx: Context, dry_run: bool, grace: str | None, retry_lock: st
     )
     for reason in report.postponed:
         stdout.print(f"  postponed: {reason}")
+
+
+def _check_deletes_allowed(ctx: Context) -> None:
+    """Refuse before retention deletes a backup if these credentials may not delete (a bot
+    host's backup-only identity): prune is run from a host with full rights."""
+    try:
+        store = ctx.manager.repository.store
+    except RepositoryNotFoundError:
+        return  # nothing to delete: prune reports an empty repository
+    check_deletes_allowed(store, "prune")
 
 
 def _print_retention(decisions: list[Decision], dry_run: bool) -> None:

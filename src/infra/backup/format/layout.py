@@ -12,7 +12,8 @@ restic keeps this map in ``internal/backend/layout``; here it is::
     gc-state.json                  whether those records may be changing (format 2)
     locks/<kind>-<hex>.json        leases of running backups and prunes
     locks/<name>.lock              exclusive locks
-    locks/probe-<hex>              the S3 conditional-write probe (deleted at once)
+    locks/probe-<hex>              the S3 conditional-write probe (deleted at once where allowed)
+    locks/<work>.delete-probe      never exists: its delete asks whether deletes are allowed
     index/snapshots                the snapshot index (a cache of manifest summaries)
     index/snapshots.token          changes when a manifest is deleted or a type appears (format 2)
     status/<host>.json             each host's run history (last success, failure, verify)
@@ -81,6 +82,11 @@ def collection_key(stamp: str, number: int) -> str:
 def lease_key(kind: str, token: str) -> str:
     """The key of one lease of ``kind`` (``backup``, ``prune``...)."""
     return f"{LOCK_PREFIX}{kind}-{token}.json"
+
+
+def delete_probe_key(work: str) -> str:
+    """The key whose delete tells ``work`` (prune, migrate) whether it may delete at all."""
+    return f"{LOCK_PREFIX}{work}.delete-probe"
 
 
 def lock_key(name: str) -> str:

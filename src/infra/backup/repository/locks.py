@@ -18,8 +18,13 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 
-from src.infra.backup.errors import BackupError, ObjectExistsError, RepositoryBusyError
-from src.infra.backup.format.layout import LOCK_PREFIX, lease_key, lock_key
+from src.infra.backup.errors import (
+    BackupError,
+    ObjectExistsError,
+    RepositoryBusyError,
+    StorageError,
+)
+from src.infra.backup.format.layout import LOCK_PREFIX, delete_probe_key, lease_key, lock_key
 from src.infra.backup.format.manifest import AwareDatetime
 from src.infra.backup.storage.base import Store
 
@@ -164,6 +169,18 @@ class Lease:
             log.warning("could not release lease %s: %s", self.key, exc)
 
 
+def check_deletes_allowed(store: Store, work: str) -> None:
+    """Fail before ``work`` (prune, migrate: work that deletes) changes anything if these
+    credentials may not delete: a delete of ``locks/<work>.delete-probe``, a key that never
+    exists. Allowed, it changes nothing (a versioned bucket adds a delete marker); S3 checks
+    the permission before it looks the key up, so a host whose identity may not delete is
+    refused here, not after collection records were written and objects moved."""
+    try:
+        store.delete(delete_probe_key(work), durable=False)
+    except StorageError as exc:
+        raise type(exc)(f"{work} stopped before it changed anything: {exc}") from exc
+
+
 class ExclusiveLock(Lease):
     """A lease that only one holder can have at a time (``locks/<name>.lock``)."""
 
@@ -179,6 +196,7 @@ class ExclusiveLock(Lease):
     def acquire(self, wait: float = 0.0) -> ExclusiveLock:  # type: ignore[override]
         """Take the lock, waiting up to ``wait`` seconds; :class:`RepositoryBusyError` if
         another live process holds it. A stale lock (expired, or its PID dead) is broken."""
+        check_deletes_allowed(self.store, self.kind)  # a lock is taken only to delete
         deadline = time.monotonic() + wait
         delay = 0.05
         while True:

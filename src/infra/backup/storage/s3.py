@@ -21,6 +21,10 @@ Semantics against the :class:`Store` contract:
 - Errors never contain credentials: messages name the operation, the ``s3://`` location and
   the server's status text.
 - ``close()`` stops the upload/download threads; a later call starts them again.
+- Credentials that may not delete (a bot host's) suffice to back up, list, verify and restore;
+  a refused delete names the object and says where to delete from (docs/S3.md).
+- ``object_lock_days``: objects under ``object_lock_keys`` are written in one PUT by a second
+  client that sends Object Lock retention headers (:meth:`S3Options.object_lock_headers`).
 - Every request is counted (:mod:`.requests`): in :meth:`S3Store._call` by the client function
   it calls, where a call bypasses it (conditional PUTs, deletes, listings) there, and a
   multipart upload as its parts plus create and complete. Uploads on the worker threads count
@@ -34,12 +38,12 @@ the native client only by repositories on S3.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from src.infra.backup.errors import ObjectExistsError, StorageError
@@ -56,7 +60,7 @@ from src.infra.backup.storage.requests import (
     in_caller_context,
     list_pages,
 )
-from src.infra.backup.storage.s3_location import S3Options, parse_s3_url
+from src.infra.backup.storage.s3_location import OBJECT_LOCK_SLACK, S3Options, parse_s3_url
 
 if TYPE_CHECKING:
     from obstore.store import S3Store as _ObstoreS3
@@ -70,6 +74,9 @@ MULTIPART_PART_SIZE = 8 * 1024 * 1024
 # Where the conditional-write probe object goes unless the caller names a place (the
 # repository passes a key in its lock namespace; the store knows no repository names).
 DEFAULT_PROBE_PREFIX = "probe-"
+# The probe object's name after its prefix: the same for every process, so that credentials
+# which cannot delete leave one probe object behind, not one per process.
+PROBE_NAME = "5a1e9c0d1f1d5e7a"
 # The request each client function makes when ``_call`` runs it (other callables, such as
 # reading the body of a GET already counted, make none).
 _REQUEST_OF = {
@@ -100,6 +107,9 @@ class S3Store(Store):
         self.probe_prefix = probe_prefix
         self.options = options or S3Options()
         self._client = _build_client(self.bucket, self.prefix, self.options)
+        # Object Lock: (client sending the retention headers, monotonic time it was made).
+        self._lock_client: tuple[_ObstoreS3, float] | None = None
+        self._lock_client_lock = threading.Lock()
         self._conditional: bool | None = None
         self._probe_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -114,14 +124,26 @@ class S3Store(Store):
 
     def conditional_writes(self) -> bool:
         """Whether the server refuses a second ``If-None-Match: *`` PUT of one key (probed
-        once with a throwaway object, then remembered)."""
+        once with a throwaway object, then remembered). A first PUT refused already answers
+        it: the probe object exists (another process is probing, or credentials that cannot
+        delete left it) and the server would not replace it."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
 
         with self._probe_lock:
             if self._conditional is None:
-                key = f"{self.probe_prefix}{os.urandom(8).hex()}"
-                self._call("write", key, obstore.put, self._client, key, b"probe", mode="create")
+                key = f"{self.probe_prefix}{PROBE_NAME}"
+                try:
+                    self._request_counter.add(PUT)
+                    obstore.put(self._client, key, b"probe", mode="create")
+                except (AlreadyExistsError, PreconditionError):
+                    self._conditional = True  # not ours: left alone
+                    return True
+                except NotSupportedError:
+                    self._conditional = False
+                    return False
+                except Exception as exc:  # noqa: BLE001 - unknown: ask again next time
+                    raise self._error("write", key, exc) from None
                 try:
                     self._request_counter.add(PUT)
                     obstore.put(self._client, key, b"probe", mode="create")
@@ -138,7 +160,8 @@ class S3Store(Store):
 
     def _drop_probe(self, key: str) -> None:
         """Delete the probe object, best effort: credentials that may write but not delete
-        (an append-only backup identity) leave it behind; the answer stands either way."""
+        (an append-only backup identity) leave it behind (one object: every process probes
+        the same key); the answer stands either way."""
         with contextlib.suppress(StorageError):
             self.delete(key)
 
@@ -204,7 +227,7 @@ class S3Store(Store):
 
         self._request_counter.add(PUT)
         try:
-            result = obstore.put(self._client, key, data, mode="create")
+            result = obstore.put(self._client_for(key), key, data, mode="create")
         except (AlreadyExistsError, PreconditionError):
             # Either the key is taken, or our own PUT succeeded, its answer was lost and the
             # client's retry hit our object: read it back to tell which.
@@ -234,14 +257,17 @@ class S3Store(Store):
         """A plain PUT (multipart when big); returns the new object's version."""
         import obstore
 
-        big = len(data) > MULTIPART_THRESHOLD
+        locked = self.options.locks(key)
+        # A locked object goes in one PUT (S3 takes up to 5 GB): the retention headers are
+        # sent where they are documented, never on the parts of a multipart upload.
+        big = len(data) > MULTIPART_THRESHOLD and not locked
         if big:  # create + parts + complete; _call counts one
             self._request_counter.add(PUT, -(-len(data) // MULTIPART_PART_SIZE) + 1)
         result = self._call(
             "write",
             key,
             obstore.put,
-            self._client,
+            self._client_for(key) if locked else self._client,
             key,
             data,
             use_multipart=big,
@@ -249,6 +275,20 @@ class S3Store(Store):
             max_concurrency=self.options.concurrency,
         )
         return _version_of(result)
+
+    def _client_for(self, key: str) -> _ObstoreS3:
+        """The client that writes ``key``: with Object Lock retention headers if the options
+        lock it (made anew once its retention date is older than :data:`OBJECT_LOCK_SLACK`,
+        so every object is retained at least ``object_lock_days``), else the plain one."""
+        if not self.options.locks(key):
+            return self._client
+        with self._lock_client_lock:
+            made = self._lock_client
+            if made is None or time.monotonic() - made[1] >= OBJECT_LOCK_SLACK.total_seconds():
+                headers = self.options.object_lock_headers(datetime.now(timezone.utc))
+                client = _build_client(self.bucket, self.prefix, self.options, headers=headers)
+                made = self._lock_client = (client, time.monotonic())
+            return made[0]
 
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         batch = list(items)
@@ -440,12 +480,30 @@ class S3Store(Store):
     def _error(self, action: str, key: str, exc: BaseException) -> StorageError:
         from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
+        locked = action == "write" and self.options.locks(key)
         # A refused DeleteObjects (obstore's delete) or listing arrives as a generic error.
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or _denied(str(exc)):
             what = "access denied (check the S3 credentials and the bucket's permissions)"
+            if action == "delete":
+                what = DELETE_DENIED
+            elif locked:
+                what += f"; {LOCK_HINT}"
         else:
             what = _short(str(exc))
+            if locked and "InvalidRequest" in str(exc):
+                what = f"the server refused the Object Lock retention ({LOCK_HINT}): {what}"
         return StorageError(f"cannot {action} {self._name(key)}: {what}")
+
+
+DELETE_DENIED = (
+    "access denied: these credentials may not delete here (a backup-only identity?); "
+    "nothing was deleted. Run prune, retention and delete from a host whose credentials "
+    'may delete (docs/S3.md, "Threat model")'
+)
+LOCK_HINT = (
+    "object_lock_days needs a bucket with Object Lock enabled and credentials allowed "
+    "s3:PutObjectRetention"
+)
 
 
 def _done(value: bytes | None) -> Future[bytes | None]:
@@ -478,7 +536,11 @@ def _info(key: str, meta: Any) -> ObjectInfo:
     return ObjectInfo(key, int(meta["size"]), meta["last_modified"].timestamp(), etag, etag)
 
 
-def _build_client(bucket: str, prefix: str, options: S3Options) -> _ObstoreS3:
+def _build_client(
+    bucket: str, prefix: str, options: S3Options, *, headers: dict[str, str] | None = None
+) -> _ObstoreS3:
+    """The obstore client; with ``headers`` (Object Lock's) on every request, signed, and a
+    SHA-256 checksum of each body: a client for those PUTs only."""
     from obstore.store import S3Store as _ObstoreS3  # the first use of obstore: loads it
 
     config: dict[str, Any] = {}
@@ -498,6 +560,9 @@ def _build_client(bucket: str, prefix: str, options: S3Options) -> _ObstoreS3:
         "connect_timeout": f"{options.connect_timeout.total_seconds():g}s",
         "allow_http": endpoint.startswith("http://"),
     }
+    if headers:
+        client_options["default_headers"] = headers
+        config["checksum_algorithm"] = "SHA256"
     retry: dict[str, Any] = {
         "max_retries": options.max_retries,
         "retry_timeout": options.retry_timeout,

@@ -5,9 +5,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from src.infra.backup.storage.keys import validate_key
+
+# A locked write's retention date is fixed in the headers of the client that sends it (obstore
+# adds no header to one request): objects get ``object_lock_days`` plus at most this much,
+# then the store makes the client anew.
+OBJECT_LOCK_SLACK = timedelta(hours=1)
+OBJECT_LOCK_MODE = "GOVERNANCE"
 
 
 @dataclass(frozen=True)
@@ -15,7 +21,12 @@ class S3Options:
     """How to reach the bucket. Credentials left ``None`` come from the usual AWS environment
     variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
     ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) or the instance's role.
-    Secrets are excluded from ``repr`` so they cannot reach a log line by accident."""
+    Secrets are excluded from ``repr`` so they cannot reach a log line by accident.
+
+    ``object_lock_days`` (``0``: off): objects written under ``object_lock_keys`` (a key, or a
+    prefix ending in ``/``) carry S3 Object Lock retention in governance mode until at least
+    that many days after their write; the bucket must have Object Lock enabled (docs/S3.md).
+    The repository names the keys (manifests, packs, ``repo.json``); the store knows none."""
 
     endpoint_url: str | None = None
     region: str | None = None
@@ -27,6 +38,26 @@ class S3Options:
     max_retries: int = 5
     retry_timeout: timedelta = timedelta(minutes=3)
     concurrency: int = 8
+    object_lock_days: int = 0
+    object_lock_keys: tuple[str, ...] = ()
+
+    def locks(self, key: str) -> bool:
+        """Whether an object written under ``key`` gets Object Lock retention."""
+        return self.object_lock_days > 0 and any(
+            key.startswith(name) if name.endswith("/") else key == name
+            for name in self.object_lock_keys
+        )
+
+    def object_lock_headers(self, now: datetime) -> dict[str, str]:
+        """The headers of a PUT with this retention, from ``now`` (aware): governance mode
+        until ``object_lock_days`` plus :data:`OBJECT_LOCK_SLACK` from now, and the SHA-256
+        checksum S3 wants on such a PUT (the client sends its ``x-amz-checksum-sha256``)."""
+        until = now + timedelta(days=self.object_lock_days) + OBJECT_LOCK_SLACK
+        return {
+            "x-amz-object-lock-mode": OBJECT_LOCK_MODE,
+            "x-amz-object-lock-retain-until-date": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "x-amz-sdk-checksum-algorithm": "SHA256",
+        }
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
