@@ -8,11 +8,12 @@ module decides what the bytes are and when they can be trusted:
   after a short back-off, up to :data:`READ_ATTEMPTS` times; a file that keeps changing is
   stored as last read, marked ``changed``, with a warning. Reading starts only once the file
   system's (coarse) clock has left the tick of the file's mtime, so a write during the read
-  always shows in its stat. A file modified within the last second is read twice and kept
-  only if both reads agree (on file systems with coarse timestamps a write may not show in
-  the stat). A writer that stops in the middle of rewriting a file in place, for longer than
-  both reads take, leaves a torn file *at rest*, and that is what is stored: write such files
-  by rename, or keep the data in SQLite. A file that vanished or cannot be read is left out
+  always shows in its stat. A file modified within the last second is read twice, the second
+  time once it has been left alone for :data:`QUIET_NS`, and kept only if both reads agree
+  (on file systems with coarse timestamps a write may not show in the stat). A writer that
+  stops in the middle of rewriting a file in place, for longer than that and both reads, leaves
+  a torn file *at rest*, and that is what is stored: write such files by rename, or keep the
+  data in SQLite. A file that vanished or cannot be read is left out
   with a warning; it never fails the backup.
 - **SQLite databases** (the file's header says so) are copied through SQLite's online backup
   API from their own connection (``sqlite_source.py``): whole committed transactions only, and
@@ -52,6 +53,9 @@ RETRY_BACKOFF_SECONDS = (0.02, 0.1, 0.3)
 # A file modified this recently may change again without its stat changing (timestamps are
 # only as fine as the kernel's clock tick, and some file systems are coarser still).
 RACY_WINDOW_NS = 1_000_000_000
+# A racy file is read the second time only once it has been left alone this long: a writer
+# descheduled in the middle of a rewrite for a moment is not taken for one that is done.
+QUIET_NS = 100_000_000
 # File timestamps come from the kernel's coarse clock: a write within the tick of the last one
 # leaves the mtime unchanged. Before a file is read, wait (briefly) until that tick is over.
 TIMESTAMP_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", time.CLOCK_REALTIME)
@@ -122,6 +126,8 @@ class FileInput:
         for attempt in range(READ_ATTEMPTS):
             if attempt and last is None:  # it changed: give the writer time to finish
                 time.sleep(RETRY_BACKOFF_SECONDS[min(unstable - 1, len(RETRY_BACKOFF_SECONDS) - 1)])
+            elif attempt and before is not None:  # confirming a racy read: once it is quiet
+                time.sleep(max(0, before.st_mtime_ns + QUIET_NS - time.time_ns()) / 1e9)
             try:
                 fd = os.open(self.path, _OPEN_FLAGS)
             except OSError as exc:
