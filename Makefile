@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) -m bench.s3
 	$(PY) -m bench.s3_listing
 	$(PY) -m bench.s3_transfer --size $(SIZE_MB)
+	$(PY) -m bench.s3_verify --size 256
 	$(PY) -m bench.sqlite_live --size-mb $(DB_SIZE_MB)
 	$(PY) -m bench.sqlite_backup --size-mb $(DB_SIZE_MB)
 

@@ -34,11 +34,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.restore_tree import MB, _status_mb, generate_tree, identical_trees
 from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.s3_location import S3Options
+
+if TYPE_CHECKING:
+    from tools.s3_server import SeaweedS3
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 BUCKET = "bench"
@@ -264,6 +267,35 @@ def _child_main(argv: list[str]) -> int:
     return 0
 
 
+def start_s3(work: Path) -> tuple[SeaweedS3, S3Options]:
+    """SeaweedFS on loopback (data in ``work/seaweedfs``) with the bucket :data:`BUCKET`, and
+    the options to reach it; ``stop()`` the server."""
+    from tools.s3_server import SeaweedS3
+
+    server = SeaweedS3(work / "seaweedfs").start()
+    try:
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id=server.access_key,
+            aws_secret_access_key=server.secret_key,
+            region_name=server.region,
+        ).create_bucket(Bucket=BUCKET)
+    except BaseException:
+        server.stop()
+        raise
+    time.sleep(0.5)
+    options = S3Options(
+        endpoint_url=server.endpoint_url,
+        region=server.region,
+        access_key_id=server.access_key,
+        secret_access_key=server.secret_key,
+    )
+    return server, options
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -277,27 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 1 or args.rounds < 1:
         parser.error("--size and --rounds must be at least 1")
-    from tools.s3_server import SeaweedS3
-
     work = Path(tempfile.mkdtemp(prefix="peak-bench-s3-transfer-", dir="/tmp"))
-    server = SeaweedS3(work / "seaweedfs").start()
+    server, options = start_s3(work)
     try:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            region_name=server.region,
-        ).create_bucket(Bucket=BUCKET)
-        time.sleep(0.5)
-        options = S3Options(
-            endpoint_url=server.endpoint_url,
-            region=server.region,
-            access_key_id=server.access_key,
-            secret_access_key=server.secret_key,
-        )
         assert server.process is not None
         report = measure(work, options, args.size, args.rounds, server.process.pid)
     finally:

@@ -279,6 +279,26 @@ def test_check_reports_a_damaged_pack_with_the_backups_it_affects(tmp_path: Path
     assert report.to_json()["damaged_packs"][pack_path.name]["backups"] == [backup_id]
 
 
+def test_an_index_entry_of_a_repacked_pack_is_stale_not_damage(tmp_path: Path) -> None:
+    """A prune that dies between deleting repacked packs and rewriting the index leaves an
+    index file listing a deleted pack whose live chunks are in the new pack: check calls it a
+    stale entry, not damage (found by the soak, where kills land there)."""
+    repo = tmp_path / "repo"
+    manager = _manager(repo)
+    doomed = manager.create_backup({"a": _noise(100_000, 5), "b": _noise(100_000, 6)})
+    kept = manager.create_backup({"a": _noise(100_000, 5)})
+    prune(_manager(repo).repository, grace=ZERO)  # an index file lists the one pack
+    (old_index,) = _files(repo, PACK_INDEX_PREFIX).values()
+    saved, (old_pack,) = old_index.read_bytes(), _files(repo, PACK_PREFIX)
+    _manager(repo).delete_backup(doomed)
+    report = prune(_manager(repo).repository, grace=ZERO)
+    assert report.packs_repacked == 1 and old_pack not in _files(repo, PACK_PREFIX)
+    old_index.write_bytes(saved)  # as if the index had not been rewritten yet
+    check = _manager(repo).check()
+    assert check.clean and check.stale_index_entries == 1, check.to_json()
+    assert _manager(repo).load_backup(kept) == {"a": _noise(100_000, 5)}
+
+
 def test_check_reports_a_missing_pack(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     manager = _manager(repo)

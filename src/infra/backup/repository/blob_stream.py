@@ -12,20 +12,27 @@ ahead of the queue (so the budget can be passed by at most one span per consumer
 that needs an entry not planned yet makes the planner go on to it (planning holds no data).
 So a consumer taking a large file never keeps the others from theirs, and memory stays bounded
 whatever the order the consumers go at.
+
+A verify from a network store (``RepositoryReader.verify_snapshot``) reads through the same
+stream: :func:`each_entry` checks the entries on :data:`CONSUMERS` threads, in order, with
+their chunk lists read afresh (:func:`fresh_entry_refs`, which ``check`` uses too), each entry
+by the rules of :func:`verify_entry` (those of a verify chunk by chunk, the local path).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from src.infra.backup.format.manifest import ChunkRef, Entry
+from src.infra.backup.errors import CorruptDataError, IntegrityError, StorageError
+from src.infra.backup.format.manifest import ChunkRef, Entry, ListRef, decode_chunk_list
 from src.infra.backup.repository.pack_index import Location
-from src.infra.backup.repository.pack_reader import Blob, Span, SpanPlanner
+from src.infra.backup.repository.pack_reader import Blob, BlobsAhead, Span, SpanPlanner
 from src.infra.backup.storage.base import Store
 
 # Spans read and not yet taken (or being read) stay under this many bytes.
@@ -34,8 +41,15 @@ STREAM_BUDGET = 32 * 1024 * 1024
 FETCH_THREADS = 8
 # Spans planned ahead of the reading: planning pauses beyond this (unless a consumer waits).
 PLANNED_AHEAD = 64
+# Consumers of :func:`each_entry` (decompressing and hashing release the GIL).
+CONSUMERS = 2
 
 _T = TypeVar("_T")
+
+# The chunk references of each entry, in order (or the error of a damaged chunk list).
+RefsReader = Callable[[Sequence[Entry]], Iterator[list[ChunkRef] | Exception]]
+# An entry verified: (chunks checked, bytes checked, what is wrong with it).
+Verified = tuple[int, int, Exception | None]
 
 
 class StreamSource(Protocol):
@@ -72,10 +86,15 @@ class BlobStream:
         *,
         budget: int = STREAM_BUDGET,
         threads: int = FETCH_THREADS,
+        refs: RefsReader | None = None,
     ) -> None:
         self._source = source
         self._entries = entries
         self._budget = budget
+        # Where the chunk references come from (``refs``: e.g. chunk lists read afresh).
+        self._refs: RefsReader = refs if refs is not None else source.iter_entry_refs
+        # The most bytes of spans held (being read, or read and not all taken) at once.
+        self.peak_held = 0
         self._cond = threading.Condition()
         self._plans: list[_Plan | None] = [None] * len(entries)
         self._left: dict[Span, int] = {}  # per span: its blobs not yet taken
@@ -216,6 +235,7 @@ class BlobStream:
             return False
         span.submitted = span.held = True
         self._held += span.length
+        self.peak_held = max(self.peak_held, self._held)
         return True
 
     def _fetch(self, span: Span) -> None:
@@ -247,7 +267,7 @@ class BlobStream:
         planner = SpanPlanner()
         source = self._source
         try:
-            for index, refs in enumerate(source.iter_entry_refs(self._entries)):
+            for index, refs in enumerate(self._refs(self._entries)):
                 with self._cond:
                     while (
                         not self._closed
@@ -286,3 +306,171 @@ class BlobStream:
                 self._plans[index] = plan
             self._queue.extend(ready)
             self._pump()
+
+
+# -- many entries checked at once (verify) ---------------------------------------------------
+
+
+def each_entry(
+    source: StreamSource,
+    entries: Sequence[Entry],
+    work: Callable[[BlobStream, int], _T],
+    *,
+    refs: RefsReader | None = None,
+    consumers: int = CONSUMERS,
+) -> Generator[_T, None, None]:
+    """``work(stream, index)`` for every entry of ``entries``, on ``consumers`` threads each
+    taking the next entry in order, the chunks read ahead through one :class:`BlobStream`
+    (coalesced, parallel, within its budget; ``refs`` as there); the results in entry order.
+    What ``work`` raises is raised here, at its entry, and no further entry is started.
+    Memory: the stream's budget and a few spans past it (see the module docstring), plus what
+    ``work`` holds."""
+    stream = BlobStream(source, entries, budget=STREAM_BUDGET, refs=refs)
+    cond = threading.Condition()
+    results: dict[int, tuple[bool, Any]] = {}  # index -> (done, its result or exception)
+    order = iter(range(len(entries)))
+    stopped = [False]
+
+    def run() -> None:
+        while True:
+            with cond:
+                index = None if stopped[0] else next(order, None)
+            if index is None:
+                return
+            try:
+                outcome: tuple[bool, Any] = (True, work(stream, index))
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                outcome = (False, exc)
+            with cond:
+                results[index] = outcome
+                stopped[0] = stopped[0] or not outcome[0]
+                cond.notify_all()
+
+    threads = [threading.Thread(target=run, name="peak-backup-verify") for _ in range(consumers)]
+    try:
+        for thread in threads:
+            thread.start()
+        for index in range(len(entries)):
+            with cond:
+                while index not in results:
+                    cond.wait()
+                done, value = results.pop(index)
+            if not done:
+                raise value
+            yield value
+    finally:
+        with cond:
+            stopped[0] = True
+        stream.close()  # a consumer still waiting on it raises, and stops
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+
+
+def verify_entry(
+    entry: Entry,
+    refs: Callable[[Entry], list[ChunkRef]],
+    read: Callable[[list[ChunkRef]], Iterator[bytes]] | None,
+    present: Callable[[str], bool],
+    check_data: Callable[[Entry, bytes], None] | None,
+) -> Verified:
+    """Verify one entry (``RepositoryReader.verify_snapshot``): each chunk of ``refs(entry)``
+    read and verified, in order, from ``read(refs)`` (the plaintexts), or (``read`` None) only
+    checked ``present``; then its size, and ``check_data(entry, content)`` for a data entry
+    read. The first problem stops the entry; chunks are counted up to it, bytes only if every
+    chunk was checked."""
+    count = total = counted = 0
+    keep = read is not None and check_data is not None and entry.kind == "data"
+    pieces: list[bytes] = []
+    try:
+        found = refs(entry)
+        plains = None if read is None else read(found)
+        try:
+            for ref in found:
+                if plains is None:
+                    if not present(ref.id):
+                        raise IntegrityError(f"chunk {ref.id} is missing from the repository")
+                    total += ref.size
+                elif not _HEX_ID.fullmatch(ref.id):
+                    raise CorruptDataError(f"invalid chunk id {ref.id!r} in a manifest")
+                else:
+                    plain = next(plains)
+                    total += len(plain)
+                    if keep:
+                        pieces.append(plain)
+                count += 1
+        finally:
+            close = getattr(plains, "close", None)
+            if close is not None:
+                close()  # a stream's chunks not taken are let go
+        counted = total
+        if total != entry.size:
+            raise CorruptDataError(f"{total} bytes instead of {entry.size}")
+        if keep and check_data is not None:
+            check_data(entry, b"".join(pieces))
+    except (IntegrityError, StorageError) as exc:
+        return count, counted, exc
+    return count, total, None
+
+
+class ListSource(Protocol):
+    """What :func:`fresh_entry_refs` needs of the repository reader."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def fetch_blobs(self, cids: Iterable[str]) -> Iterator[Blob | None]: ...
+
+    def decode_blob(self, ref: ChunkRef, blob: Blob | None) -> bytes: ...
+
+    def remember_chunk_list(self, cid: str, refs: list[ChunkRef]) -> None: ...
+
+
+def fresh_entry_refs(
+    source: ListSource, entries: Sequence[Entry]
+) -> Iterator[list[ChunkRef] | Exception]:
+    """The chunk references of each entry, in order, as ``entry_refs(entry, fresh=True)``
+    finds them: every chunk list read again from the store (as a verification must), but each
+    list once, from a network store fetched ahead in coalesced, parallel reads rather than one
+    round trip each (a local store's are read one by one: it reads no gaps between them). An
+    entry whose chunk list is damaged or missing yields the first such error instead."""
+    wanted = dict.fromkeys(lref for entry in entries for lref in entry.lists)
+    fetched = (
+        iter(())  # each read alone, when taken
+        if source.store.cheap_exists
+        else source.fetch_blobs(lref.id for lref in wanted if _HEX_ID.fullmatch(lref.id))
+    )
+    found: dict[ListRef, list[ChunkRef] | Exception] = {}
+    with BlobsAhead(fetched) as blobs:
+        for entry in entries:
+            for lref in entry.lists:  # each list's blob taken where first wanted, in order
+                if lref not in found:
+                    found[lref] = _fresh_list(source, lref, blobs)
+            refs = list(entry.chunks)  # inline chunks come first, then those of the lists
+            failed: Exception | None = None
+            for lref in entry.lists:
+                listed = found[lref]
+                if isinstance(listed, Exception):
+                    failed = listed
+                    break
+                refs.extend(listed)
+            yield refs if failed is None else failed
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _fresh_list(source: ListSource, lref: ListRef, blobs: BlobsAhead) -> list[ChunkRef] | Exception:
+    """The references chunk list ``lref`` holds, from the next of ``blobs`` (checked like
+    ``RepositoryReader.entry_refs`` checks it), or why it cannot be read."""
+    try:
+        if not _HEX_ID.fullmatch(lref.id):
+            raise CorruptDataError(f"invalid chunk id {lref.id!r} in a manifest")
+        plain = source.decode_blob(ChunkRef(lref.id, lref.size, lref.stored), blobs.take())
+        refs = decode_chunk_list(plain, f"chunk list {lref.id}")
+        if len(refs) != lref.count:
+            raise CorruptDataError(f"chunk list {lref.id}: {len(refs)} chunks, not {lref.count}")
+    except (IntegrityError, StorageError) as exc:
+        return exc
+    source.remember_chunk_list(lref.id, refs)
+    return refs

@@ -11,7 +11,9 @@ it was wanted, as a slice of its span.
 Memory stays bounded: a span only takes blobs wanted within :data:`SPAN_REACH` bytes (of the
 wanted stream) after its first one, so a span is released once the consumer has moved that far,
 and the store reads a bounded window ahead. :func:`coalesced_blobs` serves one consumer in
-order; ``blob_stream.py`` serves the many workers of a tree restore.
+order; ``blob_stream.py`` serves the many workers of a tree restore (and of a verify).
+:func:`whole_packs` reads whole packs (``check --read-data``) in parallel parts of the same
+size.
 
 Nothing here trusts the bytes: blobs are decoded and verified by the reader as before. A blob
 whose pack is gone, or ended before it (a cut pack), is handed on as ``None``: the reader then
@@ -21,9 +23,10 @@ reads it on its own, from any place that has it, and names the damage if none do
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 
+from src.infra.backup.errors import StorageError
 from src.infra.backup.format.layout import pack_key
 from src.infra.backup.repository.pack_index import Location
 from src.infra.backup.storage.base import Store
@@ -187,3 +190,68 @@ def coalesced_blobs(store: Store, located: Iterable[Location | None]) -> Iterato
 
 def _unfetched(span: Span | None) -> bool:
     return span is not None and not span.fetched
+
+
+def whole_packs(
+    store: Store, packs: Iterable[tuple[str, int]]
+) -> Generator[bytes | None, None, None]:
+    """The bytes of each ``(pack id, size)`` in order (``None``: the pack is gone). A network
+    store reads each in ranged parts of at most :data:`SPAN_LIMIT` that it fetches in parallel,
+    a bounded window ahead of the consumer; a local one reads each whole, when it is taken."""
+    todo = list(packs)
+    if store.cheap_exists:
+        for pack_id, _ in todo:
+            try:
+                yield store.get(pack_key(pack_id))
+            except KeyError:
+                yield None
+        return
+    parts = store.get_range_many(
+        (pack_key(pack_id), start, min(SPAN_LIMIT, size - start))
+        for pack_id, size in todo
+        for start in range(0, size, SPAN_LIMIT)
+    )
+    try:
+        for _, size in todo:
+            pieces = [next(parts) for _ in range(-(-size // SPAN_LIMIT))]
+            present = [piece for piece in pieces if piece is not None]
+            whole = b"".join(present) if len(present) == len(pieces) else None
+            del pieces, present  # the parts are not held while the pack is checked
+            yield whole
+            del whole
+    finally:
+        close = getattr(parts, "close", None)
+        if close is not None:
+            close()  # reads still in flight are cancelled
+
+
+class BlobsAhead:
+    """Blobs fetched ahead (``RepositoryReader.fetch_blobs``), taken one at a time; once the
+    fetching fails (a storage error kills the iterator), this one and the rest come as ``None``:
+    the reader then reads each alone, and names the problem where there is one, as it would
+    have without the read-ahead. :meth:`close` it."""
+
+    def __init__(self, blobs: Iterator[Blob | None]) -> None:
+        self._blobs: Iterator[Blob | None] | None = blobs
+
+    def take(self) -> Blob | None:
+        """The next blob (``None``: read it alone)."""
+        if self._blobs is None:
+            return None
+        try:
+            return next(self._blobs)
+        except (StorageError, StopIteration):
+            self.close()
+            return None
+
+    def close(self) -> None:
+        blobs, self._blobs = self._blobs, None
+        close = getattr(blobs, "close", None)
+        if close is not None:
+            close()  # reads still in flight are cancelled
+
+    def __enter__(self) -> BlobsAhead:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -15,7 +15,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -56,7 +58,13 @@ from src.infra.backup.format.manifest import (
     open_manifest,
 )
 from src.infra.backup.format.values import ENCODING_NAME, decode_value
-from src.infra.backup.repository.blob_stream import BlobStream
+from src.infra.backup.repository.blob_stream import (
+    BlobStream,
+    Verified,
+    each_entry,
+    fresh_entry_refs,
+    verify_entry,
+)
 from src.infra.backup.repository.catalog import SummaryCatalog, list_snapshot_store
 from src.infra.backup.repository.gc import read_chunk_blob
 from src.infra.backup.repository.pack_index import Location, PackIndex
@@ -474,10 +482,12 @@ class RepositoryReader:
         """Check a backup: its manifest, and every chunk (read and hashed, or only present).
 
         With ``read_data``, ``check_data(entry, content)`` is also called for each data entry
-        (to decode it, say) from the same read, so verification reads every chunk once.
+        (to decode it, say) from the same read, so verification reads every chunk once. From a
+        network store the chunks and chunk lists come in coalesced, parallel reads within a
+        bounded budget (``blob_stream.each_entry``), entries checked on two threads (data
+        entries one at a time); a local store reads chunk by chunk (its reads cost little).
         """
         report = VerifyReport(backup_id, ok=True)
-        packs_seen: set[str] = set()
         if self.packed:
             self.pack_index.refresh()  # damage or a prune since this process last looked
         try:
@@ -486,31 +496,32 @@ class RepositoryReader:
             report.ok = False
             report.problems.append(str(exc))
             return report
-        for entry in manifest.entries:
-            try:
-                refs = self.entry_refs(entry, fresh=True)
-                total = 0
-                keep = read_data and check_data is not None and entry.kind == "data"
-                pieces: list[bytes] = []
-                for ref in refs:
-                    if read_data:
-                        plain = self.read_chunk(ref)
-                        total += len(plain)
-                        if keep:
-                            pieces.append(plain)
-                    elif not self.chunk_present(ref.id, packs_seen):
-                        raise IntegrityError(f"chunk {ref.id} is missing from the repository")
-                    else:
-                        total += ref.size
-                    report.checked_chunks += 1
-                report.checked_bytes += total
-                if total != entry.size:
-                    raise CorruptDataError(f"{total} bytes instead of {entry.size}")
-                if keep and check_data is not None:
-                    check_data(entry, b"".join(pieces))
-            except (IntegrityError, StorageError) as exc:
-                report.ok = False
-                report.problems.append(f"entry {entry.name!r}: {exc}")
+        entries, packs_seen = manifest.entries, set[str]()
+        present = partial(self.chunk_present, packs_seen=packs_seen)
+        if read_data and not self.store.cheap_exists:
+            whole = threading.Lock()  # a data entry's content is held whole: one at a time
+
+            def work(stream: BlobStream, i: int) -> Verified:
+                refs, chunks = (lambda _: stream.refs(i)), (lambda _: stream.chunks(i))
+                with whole if check_data and entries[i].kind == "data" else nullcontext():
+                    return verify_entry(entries[i], refs, chunks, present, check_data)
+
+            outcomes = each_entry(self, entries, work, refs=partial(fresh_entry_refs, self))
+        else:
+            fresh = partial(self.entry_refs, fresh=True)  # chunk by chunk, each read when taken
+            read = (
+                (lambda found: map(self.decode_blob, found, itertools.repeat(None)))
+                if read_data
+                else None
+            )
+            outcomes = (verify_entry(e, fresh, read, present, check_data) for e in entries)
+        with closing(outcomes):
+            for entry, (chunks, size, problem) in zip(entries, outcomes, strict=True):
+                report.checked_chunks += chunks
+                report.checked_bytes += size
+                if problem is not None:
+                    report.ok = False
+                    report.problems.append(f"entry {entry.name!r}: {problem}")
         return report
 
 
