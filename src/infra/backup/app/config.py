@@ -73,6 +73,7 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     command_sources: Any = None  # [[backup.command_sources]], checked by parse_command_sources
     sqlite_detect: bool = True
     sqlite_check: Literal["quick", "full"] = "quick"
+    bot_pidfile: str | None = None
 
 
 # -- [backup.hooks] and [[backup.command_sources]] ---------------------------------------------
@@ -114,6 +115,8 @@ class BackupConfig:
     commands whose standard output is stored as one entry. ``sqlite_detect``: capture SQLite
     databases among the sources through SQLite's backup API; ``sqlite_check``: ``"quick"``
     (``PRAGMA quick_check``) or ``"full"`` (``integrity_check``) on every captured copy.
+    ``bot_pidfile``: the trading bot's PID file (relative to the config file): an in-place
+    restore refuses while the process it names is alive.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -141,12 +144,13 @@ class BackupConfig:
     command_sources: tuple[CommandSourceSettings, ...] = ()
     sqlite_detect: bool = True
     sqlite_check: Literal["quick", "full"] = "quick"
+    bot_pidfile: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.s3, S3Options):
             self.s3 = s3_table(self.s3)
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
-        for key in ("backup_path", "fallback_path"):
+        for key in ("backup_path", "fallback_path", "bot_pidfile"):
             if isinstance(values[key], os.PathLike):
                 values[key] = os.fspath(values[key])
         if isinstance(values["interval_hours"], int) and not isinstance(
@@ -169,7 +173,7 @@ class BackupConfig:
         values = dict(table)
         _validate(values, "[backup]")
         if base_dir is not None:
-            for key in ("backup_path", "password_file", "fallback_path"):
+            for key in ("backup_path", "password_file", "fallback_path", "bot_pidfile"):
                 if values.get(key) is not None and not is_s3_url(values[key]):
                     path = Path(values[key]).expanduser()
                     values[key] = str(path if path.is_absolute() else base_dir / path)
@@ -331,6 +335,10 @@ def _validate(values: dict[str, Any], where: str) -> None:
         parse_offsite(
             table.offsite, "[backup.offsite]" if where == "[backup]" else f"{where}.offsite"
         )
+    if table.bot_pidfile is not None and (
+        not table.bot_pidfile.strip() or "\0" in table.bot_pidfile
+    ):
+        raise ConfigError(f"{where}: bot_pidfile = {table.bot_pidfile!r}: expected a file path")
     if table.fallback_path is not None:
         if not table.fallback_path.strip():
             raise ConfigError(f"{where}: fallback_path is empty: expected a directory path")

@@ -1,5 +1,6 @@
-"""Maintenance that follows a backup: retention planning (also on the path of every backup,
-kept cheap with thousands of backups) and garbage collection in the background after
+"""Maintenance: deleting backups (checked: never the last good one unasked), retention
+planning (also on the path of every backup, kept cheap with thousands of backups) and its
+deletions, garbage collection (logged), and garbage collection in the background after
 retention deleted backups (``auto_prune``), at most once per grace period per process, never
 delaying the caller and never failing a backup.
 """
@@ -14,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from src.infra.backup.app.config import BackupConfig
-from src.infra.backup.errors import BackupError, RepositoryBusyError
-from src.infra.backup.format.ids import id_sort_key
+from src.infra.backup.errors import BackupError, BackupNotFoundError, RepositoryBusyError
+from src.infra.backup.format.ids import id_sort_key, is_valid_backup_id, type_of_id
 from src.infra.backup.policy.retention import (
     Decision,
     RetentionCandidate,
@@ -126,3 +127,53 @@ def is_last_good(repository: Repository, backup_id: str) -> bool:
         (i for i in repository.snapshot_ids() if i != backup_id), key=id_sort_key, reverse=True
     )
     return not any(repository.verify_snapshot(i, read_data=False).ok for i in others)
+
+
+def delete_checked(repository: Repository, backup_id: str, *, force: bool = False) -> None:
+    """Delete a backup; refuse the last good one unless ``force`` (``delete_backup``)."""
+    if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
+        raise BackupNotFoundError(f"backup not found: {backup_id}")
+    if not force and is_last_good(repository, backup_id):
+        raise BackupError(
+            f"refusing to delete {backup_id}: it is the last good backup "
+            "(pass force=True, or --force on the command line)"
+        )
+    repository.delete_snapshot(backup_id)
+    fields = {"backup_id": backup_id, "backup_type": type_of_id(backup_id), "outcome": "deleted"}
+    log.info("backup %s deleted", backup_id, extra=fields)
+
+
+def delete_forgotten(repository: Repository, decisions: Sequence[Decision]) -> list[str]:
+    """Delete the backups ``decisions`` forget (those deleted concurrently are skipped);
+    returns the ids deleted."""
+    deleted = []
+    for decision in decisions:
+        if not decision.keep:
+            try:
+                repository.delete_snapshot(decision.backup_id)
+            except BackupNotFoundError:
+                continue  # deleted concurrently
+            deleted.append(decision.backup_id)
+            log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+    return deleted
+
+
+def prune_logged(
+    repository: Repository, *, grace: timedelta, dry_run: bool, lock_wait: float
+) -> PruneReport:
+    """``gc.prune``, with its outcome logged (duration, bytes freed)."""
+    from src.infra.backup.repository.gc import prune
+
+    started = time.monotonic()
+    report = prune(repository, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
+    log.info(
+        "prune: %d chunks deleted, %d bytes freed",
+        report.deleted,
+        report.freed_bytes,
+        extra={
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "size_bytes": report.freed_bytes,
+            "outcome": "pruned" if not dry_run else "prune_dry_run",
+        },
+    )
+    return report

@@ -17,9 +17,11 @@ from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
 from src.infra.backup.app.maintenance import (
     AutoPrune,
-    is_last_good,
+    delete_checked,
+    delete_forgotten,
     plan_after_create,
     plan_checked,
+    prune_logged,
 )
 from src.infra.backup.app.passphrase import read_passphrase, refuse_unexpected_plaintext
 from src.infra.backup.app.request import BackupRequest, checked_request, encoded_request
@@ -31,8 +33,6 @@ from src.infra.backup.errors import (
     StorageError,
 )
 from src.infra.backup.format.ids import (
-    is_valid_backup_id,
-    type_of_id,
     validate_backup_type,
 )
 from src.infra.backup.format.manifest import Manifest
@@ -484,24 +484,7 @@ class BackupManager:
 
         Its chunks stay until garbage collection reclaims those no other backup uses.
         """
-        repository = self.repository
-        if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
-            raise BackupNotFoundError(f"backup not found: {backup_id}")
-        if not force and is_last_good(repository, backup_id):
-            raise BackupError(
-                f"refusing to delete {backup_id}: it is the last good backup "
-                "(pass force=True, or --force on the command line)"
-            )
-        repository.delete_snapshot(backup_id)
-        log.info(
-            "backup %s deleted",
-            backup_id,
-            extra={
-                "backup_id": backup_id,
-                "backup_type": type_of_id(backup_id),
-                "outcome": "deleted",
-            },
-        )
+        delete_checked(self.repository, backup_id, force=force)
 
     def prune(
         self,
@@ -513,30 +496,14 @@ class BackupManager:
         """Garbage-collect chunks no backup references (two phases, see ``gc.py``):
         returns what was collected, deleted and freed. ``RepositoryBusyError`` if another
         prune runs (``lock_wait`` seconds to wait for it)."""
-        from src.infra.backup.repository.gc import PruneReport, prune
+        from src.infra.backup.repository.gc import PruneReport
 
         try:
             repository = self.repository
         except RepositoryNotFoundError:
             return PruneReport(dry_run=dry_run)  # nothing backed up yet: nothing to collect
-        started = time.monotonic()
-        report = prune(
-            repository,
-            grace=grace if grace is not None else self.config.grace,
-            dry_run=dry_run,
-            lock_wait=lock_wait,
-        )
-        log.info(
-            "prune: %d chunks deleted, %d bytes freed",
-            report.deleted,
-            report.freed_bytes,
-            extra={
-                "duration_ms": round((time.monotonic() - started) * 1000, 3),
-                "size_bytes": report.freed_bytes,
-                "outcome": "pruned" if not dry_run else "prune_dry_run",
-            },
-        )
-        return report
+        grace = grace if grace is not None else self.config.grace
+        return prune_logged(repository, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
 
     def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
         """Check the whole repository (see ``check.py``); ``subset`` as ``verify
@@ -571,15 +538,7 @@ class BackupManager:
         returns the deleted ids. ``auto_prune``: then collect garbage in the background."""
         if decisions is None:
             decisions = self.plan_retention(protect=protect or ())
-        deleted = []
-        for decision in decisions:
-            if not decision.keep:
-                try:
-                    self.repository.delete_snapshot(decision.backup_id)
-                except BackupNotFoundError:
-                    continue  # deleted concurrently
-                deleted.append(decision.backup_id)
-                log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+        deleted = delete_forgotten(self.repository, decisions)
         if deleted and auto_prune:
             self._auto_prune.start()
         return deleted
