@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,7 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {op: after.get(op, 0) - before.get(op, 0) for op in after if after[op] != before.get(op)}
 
 
-def by_op(counts: dict[str, float]) -> dict[str, float]:
+def by_op(counts: Mapping[str, float]) -> dict[str, float]:
     """``counts`` in the order of OPS, zeros left out."""
     return {op: counts[op] for op in (*OPS, *sorted(set(counts) - set(OPS))) if counts.get(op)}
 
@@ -175,10 +175,9 @@ def run_day(manager: BackupManager, day: TradingDay, backups: int) -> list[float
     return latencies
 
 
-@contextlib.contextmanager
-def seaweed_bucket(work: Path, bucket: str = "bench") -> Iterator[S3Options]:
-    """A SeaweedFS server (127.0.0.1) with a new ``bucket``, for the duration of the block:
-    the options to reach it."""
+def start_seaweed(work: Path, bucket: str = "bench") -> tuple[SeaweedS3, S3Options]:
+    """SeaweedFS on 127.0.0.1 (data in ``work/seaweedfs``) with a new ``bucket``, and the
+    options to reach it; the caller stops the server."""
     server = SeaweedS3(work / "seaweedfs").start()
     try:
         import boto3
@@ -190,13 +189,25 @@ def seaweed_bucket(work: Path, bucket: str = "bench") -> Iterator[S3Options]:
             aws_secret_access_key=server.secret_key,
             region_name=server.region,
         ).create_bucket(Bucket=bucket)
-        time.sleep(0.5)
-        yield S3Options(
-            endpoint_url=server.endpoint_url,
-            region=server.region,
-            access_key_id=server.access_key,
-            secret_access_key=server.secret_key,
-        )
+    except BaseException:
+        server.stop()
+        raise
+    time.sleep(0.5)  # the first PUT works a moment after CreateBucket
+    options = S3Options(
+        endpoint_url=server.endpoint_url,
+        region=server.region,
+        access_key_id=server.access_key,
+        secret_access_key=server.secret_key,
+    )
+    return server, options
+
+
+@contextlib.contextmanager
+def seaweed_bucket(work: Path, bucket: str = "bench") -> Iterator[S3Options]:
+    """:func:`start_seaweed` for the duration of the block."""
+    server, options = start_seaweed(work, bucket)
+    try:
+        yield options
     finally:
         server.stop()
 
@@ -243,7 +254,7 @@ def s3_day(
     bytes_per_backup = store.bytes_up / backups
     newest = manager.list_backups("pre_trade")[0].backup_id
     run = manager.repository.read_manifest(newest).run  # what status --json shows
-    recorded = by_op(dict(run.requests)) if run is not None else {}
+    recorded = by_op(run.requests) if run is not None else {}
     listed = list(store.list_info(""))
     bucket_bytes = sum(info.size for info in listed)
     report = {

@@ -65,7 +65,9 @@ def _timed(managers: Callable[[], BackupManager], rounds: int) -> tuple[float, d
     return statistics.median(times), seen.snapshot(), listed
 
 
-def run(options: S3Options, backups: int, rounds: int) -> list[tuple[str, float, dict, int]]:
+def run(
+    options: S3Options, backups: int, rounds: int
+) -> list[tuple[str, float, dict[str, int], int]]:
     config = BackupConfig(backup_path="s3://bench/listing", retention_days=0, s3=options)
     bot = BackupManager(config)
     first = bot.create_backup({"positions": [1, 2, 3]}, "pre_trade")

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,48 +269,40 @@ def _child_main(argv: list[str]) -> int:
 
 
 def start_s3(work: Path) -> tuple[SeaweedS3, S3Options]:
-    """SeaweedFS on loopback (data in ``work/seaweedfs``) with the bucket :data:`BUCKET`, and
-    the options to reach it; ``stop()`` the server."""
-    from tools.s3_server import SeaweedS3
+    """SeaweedFS on loopback with the bucket :data:`BUCKET` (``bench.s3.start_seaweed``)."""
+    from bench.s3 import start_seaweed
 
-    server = SeaweedS3(work / "seaweedfs").start()
-    try:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            region_name=server.region,
-        ).create_bucket(Bucket=BUCKET)
-    except BaseException:
-        server.stop()
-        raise
-    time.sleep(0.5)
-    options = S3Options(
-        endpoint_url=server.endpoint_url,
-        region=server.region,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-    )
-    return server, options
+    return start_seaweed(work, BUCKET)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_tree_bench(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    child_main: Callable[[list[str]], int],
+    measure: Callable[[Path, S3Options, int, int, int], dict[str, Any]],
+    print_report: Callable[[dict[str, Any]], None],
+    result_name: str,
+    ok_key: str,
+) -> int:
+    """The command line shared by the 1 GB tree benches on S3: ``--child`` runs
+    ``child_main``; otherwise SeaweedFS is started, ``measure(work, options, size, rounds,
+    server_pid)`` runs, the report is printed and written to ``<out>/<result_name>``; exit 1
+    unless ``report[ok_key]``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        return _child_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m bench.s3_transfer", description=__doc__)
+        return child_main(argv[1:])
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--size", type=int, default=1024, help="tree size in MB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=1, help="restores and syncs (medians)")
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions (medians)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.size < 1 or args.rounds < 1:
         parser.error("--size and --rounds must be at least 1")
-    work = Path(tempfile.mkdtemp(prefix="peak-bench-s3-transfer-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix=f"peak-{prog.rsplit('.', 1)[-1]}-", dir="/tmp"))
     server, options = start_s3(work)
     try:
         assert server.process is not None
@@ -323,8 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "s3_transfer_latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["identical"] else 1
+    (args.out / result_name).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report[ok_key] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tree_bench(
+        argv,
+        prog="python -m bench.s3_transfer",
+        description=__doc__,
+        child_main=_child_main,
+        measure=measure,
+        print_report=print_report,
+        result_name="s3_transfer_latest.json",
+        ok_key="identical",
+    )
 
 
 if __name__ == "__main__":

@@ -23,13 +23,11 @@ verify fails, the check finds damage or the restored tree differs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +44,7 @@ from bench.s3_transfer import (
     _requests,
     _run_child,
     _server_cpu_s,
-    start_s3,
+    run_tree_bench,
 )
 from src.infra.backup.storage.s3_location import S3Options
 
@@ -187,34 +185,16 @@ def _child_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return _child_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m bench.s3_verify", description=__doc__)
-    parser.add_argument("--size", type=int, default=1024, help="tree size in MB (default 1024)")
-    parser.add_argument("--rounds", type=int, default=1, help="repetitions (medians)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the working directory")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    if args.size < 1 or args.rounds < 1:
-        parser.error("--size and --rounds must be at least 1")
-    work = Path(tempfile.mkdtemp(prefix="peak-bench-s3-verify-", dir="/tmp"))
-    server, options = start_s3(work)
-    try:
-        assert server.process is not None
-        report = measure(work, options, args.size, args.rounds, server.process.pid)
-    finally:
-        server.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "s3_verify_latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["ok"] else 1
+    return run_tree_bench(
+        argv,
+        prog="python -m bench.s3_verify",
+        description=__doc__,
+        child_main=_child_main,
+        measure=measure,
+        print_report=print_report,
+        result_name="s3_verify_latest.json",
+        ok_key="ok",
+    )
 
 
 if __name__ == "__main__":
