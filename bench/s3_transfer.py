@@ -144,10 +144,14 @@ def child_sync(work: Path, options: S3Options | None, target: Path) -> dict[str,
     }
 
 
-def _run_child(args: list[str], server_pid: int) -> dict[str, Any]:
+def _run_child(
+    args: list[str], server_pid: int, module: str = "bench.s3_transfer"
+) -> dict[str, Any]:
+    """``python -m <module> --child <args>`` (a fresh process: its peak RSS is its own), with
+    the server's CPU time meanwhile."""
     server_cpu = _server_cpu_s(server_pid)
     done = subprocess.run(
-        [sys.executable, "-m", "bench.s3_transfer", "--child", *args],
+        [sys.executable, "-m", module, "--child", *args],
         check=True,
         capture_output=True,
         text=True,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -43,7 +42,6 @@ from bench.s3_transfer import (
     _peak_rss_mb,
     _requests,
     _run_child,
-    _server_cpu_s,
     run_tree_bench,
 )
 from src.infra.backup.storage.s3_location import S3Options
@@ -99,17 +97,7 @@ def child_check(work: Path, options: S3Options) -> dict[str, Any]:
 
 
 def _child(args: list[str], server_pid: int) -> dict[str, Any]:
-    server_cpu = _server_cpu_s(server_pid)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.s3_verify", "--child", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["server_cpu_s"] = _server_cpu_s(server_pid) - server_cpu
-    return result
+    return _run_child(args, server_pid, "bench.s3_verify")
 
 
 def measure(
