@@ -176,7 +176,7 @@ def assert_restored(target: Path) -> None:
     expected = {"config.toml": (CONFIG.encode(), 0o644, CONFIG_MTIME)}
     expected.update(FILES)
     found = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert found == sorted(expected), found
+    assert found == sorted([*expected, "RESTORED_FROM"]), found  # + the restore's stamp
     for name, (content, mode, mtime_ns) in expected.items():
         st = (target / name).stat()
         assert (target / name).read_bytes() == content, name

@@ -43,13 +43,22 @@ def project_with_one_backup(tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return root, backup_id
 
 
+def without_status(stderr: str) -> str:
+    """``stderr`` without the ``--json`` progress lines, which carry timings."""
+    return "".join(
+        line
+        for line in stderr.splitlines(keepends=True)
+        if not line.startswith('{"message_type":"status"')
+    )
+
+
 def same(args: list[str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
     inline = run_cli_inline(*args, cwd=cwd, **kwargs)  # type: ignore[arg-type]
     child = run_cli_process(*args, cwd=cwd, **kwargs)  # type: ignore[arg-type]
-    assert (inline.returncode, inline.stdout, inline.stderr) == (
+    assert (inline.returncode, inline.stdout, without_status(inline.stderr)) == (
         child.returncode,
         child.stdout,
-        child.stderr,
+        without_status(child.stderr),
     ), args
     return inline
 

@@ -435,7 +435,7 @@ def test_restores_every_file_system_kind(shared_repo: tuple[str, Path], tmp_path
     data_files = {f"{key}.json" for key in backup["data_sha256"]}
     assert found == set(DIRS) | set(FILES) | set(HARDLINKS) | set(SYMLINKS) | {DATABASE} | (
         data_files
-    )
+    ) | {"RESTORED_FROM"}
     for entry_name, (mode, mtime_ns) in DIRS.items():
         assert (target / entry_name).is_dir() and not (target / entry_name).is_symlink()
         assert _lstat_facts(target / entry_name) == (mode, mtime_ns), entry_name

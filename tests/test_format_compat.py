@@ -195,7 +195,7 @@ def test_restores_the_same_files(old_repo: tuple[str, Path], tmp_path: Path) -> 
         assert result.verified
         restored = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()}
         data_files = {f"{key}.json" for key in backup["data_sha256"]}
-        assert restored == set(backup["files"]) | data_files
+        assert restored == set(backup["files"]) | data_files | {"RESTORED_FROM"}
         for file_name, facts in backup["files"].items():
             restored_path = target / file_name
             st = restored_path.stat()

@@ -42,6 +42,8 @@ def fingerprint(root: Path) -> Tree:
         relative = path.relative_to(root).as_posix()
         if relative.startswith("repo") or not path.is_file() or path.is_symlink():
             continue
+        if relative == "RESTORED_FROM":  # the stamp of the latest restore, not a restored file
+            continue
         st = path.lstat()
         found[relative] = (st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
     return found

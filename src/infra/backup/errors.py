@@ -111,6 +111,11 @@ class CommandSourceError(BackupError):
     it is stored and the backup fails. Names the command, why, and its stderr's last lines."""
 
 
+class BotRunningError(RecoveryError):
+    """An in-place restore was refused: the trading bot named in ``[backup] bot_pidfile`` is
+    running (``--force`` / ``force=True`` overrides). Nothing was written."""
+
+
 class BackupExistsError(BackupError):
     """An import found a backup with the same id in the repository."""
 

@@ -18,6 +18,7 @@ import msgspec
 
 from src.core import Config, load_config
 from src.core.errors import ConfigError as CoreConfigError
+from src.infra.backup.app.alert_settings import AlertSettings, parse_alerts
 from src.infra.backup.app.config_sections import (
     LEVEL_RANGES,
     HooksSettings,
@@ -74,6 +75,7 @@ class _BackupTable(msgspec.Struct, forbid_unknown_fields=True):
     sqlite_detect: bool = True
     sqlite_check: Literal["quick", "full"] = "quick"
     bot_pidfile: str | None = None
+    alerts: Any = None  # the [backup.alerts] table, checked by parse_alerts
 
 
 # -- [backup.hooks] and [[backup.command_sources]] ---------------------------------------------
@@ -117,6 +119,9 @@ class BackupConfig:
     (``PRAGMA quick_check``) or ``"full"`` (``integrity_check``) on every captured copy.
     ``bot_pidfile``: the trading bot's PID file (relative to the config file): an in-place
     restore refuses while the process it names is alive.
+    ``alerts``: the ``[backup.alerts]`` table (parsed into :class:`AlertSettings`; secrets
+    kept out of ``repr``): where alerts about failed, overdue or damaged backups go, see
+    ``docs/ALERTS.md``.
     """
 
     backup_path: str | os.PathLike[str] = "./backups"
@@ -145,11 +150,14 @@ class BackupConfig:
     sqlite_detect: bool = True
     sqlite_check: Literal["quick", "full"] = "quick"
     bot_pidfile: str | os.PathLike[str] | None = None
+    alerts: AlertSettings | Mapping[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.s3, S3Options):
             self.s3 = s3_table(self.s3)
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
+        values = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in _PARSED_LATER
+        }
         for key in ("backup_path", "fallback_path", "bot_pidfile"):
             if isinstance(values[key], os.PathLike):
                 values[key] = os.fspath(values[key])
@@ -165,6 +173,8 @@ class BackupConfig:
         self.command_sources = parse_command_sources(
             self.command_sources, "BackupConfig.command_sources"
         )
+        if self.alerts is not None:  # secrets from the environment or files: read now
+            self.alerts = parse_alerts(self.alerts, "[backup.alerts]", self.base_dir)
 
     @classmethod
     def from_table(cls, table: Any, base_dir: Path | None = None) -> BackupConfig:
@@ -281,12 +291,17 @@ class BackupConfig:
         )
 
 
+# Checked by __post_init__ itself: alerts need base_dir (relative secret files).
+_PARSED_LATER = frozenset({"base_dir", "alerts"})
+
+
 def _validate(values: dict[str, Any], where: str) -> None:
     """Check ``values`` against the schema; raise :class:`ConfigError` naming the key."""
     allowed = frozenset(_BackupTable.__struct_fields__)
     for key in values:
         if key not in allowed:
             raise unknown_key_error(key, allowed, where)
+    values = {key: value for key, value in values.items() if key != "alerts"}
     try:
         table = msgspec.convert(values, _BackupTable, strict=True)
     except msgspec.ValidationError as exc:

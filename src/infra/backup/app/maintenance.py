@@ -1,8 +1,8 @@
-"""Maintenance: deleting backups (checked: never the last good one unasked), retention
-planning (also on the path of every backup, kept cheap with thousands of backups) and its
-deletions, garbage collection (logged), and garbage collection in the background after
-retention deleted backups (``auto_prune``), at most once per grace period per process, never
-delaying the caller and never failing a backup.
+"""Maintenance: deleting backups (checked: never the last good one, nor a pinned one, unasked),
+retention planning (pinned backups are always kept; also on the path of every backup, kept
+cheap with thousands of backups) and its deletions, garbage collection (logged), and garbage
+collection in the background after retention deleted backups (``auto_prune``), at most once
+per grace period per process, never delaying the caller and never failing a backup.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from src.infra.backup.app.config import BackupConfig
+from src.infra.backup.app.pins import drop_pin, is_pinned, pinned_ids
 from src.infra.backup.errors import BackupError, BackupNotFoundError, RepositoryBusyError
 from src.infra.backup.format.ids import id_sort_key, is_valid_backup_id, type_of_id
 from src.infra.backup.policy.retention import (
@@ -78,6 +79,32 @@ def plan_retention(
     return apply_policy(snapshots, config.retention, now, protect=protect)
 
 
+def keep_pinned(decisions: Sequence[Decision], pinned: Collection[str]) -> list[Decision]:
+    """``decisions`` with every pinned backup kept (reason ``pinned``). Pinned backups still
+    count for the rules (a pinned backup that is one of the ``keep_last`` is that one), so a
+    pin keeps one backup more and never changes what happens to the others."""
+    return [
+        d
+        if d.backup_id not in pinned
+        else Decision(d.backup_id, True, f"{d.reason}; pinned" if d.keep else "pinned")
+        for d in decisions
+    ]
+
+
+def _plan(
+    repository: Repository,
+    config: BackupConfig,
+    snapshots: Sequence[RetentionCandidate],
+    protect: Sequence[str],
+) -> list[Decision]:
+    """:func:`plan_retention` with the pins applied; the pins are listed (one request) only
+    when the plan would forget a backup."""
+    decisions = plan_retention(config, snapshots, protect=protect)
+    if all(d.keep for d in decisions):
+        return decisions
+    return keep_pinned(decisions, pinned_ids(repository))
+
+
 # Up to this many backups a plan rests on are checked with a stat each; more, and one
 # validated listing of all manifests is cheaper.
 CHECK_ONE_BY_ONE = 1_000
@@ -92,7 +119,7 @@ def plan_checked(
     it forgets, and under a policy also the ones it keeps (they decide which others go). If
     any changed, the plan is made again on a validated listing."""
     listed = repository.list_summaries(validate=False)
-    decisions = plan_retention(config, listed, protect=protect)
+    decisions = _plan(repository, config, listed, protect)
     forget = [d.backup_id for d in decisions if not d.keep]
     if not forget:
         return decisions
@@ -102,7 +129,7 @@ def plan_checked(
     validated = repository.list_summaries()
     if validated == listed:  # the same summaries: the same plan
         return decisions
-    return plan_retention(config, validated, protect=protect)
+    return _plan(repository, config, validated, protect)
 
 
 def plan_after_create(repository: Repository, config: BackupConfig, new_id: str) -> list[Decision]:
@@ -130,25 +157,38 @@ def is_last_good(repository: Repository, backup_id: str) -> bool:
 
 
 def delete_checked(repository: Repository, backup_id: str, *, force: bool = False) -> None:
-    """Delete a backup; refuse the last good one unless ``force`` (``delete_backup``)."""
+    """Delete a backup; refuse the last good one and a pinned one unless ``force``
+    (``delete_backup``). With ``force`` a pinned backup goes, and then its pin."""
     if not is_valid_backup_id(backup_id) or backup_id not in repository.snapshot_ids():
         raise BackupNotFoundError(f"backup not found: {backup_id}")
+    pinned = is_pinned(repository, backup_id)
+    if pinned and not force:
+        raise BackupError(
+            f"refusing to delete {backup_id}: it is pinned (unpin it first, or pass "
+            "force=True, or --force on the command line)"
+        )
     if not force and is_last_good(repository, backup_id):
         raise BackupError(
             f"refusing to delete {backup_id}: it is the last good backup "
             "(pass force=True, or --force on the command line)"
         )
     repository.delete_snapshot(backup_id)
+    if pinned:
+        drop_pin(repository, backup_id)
     fields = {"backup_id": backup_id, "backup_type": type_of_id(backup_id), "outcome": "deleted"}
     log.info("backup %s deleted", backup_id, extra=fields)
 
 
 def delete_forgotten(repository: Repository, decisions: Sequence[Decision]) -> list[str]:
-    """Delete the backups ``decisions`` forget (those deleted concurrently are skipped);
-    returns the ids deleted."""
+    """Delete the backups ``decisions`` forget (those deleted concurrently are skipped, and
+    those pinned since the plan: each is checked right before its delete); returns the ids
+    deleted."""
     deleted = []
     for decision in decisions:
         if not decision.keep:
+            if is_pinned(repository, decision.backup_id):
+                log.info("retention kept %s: pinned", decision.backup_id)
+                continue
             try:
                 repository.delete_snapshot(decision.backup_id)
             except BackupNotFoundError:

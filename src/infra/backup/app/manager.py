@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from src.infra.backup.app.alerting import attach_alerts
 from src.infra.backup.app.background import BackgroundWriter, Capture
 from src.infra.backup.app.backup_info import BackupInfo
 from src.infra.backup.app.config import BackupConfig, load_backup_config
@@ -24,6 +25,7 @@ from src.infra.backup.app.maintenance import (
     prune_logged,
 )
 from src.infra.backup.app.passphrase import read_passphrase, refuse_unexpected_plaintext
+from src.infra.backup.app.pins import pin_backup, pinned_ids, unpin_backup
 from src.infra.backup.app.request import BackupRequest, checked_request, encoded_request
 from src.infra.backup.errors import (
     BackupError,
@@ -37,15 +39,17 @@ from src.infra.backup.format.ids import (
 )
 from src.infra.backup.format.manifest import Manifest
 from src.infra.backup.format.values import ENCODING_NAME
+from src.infra.backup.policy.references import resolve_reference
 from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.policy.retention import (
     Decision,
 )
-from src.infra.backup.repository.reader import ProgressCallback
+from src.infra.backup.repository.reader import ProgressCallback, announce_total
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
+    from src.infra.backup.app.alerting import AlertService
     from src.infra.backup.app.offsite import ReplicaCoordinator
     from src.infra.backup.app.outcome import BackupHook
     from src.infra.backup.repository.check import CheckReport
@@ -83,6 +87,7 @@ class BackupManager:
         # Called after every create_backup attempt (metrics.py adds one); see status.py.
         self.hooks: list[BackupHook] = []
         self._replica_coordinator: ReplicaCoordinator | None = None
+        self.alerts: AlertService | None = attach_alerts(self)  # [backup.alerts]: a hook
 
     @property
     def _replicas(self) -> ReplicaCoordinator:
@@ -238,7 +243,7 @@ class BackupManager:
                             cwd=self.config.source_root,
                         )
                     except BackupError as exc:
-                        self._record(backup_type, started, error=exc)
+                        self._record(backup_type, started, error=exc, in_background=in_background)
                         raise
                 try:
                     request = make_request()
@@ -248,7 +253,7 @@ class BackupManager:
                         exc, lambda fallback: self._write(request, fallback)
                     )
                     if rescued is None:
-                        self._record(backup_type, started, error=exc)
+                        self._record(backup_type, started, error=exc, in_background=in_background)
                         raise
                     self._record(backup_type, started, manifest=rescued)
                     result = rescued
@@ -329,6 +334,7 @@ class BackupManager:
                 skip=sources.own_directories,
             )
             warnings = scan.warnings
+            announce_total(request.progress, scan.file_bytes)
             entries.extend(entry_sources(scan.items, sqlite=sources.sqlite))
             entries.extend(command_inputs(self.config.command_sources, sources.source_root))
         manifest = repository.create_snapshot(
@@ -459,9 +465,14 @@ class BackupManager:
         """Metadata of one backup; :class:`BackupNotFoundError` if there is none."""
         return BackupInfo.from_manifest(self.repository.read_manifest(backup_id))
 
+    def resolve(self, reference: str) -> str:
+        """The id a reference names (``latest``, ``pre_trade~2``...: policy/references.py)."""
+        return resolve_reference(reference, self.list_backups)
+
     def load_backup(self, backup_id: str) -> dict[str, Any]:
-        """The data entries of a backup as Python values, every chunk verified (a backup
-        not found while background backups are pending is looked for again after them)."""
+        """The data entries of a backup (id or reference) as values, every chunk verified (a
+        backup not found while background backups are pending is looked for after them)."""
+        backup_id = self.resolve(backup_id)
         repository = self.repository
         try:
             manifest = repository.read_manifest(backup_id)
@@ -477,10 +488,25 @@ class BackupManager:
             data[entry.name] = repository.read_value(manifest, entry)
         return data
 
-    # -- delete ----------------------------------------------------------------------------
+    # -- pins and delete (app/pins.py) -----------------------------------------------------
+
+    def pin(self, backup_id: str, *, note: str | None = None) -> str:
+        """Pin a backup (id or reference; app/pins.py): retention keeps it; returns its id."""
+        return pin_backup(self.repository, self.resolve(backup_id), note=note).backup_id
+
+    def unpin(self, backup_id: str) -> bool:
+        """Remove a backup's pin; ``False`` if it had none."""
+        return unpin_backup(self.repository, self.resolve(backup_id))
+
+    def pinned(self) -> set[str]:
+        """The ids of the pinned backups (one listing of ``pins/``)."""
+        try:
+            return pinned_ids(self.repository)
+        except RepositoryNotFoundError:
+            return set()
 
     def delete_backup(self, backup_id: str, *, force: bool = False) -> None:
-        """Delete a backup. Refuses to delete the last good backup unless ``force=True``.
+        """Delete a backup. Refuses the last good backup and a pinned one unless ``force=True``.
 
         Its chunks stay until garbage collection reclaims those no other backup uses.
         """
@@ -505,9 +531,15 @@ class BackupManager:
         grace = grace if grace is not None else self.config.grace
         return prune_logged(repository, grace=grace, dry_run=dry_run, lock_wait=lock_wait)
 
-    def check(self, *, read_data: bool = True, subset: str | None = None) -> CheckReport:
+    def check(
+        self,
+        *,
+        read_data: bool = True,
+        subset: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> CheckReport:
         """Check the whole repository (see ``check.py``); ``subset`` as ``verify
-        --read-data-subset`` (``1/10``, ``10%``, ``50M``)."""
+        --read-data-subset`` (``1/10``, ``10%``, ``50M``); ``progress``: bytes read."""
         from src.infra.backup.repository.check import check_repository, parse_subset
 
         repository = self.repository
@@ -515,7 +547,12 @@ class BackupManager:
         if subset is not None:
             total = repository.stored_bytes()
             selector = parse_subset(subset, total)
-        return check_repository(repository, read_data=read_data, subset=selector)
+        report = check_repository(
+            repository, read_data=read_data, subset=selector, progress=progress
+        )
+        if self.alerts is not None:  # damage alerts once; a full clean check clears it
+            self.alerts.report_check(report, full=read_data and selector is None)
+        return report
 
     def plan_retention(self, *, protect: Sequence[str] = ()) -> list[Decision]:
         """What retention would do now: one :class:`Decision` (keep or forget, and every rule

@@ -37,6 +37,7 @@ class BackupOutcome:
     size_bytes: int | None = None
     added_bytes: int | None = None
     error: str | None = None
+    in_background: bool = False  # started with start_backup (alerts say so)
 
 
 class BackupHook(Protocol):
@@ -102,6 +103,7 @@ def record_outcome(
         size_bytes=manifest.stats.stored_bytes if manifest is not None else None,
         added_bytes=manifest.stats.added_bytes if manifest is not None else None,
         error=str(error) if error is not None else None,
+        in_background=in_background,
     )
     try:
         validate_backup_type(backup_type)

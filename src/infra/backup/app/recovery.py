@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from src.infra.backup.app.backup_info import BackupInfo
+from src.infra.backup.app.bot_guard import refuse_if_bot_running
 from src.infra.backup.app.manager import BackupManager, get_backup_manager
 from src.infra.backup.errors import (
     BackupError,
@@ -23,27 +25,37 @@ from src.infra.backup.files.in_place import (
     execute_in_place,
     plan_in_place,
 )
+from src.infra.backup.files.restore_stamp import STAMP_NAME, write_stamp
 from src.infra.backup.files.restorer import check_layout, restore_path
 from src.infra.backup.files.tree_restore import restore_tree
 from src.infra.backup.format.ids import is_valid_backup_id, validate_backup_type
 from src.infra.backup.format.manifest import Entry
 from src.infra.backup.policy.point_in_time import parse_moment
 from src.infra.backup.repository.history import record_verify
-from src.infra.backup.repository.reader import VerifyReport, decode_data_payload
+from src.infra.backup.repository.reader import (
+    ProgressCallback,
+    VerifyReport,
+    announce_total,
+    decode_data_payload,
+)
 from src.infra.backup.repository.repository import Repository
 
 log = logging.getLogger(__name__)
 
+#: ``reconcile(state, backup_time)``: see :meth:`RecoveryManager.restore_backup`.
+Reconcile = Callable[[dict[str, Any], datetime], Any]
+
 
 @dataclass
 class RestoreResult:
-    """What a restore into a directory wrote."""
+    """What a restore into a directory wrote (``stamp``: its ``RESTORED_FROM`` file)."""
 
     backup_id: str
     target: Path
     written: list[Path] = field(default_factory=list)
     bytes_written: int = 0
     verified: bool = False
+    stamp: Path | None = None
 
 
 class RecoveryManager:
@@ -55,9 +67,37 @@ class RecoveryManager:
         # so the seed's "try an older backup" fallback reaches a backup that restores.
         self._damaged: set[str] = set()
 
-    def restore_backup(self, backup_id: str) -> dict[str, Any]:
-        """The data of backup ``backup_id``, verified. Any failure raises :class:`RecoveryError`
-        (:class:`BackupNotFoundError` for an unknown id, :class:`IntegrityError` for damage)."""
+    def restore_backup(
+        self, backup_id: str | None = None, *, reconcile: Reconcile | None = None
+    ) -> dict[str, Any]:
+        """The data of backup ``backup_id`` (``None``: the newest that restores, as
+        :meth:`restore_latest_backup`), verified. Any failure raises :class:`RecoveryError`
+        (:class:`BackupNotFoundError` for an unknown id, :class:`IntegrityError` for damage).
+
+        ``reconcile(state, backup_time)`` is called with the restored data and the backup's
+        time (timezone-aware UTC) before this returns, so the bot can reconcile positions and
+        orders with the exchange before trading resumes. If it raises, its exception
+        propagates unchanged (with a note naming the backup) and nothing is returned; nothing
+        needs undoing, since restoring values writes nothing to disk."""
+        if backup_id is None:
+            info, data = self._restore_latest(None)
+            backup_id = info.backup_id
+        else:
+            data = self._restore_one(backup_id)
+            info = None
+        if reconcile is not None:
+            if info is None:
+                info = self.manager.get_backup_info(backup_id)
+            try:
+                reconcile(data, info.timestamp_utc)
+            except Exception as exc:
+                log.error("reconcile after restoring backup %s failed: %r", backup_id, exc)
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"raised by reconcile() after restoring backup {backup_id}")
+                raise
+        return data
+
+    def _restore_one(self, backup_id: str) -> dict[str, Any]:
         try:
             return self.manager.load_backup(backup_id)
         except IntegrityError:
@@ -73,6 +113,9 @@ class RecoveryManager:
 
         A damaged newer backup is skipped with a warning naming it.
         """
+        return self._restore_latest(backup_type)[1]
+
+    def _restore_latest(self, backup_type: str | None) -> tuple[BackupInfo, dict[str, Any]]:
         backups = self._list(backup_type)
         if not backups:
             kind = f" of type {backup_type!r}" if backup_type else ""
@@ -80,7 +123,7 @@ class RecoveryManager:
         skipped = []
         for info in backups:
             try:
-                data = self.restore_backup(info.backup_id)
+                data = self._restore_one(info.backup_id)
             except RecoveryError as exc:
                 log.warning("skipping damaged backup %s: %s", info.backup_id, exc)
                 skipped.append(f"{info.backup_id} ({exc})")
@@ -91,7 +134,7 @@ class RecoveryManager:
                     info.backup_id,
                     "; ".join(skipped),
                 )
-            return data
+            return info, data
         raise RecoveryError("no backup could be restored; all are damaged: " + "; ".join(skipped))
 
     def get_latest_backup(self, backup_type: str | None = None) -> str | None:
@@ -100,12 +143,15 @@ class RecoveryManager:
         backups = [b for b in self._list(backup_type) if b.backup_id not in self._damaged]
         return backups[0].backup_id if backups else None
 
-    async def arestore_backup(self, backup_id: str) -> dict[str, Any]:
-        """:meth:`restore_backup` for asyncio code: reading, verifying and decoding run in a
-        worker thread (``asyncio.to_thread``), so the event loop keeps running meanwhile."""
+    async def arestore_backup(
+        self, backup_id: str | None = None, *, reconcile: Reconcile | None = None
+    ) -> dict[str, Any]:
+        """:meth:`restore_backup` for asyncio code: reading, verifying and decoding (and
+        ``reconcile``) run in a worker thread (``asyncio.to_thread``), so the event loop keeps
+        running meanwhile."""
         import asyncio
 
-        return await asyncio.to_thread(self.restore_backup, backup_id)
+        return await asyncio.to_thread(self.restore_backup, backup_id, reconcile=reconcile)
 
     async def arestore_latest_backup(self, backup_type: str | None = None) -> dict[str, Any]:
         """:meth:`restore_latest_backup` for asyncio code, in a worker thread."""
@@ -130,7 +176,12 @@ class RecoveryManager:
         return ok
 
     def verify_backup_report(
-        self, backup_id: str, *, read_data: bool = True, decode: bool = False
+        self,
+        backup_id: str,
+        *,
+        read_data: bool = True,
+        decode: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> VerifyReport:
         """Verify one backup and say what is wrong: every chunk is read and hashed, or with
         ``read_data=False`` only checked to exist. ``decode``: data entries must also decode
@@ -138,16 +189,28 @@ class RecoveryManager:
         bytes are the ones written; decoding adds that this version of the code reads them."""
         repository = self.manager.repository
         report = repository.verify_snapshot(
-            backup_id, read_data=read_data, check_data=_check_decodes if decode else None
+            backup_id,
+            read_data=read_data,
+            check_data=_check_decodes if decode else None,
+            progress=progress,
         )
         # Run history for `status` and the health check (best-effort, never raises); an id
         # that names no backup is a caller's mistake, not a failed verify.
         if report.ok or (is_valid_backup_id(backup_id) and backup_id in repository.snapshot_ids()):
             record_verify(repository.store, backup_id, report.ok, full=read_data)
+            if self.manager.alerts is not None:  # damage alerts once; intact clears it
+                self.manager.alerts.report_verify(
+                    backup_id, report.ok, report.problems, full=read_data
+                )
         return report
 
     def restore_to_directory(
-        self, backup_id: str, target: str | Path, *, verify: bool = False
+        self,
+        backup_id: str,
+        target: str | Path,
+        *,
+        verify: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> RestoreResult:
         """Write a backup out below ``target``: data entries as ``<key>.json`` (readable JSON),
         files under their relative paths with mode and mtime, each verified and atomic;
@@ -159,7 +222,10 @@ class RecoveryManager:
         and nothing is written through a symbolic link (an entry below a link or file entry
         of the backup is refused up front).
         With ``verify``, every restored file is read back and checked against the backup
-        (:class:`IntegrityError` if one differs).
+        (:class:`IntegrityError` if one differs). Last, ``target/RESTORED_FROM`` is written
+        (JSON: backup id and time, restore time, host, user; not if the backup has an entry
+        of that name). ``progress`` is called with the bytes written as they are written
+        (a callable with a ``set_total`` method is told the total first).
         """
         repository = self.manager.repository
         try:
@@ -178,8 +244,19 @@ class RecoveryManager:
         if len(set(planned)) != len(planned):
             raise RecoveryError(f"backup {backup_id}: two entries would restore to the same path")
         result = RestoreResult(backup_id, root)
+        announce_total(
+            progress, sum(e.size for e in manifest.entries if e.kind in ("data", "file"))
+        )
         try:
-            _restore_entries(repository, manifest.entries, root, result, verify=verify)
+            _restore_entries(
+                repository, manifest.entries, root, result, verify=verify, progress=progress
+            )
+            if STAMP_NAME in names:
+                log.warning("backup %s has an entry %s: no stamp written", backup_id, STAMP_NAME)
+            else:
+                result.stamp = write_stamp(
+                    root, backup_id=backup_id, backup_time=_utc(manifest.time_utc), mode="directory"
+                )
         except RecoveryError:
             raise
         except BackupError as exc:
@@ -196,6 +273,8 @@ class RecoveryManager:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         verify: bool = False,
+        force: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> InPlaceResult:
         """Write the backup's files back where they came from (its base directory + entry
         path; absolute entry paths as they are), each atomically with its mode and mtime.
@@ -214,6 +293,13 @@ class RecoveryManager:
         ``pre_restore`` backup (``result.pre_restore_id``); restoring it in place undoes this
         restore, including removing files it created. Data entries are values and are
         skipped (``result.skipped_data``).
+
+        With ``[backup] bot_pidfile`` configured, a restore (not a dry run) refuses with
+        :class:`BotRunningError` before anything is written while the bot it names is
+        running as another process, unless ``force``; a PID file naming this process (the
+        bot restoring itself) is allowed. After the files, ``RESTORED_FROM`` is written in
+        the base directory (see :meth:`restore_to_directory`). ``progress``: as there, with
+        the bytes of the files to write.
         """
         for what, patterns in (("include", include), ("exclude", exclude)):
             if isinstance(patterns, str):
@@ -242,14 +328,37 @@ class RecoveryManager:
             raise RecoveryError(f"cannot restore backup {backup_id}: {exc}") from exc
         if dry_run:
             return plan.result
+        if not force:
+            refuse_if_bot_running(
+                self.manager.config.bot_pidfile, f"in-place restore of {backup_id}"
+            )
+        written = {"create", "overwrite"}
+        announce_total(progress, sum(a.size for a in plan.result.actions if a.action in written))
         try:
-            return execute_in_place(
-                repository, self.manager.config.source_settings, plan, verify=verify
+            result = execute_in_place(
+                repository,
+                self.manager.config.source_settings,
+                plan,
+                verify=verify,
+                progress=progress,
             )
         except RecoveryError:
             raise
         except BackupError as exc:
             raise RecoveryError(f"in-place restore of {backup_id} failed: {exc}") from exc
+        if not result.actions:  # no file entry (a data-only backup): nothing restored
+            return result
+        try:
+            result.stamp = write_stamp(
+                plan.pre_root,
+                backup_id=backup_id,
+                backup_time=_utc(manifest.time_utc),
+                mode="in-place",
+            )
+        except BackupError as exc:  # the files are restored: say so, do not fail
+            log.warning("in-place restore of %s: %s", backup_id, exc)
+            result.notes.append(f"no {STAMP_NAME} stamp: {exc}")
+        return result
 
     def get_backup_at(self, when: str | datetime | date, backup_type: str | None = None) -> str:
         """The id of the newest backup (of ``backup_type``) taken at or before ``when``: a
@@ -313,15 +422,20 @@ def _restore_entries(
     result: RestoreResult,
     *,
     verify: bool,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Write entries below ``root`` in an order that never writes through a link:
     directories, then data and files (several at once), then hard links, then symbolic
     links; directory modes and mtimes last (deepest first), so writing below them does not
     change them. See ``files/tree_restore.py``."""
-    outcome = restore_tree(repository, entries, root, verify=verify)
+    outcome = restore_tree(repository, entries, root, verify=verify, progress=progress)
     result.written.extend(outcome.written)
     result.bytes_written += outcome.bytes_written
     result.verified = outcome.verified
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _check_decodes(entry: Entry, content: bytes) -> None:

@@ -166,6 +166,9 @@ class BackupScheduler:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.data = data
+        # Called on every turn of run_forever, between backups; each paces itself and never
+        # raises (``peak-backup run`` adds the alert checks of monitoring/alerts.py).
+        self.periodic: list[Callable[[], None]] = []
         self.jobs = build_jobs(self.config)
         self.results: list[RunResult] = []
         self._stop = False
@@ -318,6 +321,8 @@ class BackupScheduler:
             self.run_pending()
             if self._stop:
                 break
+            for check in self.periodic:
+                check()
             _, due = self.next_due()
             wait = (due - self.clock()).total_seconds()
             if wait > 0:

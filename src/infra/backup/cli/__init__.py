@@ -15,6 +15,7 @@ import logging
 import sys
 
 import click
+from rich.markup import escape
 
 from src.infra.backup._version import __version__
 from src.infra.backup.cli.context import EXIT_ERROR, EXIT_OK, EXIT_USAGE, Context
@@ -44,6 +45,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sync": ("cmd_sync", "sync_command"),
     "run": ("cmd_run", "run_command"),
     "status": ("cmd_status", "status"),
+    "alert": ("cmd_alert", "alert"),
+    "pin": ("cmd_pin", "pin"),
+    "unpin": ("cmd_pin", "unpin"),
 }
 
 
@@ -111,7 +115,8 @@ def run(argv: list[str] | None = None) -> int:
                 {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}
             )
         else:
-            stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+            # escaped: a config error names keys such as [backup.s3], not markup
+            stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR

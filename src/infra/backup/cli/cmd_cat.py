@@ -48,6 +48,7 @@ def cat(ctx: Context, backup_id: str, entry_name: str) -> None:
     file is printed as {"name", "size", "base64"}.
     """
     repository = ctx.manager.repository
+    backup_id = ctx.resolve(backup_id)  # an id or a reference (latest, pre_trade~2...)
     manifest = repository.read_manifest(backup_id)
     entry = find_entry(manifest, entry_name)
     if entry.kind == "data":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from src.infra.backup.cli.context import EXIT_INTEGRITY, Context, json_option
-from src.infra.backup.cli.output import delayed_progress, emit_json, human_size, stdout
+from src.infra.backup.cli.output import emit_json, human_size, progress_bar, stdout
 from src.infra.backup.repository.check import CheckReport
 
 
@@ -16,8 +16,8 @@ from src.infra.backup.repository.check import CheckReport
 def check(ctx: Context, no_read_data: bool) -> None:
     """Check the whole repository: missing, corrupt and orphaned chunks, damaged manifests,
     temp leftovers, and which backups each damage affects (exit 4 if damaged)."""
-    with delayed_progress(ctx, "checking"):
-        report = ctx.manager.check(read_data=not no_read_data)
+    with progress_bar(ctx, "check") as progress:
+        report = ctx.manager.check(read_data=not no_read_data, progress=progress)
     print_check(ctx, report)
 
 

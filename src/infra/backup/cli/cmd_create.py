@@ -6,10 +6,10 @@ import click
 
 from src.infra.backup.cli.context import EXIT_WARNINGS, Context, json_option
 from src.infra.backup.cli.output import (
-    delayed_progress,
     emit_json,
     human_size,
     info_json,
+    progress_bar,
     stderr,
     stdout,
 )
@@ -50,7 +50,7 @@ def create(ctx: Context, backup_type: str, tags: tuple[str, ...], note: str | No
             "nothing to back up: no [backup] sources are configured "
             '(add e.g. sources = ["config.toml", "live_runs/"] to config.toml)'
         )
-    with delayed_progress(ctx, "backing up") as progress:
+    with progress_bar(ctx, "create") as progress:
         backup_id = manager.create_backup(
             None,
             backup_type,

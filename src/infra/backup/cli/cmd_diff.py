@@ -37,6 +37,8 @@ def diff(ctx: Context, backup_id: str, other_id: str | None, max_changes: int | 
         limit: int | None = None if ctx.as_json else DEFAULT_MAX_CHANGES
     else:
         limit = max_changes or None
+    backup_id = ctx.resolve(backup_id)  # ids or references (latest~1 latest, pre_trade~2...)
+    other_id = ctx.resolve(other_id) if other_id is not None else None
     if other_id is None:
         result = diff_against_sources(ctx.manager, backup_id, max_changes=limit)
     else:

@@ -12,7 +12,7 @@ from src.infra.backup.app.export import (
     export_backup,
 )
 from src.infra.backup.cli.context import Context, json_option
-from src.infra.backup.cli.output import delayed_progress, emit_json, stdout
+from src.infra.backup.cli.output import emit_json, progress_bar, stdout
 
 
 @click.command(name="export")
@@ -38,9 +38,15 @@ from src.infra.backup.cli.output import delayed_progress, emit_json, stdout
 def export_command(ctx: Context, backup_id: str, to_dir: str, fmt: str, use_gzip: bool) -> None:
     """Write a backup as plain files: <key>.json per data entry (plus a hidden lossless
     .<key>.msgpack), file sources under their paths, and metadata.json."""
-    with delayed_progress(ctx, "exporting"):
+    backup_id = ctx.resolve(backup_id)  # an id or a reference (latest, pre_trade~2...)
+    with progress_bar(ctx, "export") as progress:
         path = export_backup(
-            ctx.manager, backup_id, to_dir, fmt=cast(ExportFormat, fmt), gzip=use_gzip
+            ctx.manager,
+            backup_id,
+            to_dir,
+            fmt=cast(ExportFormat, fmt),
+            gzip=use_gzip,
+            progress=progress,
         )
     if ctx.as_json:
         emit_json(

@@ -8,7 +8,7 @@ import click
 
 from src.infra.backup.app.recovery import RecoveryManager
 from src.infra.backup.cli.context import Context, json_option
-from src.infra.backup.cli.output import delayed_progress, emit_json, human_size, stderr, stdout
+from src.infra.backup.cli.output import emit_json, human_size, progress_bar, stderr, stdout
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
@@ -83,6 +83,11 @@ from src.infra.backup.files.in_place import OVERWRITE_CHOICES
     help="With --in-place: leave out entries whose path (or a directory above it) matches "
     "(fnmatch; repeatable).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --in-place: restore even while the bot named in [backup] bot_pidfile runs.",
+)
 @json_option
 @click.pass_obj
 def restore(
@@ -98,6 +103,7 @@ def restore(
     delete_extra: bool,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    force: bool = False,
 ) -> None:
     """Restore a backup (default: the newest that verifies; --at: the newest at or before a
     time) into a directory, or with --in-place where its files came from."""
@@ -113,6 +119,7 @@ def restore(
         "--delete": delete_extra,
         "--include": bool(include),
         "--exclude": bool(exclude),
+        "--force": force,
     }
     given = [name for name, used in in_place_only.items() if used]
     if given and not in_place:
@@ -122,6 +129,8 @@ def restore(
         backup_id = recovery.get_backup_at(at, backup_type)
     elif backup_id is None:
         backup_id = _latest_good(recovery, backup_type)
+    else:
+        backup_id = ctx.resolve(backup_id)  # an id, or a reference (latest, pre_trade~2...)
     if in_place:
         _restore_in_place(
             ctx,
@@ -133,10 +142,14 @@ def restore(
             include=include,
             exclude=exclude,
             verify=verify_after,
+            force=force,
         )
         return
     destination = Path(target) if target else Path("restore") / backup_id
-    result = recovery.restore_to_directory(backup_id, destination, verify=verify_after)
+    with progress_bar(ctx, "restore") as progress:
+        result = recovery.restore_to_directory(
+            backup_id, destination, verify=verify_after, progress=progress
+        )
     if ctx.as_json:
         emit_json(
             {
@@ -145,6 +158,7 @@ def restore(
                 "files": [str(p) for p in result.written],
                 "bytes": result.bytes_written,
                 "verified": result.verified,
+                "stamp": str(result.stamp) if result.stamp else None,
             }
         )
     else:
@@ -176,9 +190,10 @@ def _restore_in_place(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     verify: bool,
+    force: bool,
 ) -> None:
     """``restore --in-place``: run it and report every planned action and the undo backup."""
-    with delayed_progress(ctx, "restoring in place"):
+    with progress_bar(ctx, "restore") as progress:
         result = recovery.restore_in_place(
             backup_id,
             dry_run=dry_run,
@@ -187,6 +202,8 @@ def _restore_in_place(
             include=include,
             exclude=exclude,
             verify=verify,
+            force=force,
+            progress=progress,
         )
     counts = result.counts
     if ctx.as_json:
@@ -213,6 +230,7 @@ def _restore_in_place(
                 "filtered": result.filtered,
                 "bytes": result.bytes_written,
                 "verified": result.verified,
+                "stamp": str(result.stamp) if result.stamp else None,
             }
         )
         return

@@ -76,6 +76,10 @@ def run_command(
         server, _ = start_http_server(metrics_port, instrument(manager))
         stderr.print(f"metrics on http://127.0.0.1:{server.server_port}/metrics", highlight=False)
     scheduler = BackupScheduler(manager, backoff_initial=initial, backoff_max=cap)
+    if manager.alerts is not None:  # overdue backups, replica lag: docs/ALERTS.md
+        from src.infra.backup.monitoring.alerts import PeriodicAlertCheck
+
+        scheduler.periodic.append(PeriodicAlertCheck(manager))
     # One line per run (id, duration, size, outcome) even without -v.
     for name in ("src.infra.backup.app.scheduler", __name__):
         if logging.getLogger(name).getEffectiveLevel() > logging.INFO:

@@ -7,6 +7,7 @@ from datetime import datetime
 import click
 
 from src.infra.backup.app.backup_info import BackupInfo
+from src.infra.backup.app.pins import pin_json, read_pin
 from src.infra.backup.cli.context import Context, json_option
 from src.infra.backup.cli.output import emit_json, human_size, info_json, stdout
 from src.infra.backup.format.manifest import Entry
@@ -17,9 +18,10 @@ from src.infra.backup.format.manifest import Entry
 @json_option
 @click.pass_obj
 def show(ctx: Context, backup_id: str) -> None:
-    """Show a backup's metadata and entries."""
-    manifest = ctx.manager.repository.read_manifest(backup_id)
+    """Show a backup's metadata and entries (ID: an id or a reference, e.g. latest)."""
+    manifest = ctx.manager.repository.read_manifest(ctx.resolve(backup_id))
     info = BackupInfo.from_manifest(manifest)
+    pin = read_pin(ctx.manager.repository, info.backup_id)
     entries = [
         {
             "name": e.name,
@@ -43,6 +45,8 @@ def show(ctx: Context, backup_id: str) -> None:
                 **info_json(info),
                 "parent": manifest.parent,
                 "compression": manifest.compression,
+                "pinned": pin is not None,
+                "pin": None if pin is None else pin_json(pin),
                 "entries": entries,
             }
         )
@@ -60,6 +64,8 @@ def show(ctx: Context, backup_id: str) -> None:
         stdout.print("tags      " + ", ".join(f"{k}={v}" for k, v in info.tags.items()))
     if info.note:
         stdout.print(f"note      {info.note}")
+    if pin is not None:
+        stdout.print(f"pinned    {pin.describe()}", highlight=False, markup=False)
     for warning in info.warnings:
         stdout.print(f"warning   {warning}", highlight=False)
     from rich.table import Table  # imported on use: rich is slow to import

@@ -8,7 +8,7 @@ import click
 
 from src.infra.backup.app.offsite import move_back
 from src.infra.backup.cli.context import Context, json_option
-from src.infra.backup.cli.output import delayed_progress, emit_json, human_size, stdout
+from src.infra.backup.cli.output import emit_json, human_size, progress_bar, stdout
 from src.infra.backup.errors import RepositoryNotFoundError
 from src.infra.backup.repository.replication import Lag, lag, open_replica, sync
 from src.infra.backup.repository.repository import Repository
@@ -69,7 +69,7 @@ def sync_command(
         _print_lag(ctx, source, target.location, pending, dry_run=True)
         return
     assert destination is not None
-    with delayed_progress(ctx, "syncing") as progress:
+    with progress_bar(ctx, "sync") as progress:
         report = sync(
             source,
             destination,

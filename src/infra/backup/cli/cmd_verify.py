@@ -6,7 +6,7 @@ import click
 
 from src.infra.backup.cli.cmd_check import print_check
 from src.infra.backup.cli.context import EXIT_INTEGRITY, Context, json_option
-from src.infra.backup.cli.output import delayed_progress, emit_json, human_size, stdout
+from src.infra.backup.cli.output import emit_json, human_size, progress_bar, stdout
 from src.infra.backup.errors import (
     BackupNotFoundError,
 )
@@ -43,26 +43,34 @@ def verify(
     if subset is not None:
         if backup_id or structure:
             raise click.UsageError("--read-data-subset covers all backups: no id, no --structure")
-        print_check(ctx, ctx.manager.check(read_data=True, subset=subset))
+        with progress_bar(ctx, "verify") as progress:
+            checked = ctx.manager.check(read_data=True, subset=subset, progress=progress)
+        print_check(ctx, checked)
         return
     recovery = ctx.recovery
     if verify_all:
-        ids = [info.backup_id for info in ctx.manager.list_backups()]
+        infos = ctx.manager.list_backups()
+        ids = [info.backup_id for info in infos]
         ids += sorted(ctx.manager.repository.damaged_snapshots())
+        total: int | None = sum(info.logical_bytes for info in infos)
     elif backup_id:
-        ctx.manager.repository.read_manifest(backup_id)  # unknown id: exit code 3
+        backup_id = ctx.resolve(backup_id)  # an id or a reference (latest, pre_trade~2...)
+        manifest = ctx.manager.repository.read_manifest(backup_id)  # unknown id: exit code 3
         ids = [backup_id]
+        total = sum(entry.size for entry in manifest.entries)
     else:
         latest = recovery.get_latest_backup()
         if latest is None:
             raise BackupNotFoundError("no backup to verify")
         ids = [latest]
+        total = None
     reports = []
-    with delayed_progress(ctx, "verifying") as progress:
+    with progress_bar(ctx, "verify", total=total) as progress:
         for bid in ids:
-            report = recovery.verify_backup_report(bid, read_data=not structure, decode=decode)
+            report = recovery.verify_backup_report(
+                bid, read_data=not structure, decode=decode, progress=progress
+            )
             reports.append(report)
-            progress(report.checked_bytes)
     if ctx.as_json:
         emit_json(
             [

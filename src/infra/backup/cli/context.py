@@ -58,6 +58,11 @@ class Context:
             )
         return self._manager
 
+    def resolve(self, reference: str) -> str:
+        """The backup id ``reference`` names (an id, ``latest``, ``pre_trade~2``, ``@TIME``...):
+        every command that takes an id resolves it here (exit 3 if unknown or ambiguous)."""
+        return self.manager.resolve(reference)
+
     @property
     def recovery(self) -> RecoveryManager:
         from src.infra.backup.app.recovery import RecoveryManager  # restore commands only

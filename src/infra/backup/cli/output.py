@@ -7,10 +7,11 @@ quick commands never pay for it.
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 import msgspec
@@ -111,37 +112,161 @@ def text_table(
     return "\n".join([title, lines[0], rule, *lines[1:], rule])
 
 
-@contextmanager
-def delayed_progress(ctx: Context, description: str) -> Iterator[Callable[[int], None]]:
-    """A progress callback that shows a spinner with bytes done once work exceeds a second."""
-    started = time.monotonic()
-    done = 0
-    progress: Progress | None = None
-    task = None
-    show = not ctx.as_json and stderr.is_terminal
+#: Seconds of work before the progress bar appears (quick commands never flash one).
+BAR_DELAY = 1.0
+#: Seconds between two ``--json`` status lines (at most 4 a second).
+JSON_INTERVAL = 0.25
 
-    def update(amount: int) -> None:
-        nonlocal done, progress, task
-        done += amount
-        if not show:
-            return
-        if progress is None and time.monotonic() - started > 1.0:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            progress = Progress(
-                SpinnerColumn(),
+class ProgressReporter:
+    """The progress callback a command hands to the lower layers: ``reporter(n)`` adds ``n``
+    bytes done (thread-safe: restores and verifies report from worker threads);
+    ``reporter.set_total(n)`` says how many bytes the work has, when that becomes known.
+
+    It drives a rich bar on stderr (a terminal, no ``--json``), ``--json`` status lines on
+    stderr (restic's ``--json`` status messages: see README "Progress"), or nothing."""
+
+    def __init__(
+        self, action: str, mode: Literal["bar", "json", "quiet"], total: int | None
+    ) -> None:
+        self.action = action
+        self.mode = mode
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._last_line = float("-inf")
+        self._last_fraction = 0.0
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self.done += amount
+            if self.mode == "json":
+                now = time.monotonic()
+                if now - self._last_line >= JSON_INTERVAL:
+                    self._last_line = now
+                    self._json_line(now, final=False)
+            elif self._bar is not None:
+                self._bar.update(self._task, completed=self.done)
+
+    def set_total(self, total: int | None) -> None:
+        """The bytes the whole work has (``None``: unknown)."""
+        with self._lock:
+            self.total = total
+            if self._bar is not None:
+                self._bar.update(self._task, total=total)
+
+    def start(self) -> None:
+        if self.mode == "json":
+            with self._lock:
+                self._last_line = time.monotonic()
+                self._json_line(self._last_line, final=False)
+        elif self.mode == "bar":
+            if BAR_DELAY <= 0:
+                self._show_bar()
+            else:
+                self._timer = threading.Timer(BAR_DELAY, self._show_bar)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def finish(self, *, succeeded: bool) -> None:
+        """Stop the bar; with ``--json`` and success, print the final (100 %) line."""
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.stop()
+                self._bar = None
+            if self.mode == "json" and succeeded:
+                if self.total is None or self.total < self.done:
+                    self.total = self.done
+                self._json_line(time.monotonic(), final=True)
+
+    def _show_bar(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        with self._lock:
+            if self._closed or self._bar is not None:
+                return
+            self._bar = Progress(
                 TextColumn("{task.description}"),
-                TimeElapsedColumn(),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
                 console=stderr.get(),
                 transient=True,
             )
-            progress.start()
-            task = progress.add_task(description)
-        if progress is not None and task is not None:
-            progress.update(task, description=f"{description} ({human_size(done)})")
+            self._task = self._bar.add_task(self.action, total=self.total, completed=self.done)
+            self._bar.start()
 
+    def _json_line(self, now: float, *, final: bool) -> None:
+        elapsed = now - self.started
+        total = self.total
+        fraction = None
+        remaining = None
+        if total:
+            fraction = 1.0 if final else min(self.done / total, 1.0)
+            if self.done and not final:
+                remaining = round(elapsed * (total - min(self.done, total)) / self.done, 1)
+        elif total == 0 or final:
+            fraction = 1.0 if final else None
+        if fraction is not None:  # never backwards, even when the total grew meanwhile
+            fraction = max(round(fraction, 4), self._last_fraction)
+            self._last_fraction = fraction
+        line: dict[str, Any] = {
+            "message_type": "status",
+            "action": self.action,
+            "seconds_elapsed": round(elapsed, 3),
+            "bytes_done": self.done,
+            "total_bytes": total,
+            "percent_done": fraction,
+            "seconds_remaining": 0.0 if final else remaining,
+        }
+        if final:
+            line["done"] = True
+        sys.stderr.write(msgspec.json.encode(line).decode() + "\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def progress_bar(
+    ctx: Context, action: str, *, total: int | None = None, json_lines: bool = True
+) -> Iterator[ProgressReporter]:
+    """A :class:`ProgressReporter` for one long command: a rich bar (bytes done, total when
+    known, rate, ETA) on stderr when it is a terminal and not ``--json``, once the work
+    takes longer than :data:`BAR_DELAY`; with ``--json`` (and ``json_lines``), JSON status
+    lines on stderr, at most 4 a second, a first one at once and a final one (100 %) when
+    the work succeeded; otherwise nothing."""
+    mode: Literal["bar", "json", "quiet"]
+    if ctx.as_json:
+        mode = "json" if json_lines else "quiet"
+    else:
+        mode = "bar" if stderr.is_terminal else "quiet"
+    reporter = ProgressReporter(action, mode, total)
+    reporter.start()
+    succeeded = False
     try:
-        yield update
+        yield reporter
+        succeeded = True
     finally:
-        if progress is not None:
-            progress.stop()
+        reporter.finish(succeeded=succeeded)
+
+
+def delayed_progress(ctx: Context, description: str) -> AbstractContextManager[ProgressReporter]:
+    """The bar of :func:`progress_bar` without ``--json`` status lines (prune, import,
+    migrate)."""
+    return progress_bar(ctx, description, json_lines=False)

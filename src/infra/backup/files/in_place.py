@@ -65,7 +65,7 @@ from src.infra.backup.files.restorer import (
 from src.infra.backup.files.settings import SourceSettings
 from src.infra.backup.files.sources import collect_sources, entry_name, is_secret
 from src.infra.backup.format.manifest import Entry, Manifest
-from src.infra.backup.repository.reader import decode_data_payload
+from src.infra.backup.repository.reader import ProgressCallback, decode_data_payload
 from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class InPlaceResult:
     bytes_written: int = 0
     verified: bool = False
     notes: list[str] = field(default_factory=list)
+    stamp: Path | None = None  # the RESTORED_FROM file written (restore_stamp.py)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -379,9 +380,15 @@ def _decide(
 
 
 def execute_in_place(
-    repository: Repository, config: SourceSettings, plan: InPlacePlan, *, verify: bool = False
+    repository: Repository,
+    config: SourceSettings,
+    plan: InPlacePlan,
+    *,
+    verify: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> InPlaceResult:
-    """Back up what will change as ``pre_restore``, then carry out the planned steps.
+    """Back up what will change as ``pre_restore``, then carry out the planned steps
+    (``progress``: called with the size of each file written).
 
     A failure after the ``pre_restore`` backup was taken is a :class:`RecoveryError` that
     names it, so what was already written can be undone.
@@ -416,7 +423,7 @@ def execute_in_place(
             "pre_restore backup %s taken before restoring %s", pre.backup_id, manifest.backup_id
         )
     try:
-        _carry_out(repository, plan, verify=verify)
+        _carry_out(repository, plan, verify=verify, progress=progress)
     except BackupError as exc:
         undo = (
             f"; the files before it are in backup {result.pre_restore_id} "
@@ -441,7 +448,13 @@ def _write_object(root: Path, destination: Path, entry: Entry) -> None:
         make_symlink(root, relative, entry.target, mtime_ns=entry.mtime_ns, owner=owner)
 
 
-def _carry_out(repository: Repository, plan: InPlacePlan, *, verify: bool) -> None:
+def _carry_out(
+    repository: Repository,
+    plan: InPlacePlan,
+    *,
+    verify: bool,
+    progress: ProgressCallback | None = None,
+) -> None:
     manifest, steps, result = plan.manifest, plan.steps, plan.result
     for directory in sorted({step.planned.path.parent for step in steps}):
         clean_stale_temps(directory)  # leftovers of a killed restore (writes sweep too)
@@ -463,6 +476,8 @@ def _carry_out(repository: Repository, plan: InPlacePlan, *, verify: bool) -> No
                 mtime_ns=entry.mtime_ns,
             )
             result.bytes_written += entry.size
+            if progress is not None:
+                progress(entry.size)
         elif planned.action == "metadata" and entry is not None:
             set_metadata(planned.path, mode=entry.mode, mtime_ns=entry.mtime_ns)
         elif planned.action == "delete":

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from src.infra.backup.files.restore_stamp import STAMP_NAME
 from src.infra.backup.storage.local import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class SourceScan:
     items: list[SourceItem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def file_bytes(self) -> int:
+        """The size of the regular files selected, as listed (a backup's progress total)."""
+        return sum(item.st.st_size for item in self.items if stat.S_ISREG(item.st.st_mode))
+
 
 def _kind_of(mode: int) -> str:
     if stat.S_ISREG(mode):
@@ -99,6 +105,11 @@ def special_kind(mode: int) -> str:
     return next((name for test, name in _SPECIAL_NAMES if test(mode)), "a special file")
 
 
+def _own_file(name: str, path: Path) -> bool:
+    """A restore's temp file, or its ``RESTORED_FROM`` stamp at the root: never backed up."""
+    return path.name.startswith(TEMP_PREFIX) or name == STAMP_NAME
+
+
 def scan_sources(
     sources: Sequence[str],
     root: Path,
@@ -111,7 +122,8 @@ def scan_sources(
     links never followed), and a warning for each special file (FIFO, socket, device: never
     opened, so a FIFO cannot block a backup) and each directory that cannot be listed.
 
-    Temporary files of an interrupted restore (``.tmp-*``) are never selected, nor anything
+    Temporary files of an interrupted restore (``.tmp-*``) and the ``RESTORED_FROM`` stamp
+    at the root (``restore_stamp.py``) are never selected, nor anything
     in or below ``skip`` (the repository itself, when it lies inside a source). The root
     directory itself is not an entry.
     """
@@ -124,7 +136,7 @@ def scan_sources(
             if path == root:
                 continue
             name = entry_name(path, root)
-            if name in found or _excluded(name, exclude) or path.name.startswith(TEMP_PREFIX):
+            if name in found or _excluded(name, exclude) or _own_file(name, path):
                 continue
             kind = _kind_of(st.st_mode)
             if kind != "dir" and not include_secrets and is_secret(name):

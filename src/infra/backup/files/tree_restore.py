@@ -68,7 +68,7 @@ from src.infra.backup.files.tree_write import (
 from src.infra.backup.format.blobs import chunk_id
 from src.infra.backup.format.manifest import ChunkRef, Entry
 from src.infra.backup.format.values import to_jsonable
-from src.infra.backup.repository.reader import decode_data_payload
+from src.infra.backup.repository.reader import ProgressCallback, decode_data_payload
 from src.infra.backup.storage.local import storage_error
 
 if TYPE_CHECKING:
@@ -107,9 +107,12 @@ class _TreeWriter:
     """The file phase of one restore: its directories, how files are made durable, and
     the flag that stops every worker."""
 
-    def __init__(self, repository: Repository, root: Path) -> None:
+    def __init__(
+        self, repository: Repository, root: Path, progress: ProgressCallback | None = None
+    ) -> None:
         self.repository = repository
         self.root = root
+        self.progress = progress  # called with the bytes of each chunk or value written
         self.local = repository.store.cheap_exists
         # From a network store, a packed repository's file chunks come through one
         # read-ahead for the whole tree (coalesced ranged reads: repository/pack_reader.py).
@@ -195,6 +198,8 @@ class _TreeWriter:
                     f"bytes, not {entry.size}"
                 )
             chunks = self._chunks(entry, refs, slot)
+            if self.progress is not None:
+                chunks = _counted(chunks, self.progress)
             owner = restore_owner(entry.uid, entry.gid)
             with closing(chunks):
                 return self._write(entry.name, chunks, entry.mode, entry.mtime_ns, owner)
@@ -209,6 +214,8 @@ class _TreeWriter:
             del payload
             written = self._write(f"{entry.name}.json", [text], None, None, None)
         written.digest = chunk_id(text)
+        if self.progress is not None:
+            self.progress(entry.size)
         return written
 
     def _check(self) -> None:
@@ -271,6 +278,16 @@ class _TreeWriter:
         return _Written(destination, size)
 
 
+def _counted(
+    chunks: Generator[bytes, None, None], progress: ProgressCallback
+) -> Generator[bytes, None, None]:
+    """``chunks``, reporting each one's size to ``progress`` as it is taken."""
+    with closing(chunks):
+        for chunk in chunks:
+            yield chunk
+            progress(len(chunk))
+
+
 def _interleaved(entries: Sequence[Entry], lanes: int) -> Iterator[int]:
     """The indices of ``entries``, the files of ``lanes`` directories at a time taken in
     turn: workers creating files in one directory wait on its lock (creating, renaming)."""
@@ -295,17 +312,19 @@ def restore_tree(
     *,
     verify: bool,
     workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> TreeRestore:
     """Write ``entries`` below ``root`` (see the module docstring) with ``workers`` threads
     (default: see :data:`FILE_WORKERS`); ``verify`` reads every restored file back and checks
-    it (:class:`IntegrityError` if one differs). The caller has checked every name
+    it (:class:`IntegrityError` if one differs); ``progress`` is called (from worker threads)
+    with the bytes of each file chunk and data entry written. The caller has checked every name
     (``restore_path``, ``check_layout``) and that none repeats."""
     outcome = TreeRestore()
     dirs = [e for e in entries if e.kind == "dir"]
     contents = [e for e in entries if e.kind in ("data", "file")]
     for entry in dirs:  # directories are not counted as written files
         make_directory(root, entry.name)
-    written = _write_contents(repository, root, contents, dirs, workers)
+    written = _write_contents(repository, root, contents, dirs, workers, progress)
     files = {e.name: w.path for e, w in zip(contents, written, strict=True) if e.kind == "file"}
     outcome.written = [w.path for w in written]
     outcome.bytes_written = sum(w.size for w in written)
@@ -344,12 +363,13 @@ def _write_contents(
     contents: Sequence[Entry],
     dirs: Sequence[Entry],
     workers: int | None,
+    progress: ProgressCallback | None = None,
 ) -> list[_Written]:
     """The data and file entries, written and durable, with every directory of the tree
     (and those above them, up to ``root``) made durable too."""
     if not contents:
         return []
-    writer = _TreeWriter(repository, root)
+    writer = _TreeWriter(repository, root, progress)
     if workers is None:
         # Streamed reads wait on nothing per file: the stream fetched ahead.
         waits = writer.durable.sync_files or not (writer.local or writer.streamed)

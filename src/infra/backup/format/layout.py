@@ -17,6 +17,7 @@ restic keeps this map in ``internal/backend/layout``; here it is::
     index/snapshots                the snapshot index (a cache of manifest summaries)
     index/snapshots.token          changes when a manifest is deleted or a type appears (format 2)
     status/<host>.json             each host's run history (last success, failure, verify)
+    pins/<backup_id>.json          a pin: retention and delete keep that backup (who, when, note)
 
 Storage knows none of these names; the repository and monitoring layers build keys only
 through this module. docs/FORMAT.md specifies each object.
@@ -40,6 +41,8 @@ SNAPSHOTS_TOKEN_KEY = "index/snapshots.token"
 PACK_PREFIX = "packs/"
 PACK_INDEX_PREFIX = "index/packs/"
 STATUS_PREFIX = "status/"
+PIN_PREFIX = "pins/"
+PIN_SUFFIX = ".json"
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -92,6 +95,19 @@ def delete_probe_key(work: str) -> str:
 def lock_key(name: str) -> str:
     """The key of the exclusive lock ``name``."""
     return f"{LOCK_PREFIX}{name}.lock"
+
+
+def pin_key(backup_id: str) -> str:
+    """The key of the pin of ``backup_id`` (the caller has validated the id)."""
+    return f"{PIN_PREFIX}{backup_id}{PIN_SUFFIX}"
+
+
+def pinned_id_of(key: str) -> str | None:
+    """The backup id a ``pins/`` key names, or ``None`` for a key that is no pin."""
+    name = key[len(PIN_PREFIX) :] if key.startswith(PIN_PREFIX) else ""
+    if not name.endswith(PIN_SUFFIX) or "/" in name:
+        return None
+    return name[: -len(PIN_SUFFIX)] or None
 
 
 def status_key(host: str) -> str:

@@ -27,6 +27,7 @@ from src.infra.backup.repository.blob_stream import fresh_entry_refs
 from src.infra.backup.repository.pack_check import check_packs
 from src.infra.backup.repository.pack_index import Location
 from src.infra.backup.repository.pack_reader import BlobsAhead
+from src.infra.backup.repository.reader import ProgressCallback, announce_total
 from src.infra.backup.repository.repository import Repository
 
 
@@ -143,10 +144,18 @@ def parse_subset(spec: str, total_bytes: int, day: int | None = None) -> ChunkSe
 
 
 def check_repository(
-    repo: Repository, *, read_data: bool = True, subset: ChunkSelector | None = None
+    repo: Repository,
+    *,
+    read_data: bool = True,
+    subset: ChunkSelector | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CheckReport:
     """Check every manifest and chunk list, and every chunk: read and hashed with
-    ``read_data`` (only those ``subset`` selects, if given), else only checked present."""
+    ``read_data`` (only those ``subset`` selects, if given), else only checked present.
+    ``progress``: told the stored bytes (the total of a full read) and called with the
+    stored size of each pack or chunk read."""
+    if read_data and subset is None:
+        announce_total(progress, repo.stored_bytes())
     report = CheckReport()
     manifests = repo.list_snapshots()
     report.backups = len(manifests)
@@ -174,7 +183,9 @@ def check_repository(
     }
     verified: set[str] = set()
     if repo.packed:
-        verified = check_packs(repo, report, present, users, read_data=read_data and subset is None)
+        verified = check_packs(
+            repo, report, present, users, read_data=read_data and subset is None, progress=progress
+        )
     fossils = {info.key.rsplit("/", 1)[-1] for info in repo.store.list_info(FOSSIL_PREFIX)}
     report.fossils = len(fossils)
     unread: list[tuple[ChunkRef, list[str]]] = []
@@ -188,7 +199,9 @@ def check_repository(
         if cid in verified or cid in report.corrupt_chunks:
             continue  # read with its pack
         unread.append((ref, backups))
-    _read_chunks(repo, report, unread)
+    if subset is not None:
+        announce_total(progress, sum(ref.stored for ref, _ in unread))
+    _read_chunks(repo, report, unread, progress)
     for cid, size in present.items():
         if cid not in users:
             report.orphaned_chunks += 1
@@ -198,7 +211,10 @@ def check_repository(
 
 
 def _read_chunks(
-    repo: Repository, report: CheckReport, unread: list[tuple[ChunkRef, list[str]]]
+    repo: Repository,
+    report: CheckReport,
+    unread: list[tuple[ChunkRef, list[str]]],
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Read and verify each chunk of ``unread`` (with the backups using it), as ``read_chunk``
     does, fetched ahead where the store can: packed ones in coalesced ranged reads, in pack
@@ -217,6 +233,8 @@ def _read_chunks(
                     found[ref.id] = len(repo.read_chunk(ref))  # it names the problem
             except (IntegrityError, StorageError) as exc:
                 found[ref.id] = exc
+            if progress is not None:
+                progress(ref.stored)
     for ref, backups in unread:
         outcome = found[ref.id]
         if isinstance(outcome, int):

@@ -12,7 +12,7 @@ store's packs are read and checked one by one.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, cast
@@ -60,6 +60,7 @@ def check_packs(
     users: Users,
     *,
     read_data: bool,
+    progress: Callable[[int], None] | None = None,
 ) -> set[str]:
     """Check every pack and index file; add each chunk found in an existing pack to
     ``present`` (id -> stored size). Returns the chunks verified here (with ``read_data``)."""
@@ -100,6 +101,8 @@ def check_packs(
                 present.setdefault(blob.id, blob.length)
             if read_data:
                 verified |= _record(report, pack_id, entry, next(checked), users)
+                if progress is not None:
+                    progress(listed[pack_id])
     finally:
         close = getattr(checked, "close", None)
         if close is not None:

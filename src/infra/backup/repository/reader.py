@@ -80,7 +80,17 @@ PARALLEL_DECODE_MIN = 16
 DECODE_THREADS = 2
 DECODE_WINDOW = 16
 
+#: Called with a number of bytes done. A callback with a ``set_total(int)`` method is also
+#: told the total when it is known (:func:`announce_total`): the CLI's progress bar.
 ProgressCallback = Callable[[int], None]
+
+
+def announce_total(progress: ProgressCallback | None, total: int) -> None:
+    """Tell ``progress`` how many bytes the work has, if it takes that (``set_total``)."""
+    set_total = getattr(progress, "set_total", None)
+    if callable(set_total):
+        set_total(total)
+
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -478,6 +488,7 @@ class RepositoryReader:
         *,
         read_data: bool = True,
         check_data: Callable[[Entry, bytes], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> VerifyReport:
         """Check a backup: its manifest, and every chunk (read and hashed, or only present).
 
@@ -486,6 +497,7 @@ class RepositoryReader:
         network store the chunks and chunk lists come in coalesced, parallel reads within a
         bounded budget (``blob_stream.each_entry``), entries checked on two threads (data
         entries one at a time); a local store reads chunk by chunk (its reads cost little).
+        ``progress`` is called with the size of each entry checked.
         """
         report = VerifyReport(backup_id, ok=True)
         if self.packed:
@@ -519,6 +531,8 @@ class RepositoryReader:
             for entry, (chunks, size, problem) in zip(entries, outcomes, strict=True):
                 report.checked_chunks += chunks
                 report.checked_bytes += size
+                if progress is not None:
+                    progress(size)
                 if problem is not None:
                     report.ok = False
                     report.problems.append(f"entry {entry.name!r}: {problem}")

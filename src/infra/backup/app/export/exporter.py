@@ -36,7 +36,7 @@ from src.infra.backup.app.export.target import Target, open_repository
 from src.infra.backup.errors import BackupError, CorruptDataError, InvalidInputError
 from src.infra.backup.format.manifest import Entry, Manifest
 from src.infra.backup.format.values import ENCODING_NAME, to_jsonable
-from src.infra.backup.repository.reader import decode_data_payload
+from src.infra.backup.repository.reader import ProgressCallback, announce_total, decode_data_payload
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.local import fsync_dir, storage_error
 
@@ -93,7 +93,12 @@ def _plan_export(manifest: Manifest, use_gzip: bool) -> list[_Planned]:
 
 
 def _write_export(
-    repository: Repository, manifest: Manifest, plan: list[_Planned], folder: Path, use_gzip: bool
+    repository: Repository,
+    manifest: Manifest,
+    plan: list[_Planned],
+    folder: Path,
+    use_gzip: bool,
+    progress: ProgressCallback | None = None,
 ) -> None:
     info = BackupInfo.from_manifest(manifest)
     files: list[str] = []
@@ -103,6 +108,12 @@ def _write_export(
     size_bytes = 0
     by_name = {e.name: e for e in manifest.entries}
     dirs: list[tuple[Path, Entry]] = []
+    sizes = [  # a hard link is exported as a copy of its file
+        by_name[e.target or ""].size if e.kind == "hardlink" and e.target in by_name else e.size
+        for e in (item.entry for item in plan)
+        if e.kind in ("data", "file", "hardlink")
+    ]
+    announce_total(progress, sum(sizes))
     for item in plan:
         entry = item.entry
         if entry.kind == "dir":
@@ -180,6 +191,8 @@ def _write_export(
             )
         files.append(item.file)
         size_bytes += size
+        if progress is not None:
+            progress(entry.size)
     for path, entry in sorted(dirs, key=lambda d: len(d[0].parts), reverse=True):
         if entry.mode is not None:
             os.chmod(path, (entry.mode & 0o7777) | 0o700)  # the export stays writable to us
@@ -220,6 +233,7 @@ def export_backup(
     *,
     fmt: ExportFormat = "dir",
     gzip: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Write backup ``backup_id`` as plain files to ``to_dir/<backup_id>/`` (``fmt="dir"``)
     or as one archive ``to_dir/<backup_id>.tar.gz`` (``fmt="tar.gz"``); return that path.
@@ -229,7 +243,7 @@ def export_backup(
     ``metadata.json`` describes it all (see the module docstring). Every chunk is verified.
     The export is assembled in a hidden temporary folder in ``to_dir`` and appears complete or
     not at all; an existing target is never overwritten. ``manager`` may also be a
-    :class:`Repository`.
+    :class:`Repository`. ``progress`` is told the total and called with each entry's bytes.
     """
     if fmt not in EXPORT_FORMATS:
         raise InvalidInputError(f"unknown export format {fmt!r}: expected dir or tar.gz")
@@ -248,7 +262,7 @@ def export_backup(
     try:
         folder = staging / backup_id
         folder.mkdir(mode=0o700)
-        _write_export(repository, manifest, plan, folder, gzip)
+        _write_export(repository, manifest, plan, folder, gzip, progress)
         if fmt == "dir":
             if final.exists() or final.is_symlink():
                 raise BackupError(f"cannot export to {final}: it already exists")
