@@ -227,6 +227,15 @@ def test_the_seed_api_takes_references_and_ids_unchanged(
         recovery.restore_backup("pre_trade_20990101_000000")
     with pytest.raises(BackupNotFoundError):
         recovery.restore_backup("latest~99")
+    # The other RecoveryManager methods that take an id take references too.
+    report = recovery.verify_backup_report("pre_trade~1")
+    assert report.ok and report.backup_id == ids["pre_10_14"]
+    assert recovery.verify_backup("latest") is True
+    assert recovery.verify_backup("latest~99") is False  # an unknown one: False, logged
+    out = recovery.restore_to_directory("daily@latest", manager.config.source_root / "out")
+    assert out.backup_id == ids["daily_11"]
+    plan = recovery.restore_in_place("latest", dry_run=True)
+    assert plan.backup_id == ids["daily_11"]
 
 
 def test_list_filters_by_tag_to_find_the_backup_before_an_order(

@@ -186,7 +186,9 @@ class RecoveryManager:
         """Verify one backup and say what is wrong: every chunk is read and hashed, or with
         ``read_data=False`` only checked to exist. ``decode``: data entries must also decode
         as values (checked from the same read of the chunks). The hashes already prove the
-        bytes are the ones written; decoding adds that this version of the code reads them."""
+        bytes are the ones written; decoding adds that this version of the code reads them.
+        ``backup_id`` may be a reference (``latest``, ``pre_trade~1``: see README)."""
+        backup_id = self.manager.resolve(backup_id)
         repository = self.manager.repository
         report = repository.verify_snapshot(
             backup_id,
@@ -225,8 +227,10 @@ class RecoveryManager:
         (:class:`IntegrityError` if one differs). Last, ``target/RESTORED_FROM`` is written
         (JSON: backup id and time, restore time, host, user; not if the backup has an entry
         of that name). ``progress`` is called with the bytes written as they are written
-        (a callable with a ``set_total`` method is told the total first).
+        (a callable with a ``set_total`` method is told the total first). ``backup_id``
+        may be a reference (``latest``, ``pre_trade~1``).
         """
+        backup_id = self.manager.resolve(backup_id)
         repository = self.manager.repository
         try:
             manifest = repository.read_manifest(backup_id)
@@ -299,11 +303,12 @@ class RecoveryManager:
         running as another process, unless ``force``; a PID file naming this process (the
         bot restoring itself) is allowed. After the files, ``RESTORED_FROM`` is written in
         the base directory (see :meth:`restore_to_directory`). ``progress``: as there, with
-        the bytes of the files to write.
+        the bytes of the files to write. ``backup_id`` may be a reference.
         """
         for what, patterns in (("include", include), ("exclude", exclude)):
             if isinstance(patterns, str):
                 raise InvalidInputError(f"{what} must be a sequence of patterns, not a string")
+        backup_id = self.manager.resolve(backup_id)
         repository = self.manager.repository
         try:
             manifest = repository.read_manifest(backup_id)
