@@ -179,22 +179,24 @@ def delete_checked(repository: Repository, backup_id: str, *, force: bool = Fals
     log.info("backup %s deleted", backup_id, extra=fields)
 
 
-def delete_forgotten(repository: Repository, decisions: Sequence[Decision]) -> list[str]:
+def delete_forgotten(
+    repository: Repository, decisions: Sequence[Decision], *, label: str = "retention"
+) -> list[str]:
     """Delete the backups ``decisions`` forget (those deleted concurrently are skipped, and
     those pinned since the plan: each is checked right before its delete); returns the ids
-    deleted."""
+    deleted. ``label`` names the deleter in the log."""
     deleted = []
     for decision in decisions:
         if not decision.keep:
             if is_pinned(repository, decision.backup_id):
-                log.info("retention kept %s: pinned", decision.backup_id)
+                log.info("%s kept %s: pinned", label, decision.backup_id)
                 continue
             try:
                 repository.delete_snapshot(decision.backup_id)
             except BackupNotFoundError:
                 continue  # deleted concurrently
             deleted.append(decision.backup_id)
-            log.info("retention deleted %s: %s", decision.backup_id, decision.reason)
+            log.info("%s deleted %s: %s", label, decision.backup_id, decision.reason)
     return deleted
 
 

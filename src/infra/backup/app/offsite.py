@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 from src.infra.backup.app.config import BackupConfig
 from src.infra.backup.app.config_sections import OffsiteSettings, is_s3_url
+from src.infra.backup.app.maintenance import delete_forgotten
 from src.infra.backup.errors import (
     BackupError,
     RepositoryBusyError,
@@ -104,18 +105,10 @@ def offsite_replicator(
 
 
 def apply_replica_retention(replica: Repository, policy: dict[str, RetentionPolicy]) -> list[str]:
-    """Delete the replica's backups its own policy forgets; returns their ids."""
+    """Delete the replica's backups its own policy forgets; returns their ids. A refused
+    delete raises (the replication run reports it), a concurrent one is skipped."""
     decisions = apply_policy(replica.list_summaries(), policy, datetime.now(timezone.utc))
-    deleted = []
-    for decision in decisions:
-        if not decision.keep:
-            try:
-                replica.delete_snapshot(decision.backup_id)
-            except BackupError:
-                continue  # deleted concurrently
-            deleted.append(decision.backup_id)
-            log.info("off-site retention deleted %s: %s", decision.backup_id, decision.reason)
-    return deleted
+    return delete_forgotten(replica, decisions, label="off-site retention")
 
 
 def fallback_lag(fallback: Repository) -> ReplicaLag:
