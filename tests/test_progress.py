@@ -99,6 +99,10 @@ def test_json_lines_of_every_command_parse_and_end_at_100_percent(project: Path)
         json.loads(result.stdout)
         final = check_monotone_and_final(status_lines(result.stderr), action)
         assert final["bytes_done"] > 0, action
+    # sync: the total is the stored bytes the replica lacks, reached exactly
+    result = run_cli_inline("sync", "--to", str(project / "replica2"), "--json", cwd=project)
+    report, final = json.loads(result.stdout), status_lines(result.stderr)[-1]
+    assert final["total_bytes"] == final["bytes_done"] == report["bytes_copied"] > 0
     # in place: the total is what will be written (one changed file)
     (project / "data" / "f03.bin").write_bytes(b"changed")
     in_place = run_cli_inline("restore", backup_id, "--in-place", "--json", cwd=project)

@@ -8,7 +8,13 @@ import click
 
 from src.infra.backup.app.offsite import move_back
 from src.infra.backup.cli.context import Context, json_option
-from src.infra.backup.cli.output import emit_json, human_size, progress_bar, stdout
+from src.infra.backup.cli.output import (
+    ProgressReporter,
+    emit_json,
+    human_size,
+    progress_bar,
+    stdout,
+)
 from src.infra.backup.errors import RepositoryNotFoundError
 from src.infra.backup.repository.replication import Lag, lag, open_replica, sync
 from src.infra.backup.repository.repository import Repository
@@ -75,7 +81,7 @@ def sync_command(
             destination,
             backup_ids=backup_ids or None,
             verify=verify,
-            progress=lambda _id, _blobs, size: progress(size),
+            progress=_SyncProgress(progress),
             rename=move,
         )
     if move:
@@ -124,3 +130,16 @@ def _print_lag(
         + f"), oldest from {pending.oldest_utc}",
         highlight=False,
     )
+
+
+class _SyncProgress:
+    """``sync``'s progress (per copied backup, and the total first) on the command's bar."""
+
+    def __init__(self, reporter: ProgressReporter) -> None:
+        self._reporter = reporter
+
+    def __call__(self, _backup_id: str, _blobs: int, size: int) -> None:
+        self._reporter(size)
+
+    def set_total(self, total: int) -> None:
+        self._reporter.set_total(total)

@@ -85,8 +85,9 @@ DECODE_WINDOW = 16
 ProgressCallback = Callable[[int], None]
 
 
-def announce_total(progress: ProgressCallback | None, total: int) -> None:
-    """Tell ``progress`` how many bytes the work has, if it takes that (``set_total``)."""
+def announce_total(progress: object, total: int) -> None:
+    """Tell ``progress`` (any callback) how many bytes the work has, if it takes that
+    (``set_total``)."""
     set_total = getattr(progress, "set_total", None)
     if callable(set_total):
         set_total(total)

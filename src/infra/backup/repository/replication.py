@@ -34,6 +34,7 @@ from src.infra.backup.format.manifest import Manifest, RepoConfig, decode_checke
 from src.infra.backup.repository.gc import close_gc_state
 from src.infra.backup.repository.locks import Lease
 from src.infra.backup.repository.pack_transfer import TransferPlan
+from src.infra.backup.repository.reader import announce_total
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.storage.base import Store
 
@@ -108,19 +109,30 @@ def lag(
     result = Lag(backups=[s.backup_id for s in missing])
     if missing:
         result.oldest_utc = missing[0].time_utc.isoformat()
-        present = destination.chunk_ids()
-        seen: set[str] = set()
+        manifests = []
         for summary in missing:
             try:
-                manifest = source.read_manifest(summary.backup_id)
+                manifests.append(source.read_manifest(summary.backup_id))
             except BackupNotFoundError:
                 continue
-            for cid, (_, stored) in source.blob_sizes(manifest).items():
-                if cid not in present and cid not in seen:
-                    seen.add(cid)
-                    result.blobs += 1
-                    result.bytes += stored
+        result.blobs, result.bytes = _pending(source, manifests, destination.chunk_ids())
     return result
+
+
+def _pending(
+    source: Repository, manifests: Iterable[Manifest], present: set[str]
+) -> tuple[int, int]:
+    """The blobs of ``manifests`` not in ``present``, and their stored bytes (each shared
+    blob counted once)."""
+    seen: set[str] = set()
+    blobs = size = 0
+    for manifest in manifests:
+        for cid, (_, stored) in source.blob_sizes(manifest).items():
+            if cid not in present and cid not in seen:
+                seen.add(cid)
+                blobs += 1
+                size += stored
+    return blobs, size
 
 
 def sync(
@@ -135,8 +147,10 @@ def sync(
 ) -> SyncReport:
     """Copy to ``destination`` the backups of ``source`` it lacks (or only ``backup_ids``),
     oldest first; ``verify`` then reads every copied backup back from the destination.
-    ``present``: blob ids known to be in the destination (a long-running replicator keeps
-    them between runs; listed when ``None``), updated with what is copied. ``rename``: a
+    ``progress(backup_id, blobs, bytes)`` follows each copied backup (told the total bytes
+    first if it has ``set_total``). ``present``: blob ids known to be in the destination (a
+    long-running replicator keeps them between runs; listed when ``None``), updated with
+    what is copied. ``rename``: a
     different backup under the same id in the destination does not block the copy, which is
     committed under the next free id (fallback backups coming home do this)."""
     started = time.monotonic()
@@ -150,7 +164,11 @@ def sync(
         try:
             # Listed under the lease: garbage collection cannot delete these unseen now.
             known = destination.chunk_ids() if present is None else present
-            plan = source.transfer_plan(destination, _manifests(source, todo), known, lease)
+            manifests = _manifests(source, todo)
+            if progress is not None:  # the bytes to copy, for an ETA (chunk lists are cached)
+                parsed = (manifest for _, manifest in manifests.values())
+                announce_total(progress, _pending(source, parsed, known)[1])
+            plan = source.transfer_plan(destination, manifests, known, lease)
             _copy_all(
                 source, destination, todo, known, lease, report, verify, progress, rename, plan
             )
