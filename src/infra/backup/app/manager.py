@@ -441,6 +441,12 @@ class BackupManager:
             data, backup_type, tags=tags, note=note, include_files=include_files
         )
 
+    def close(self) -> None:
+        """Stop the threads the repository's store keeps (an S3 client's); they start again
+        when it is used next."""
+        if self._repository is not None:
+            self._repository.store.close()
+
     def wait_for_backups(self, timeout: float | None = None) -> bool:
         """Wait until every backup started with :meth:`start_backup` is stored or failed;
         ``False`` if ``timeout`` seconds passed first."""

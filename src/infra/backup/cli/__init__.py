@@ -95,6 +95,7 @@ def main(
     """Peak-Trade backup and recovery."""
     configure_logging(logging.INFO if verbose else logging.WARNING, json_format=log_json)
     ctx.obj = Context(config_path, as_json, password_file)
+    ctx.call_on_close(ctx.obj.close)  # an S3 store's threads end with the command
 
 
 def run(argv: list[str] | None = None) -> int:

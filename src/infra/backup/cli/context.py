@@ -58,6 +58,11 @@ class Context:
             )
         return self._manager
 
+    def close(self) -> None:
+        """At the end of the command: stop what the repository's store holds open."""
+        if self._manager is not None:
+            self._manager.close()
+
     def resolve(self, reference: str) -> str:
         """The backup id ``reference`` names (an id, ``latest``, ``pre_trade~2``, ``@TIME``...):
         every command that takes an id resolves it here (exit 3 if unknown or ambiguous)."""
