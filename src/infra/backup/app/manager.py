@@ -26,11 +26,15 @@ from src.infra.backup.app.maintenance import (
 )
 from src.infra.backup.app.passphrase import read_passphrase, refuse_unexpected_plaintext
 from src.infra.backup.app.pins import pin_backup, pinned_ids, unpin_backup
-from src.infra.backup.app.request import BackupRequest, checked_request, encoded_request
+from src.infra.backup.app.request import (
+    BackupRequest,
+    checked_request,
+    encoded_request,
+    request_entries,
+)
 from src.infra.backup.errors import (
     BackupError,
     BackupNotFoundError,
-    ConfigError,
     RepositoryNotFoundError,
     StorageError,
 )
@@ -44,9 +48,9 @@ from src.infra.backup.policy.replica import ReplicaLag
 from src.infra.backup.policy.retention import (
     Decision,
 )
-from src.infra.backup.repository.reader import ProgressCallback, announce_total
+from src.infra.backup.repository.reader import ProgressCallback
 from src.infra.backup.repository.repository import Repository
-from src.infra.backup.repository.snapshot_writer import DataInput, EntrySource
+from src.infra.backup.repository.snapshot_writer import DataInput
 
 if TYPE_CHECKING:
     from src.infra.backup.app.alerting import AlertService
@@ -314,29 +318,7 @@ class BackupManager:
         """Store ``request`` with the configured file sources into the repository (or into
         ``target``, the fallback: then no retention runs)."""
         repository = target or self.open_repository(create=True)
-        entries: list[DataInput | EntrySource] = list(request.values)
-        warnings: list[str] = []
-        if request.include_files:
-            from src.infra.backup.files.archiver import command_inputs, entry_sources
-            from src.infra.backup.files.sources import scan_sources
-
-            sources = self.config.source_settings
-            if sources.include_secrets and not repository.encrypted:
-                raise ConfigError(
-                    "include_secrets = true, but the repository is not encrypted: secrets "
-                    "files are only backed up into an encrypted repository"
-                )
-            scan = scan_sources(
-                sources.sources,
-                sources.source_root,
-                exclude=sources.exclude,
-                include_secrets=sources.include_secrets,
-                skip=sources.own_directories,
-            )
-            warnings = scan.warnings
-            announce_total(request.progress, scan.file_bytes)
-            entries.extend(entry_sources(scan.items, sqlite=sources.sqlite))
-            entries.extend(command_inputs(self.config.command_sources, sources.source_root))
+        entries, warnings = request_entries(request, self.config, encrypted=repository.encrypted)
         manifest = repository.create_snapshot(
             request.backup_type,
             entries,
