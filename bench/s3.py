@@ -38,10 +38,11 @@ from bench.workload import TradingDay
 from src.infra.backup import BackupConfig, BackupManager, RecoveryManager
 from src.infra.backup.repository.replication import open_replica, sync
 from src.infra.backup.repository.repository import Repository
-from src.infra.backup.storage.base import ObjectInfo, Store
+from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.local import LocalStore
-from src.infra.backup.storage.requests import OPS, RequestCounter
+from src.infra.backup.storage.requests import OPS
 from src.infra.backup.storage.s3_location import S3Options
+from src.infra.backup.storage.testing.delegating import DelegatingStore
 from tools.s3_server import SeaweedS3
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -57,36 +58,13 @@ BACKUPS_PER_DAY = 200
 DAYS_PER_MONTH = 30
 
 
-class BytesCountingStore(Store):
+class BytesCountingStore(DelegatingStore):
     """Delegates to ``inner`` and counts the bytes uploaded (the requests are the inner
     store's own counters: ``request_counter`` is the inner store's)."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.cheap_exists = inner.cheap_exists
+        super().__init__(inner)
         self.bytes_up = 0
-
-    @property
-    def request_counter(self) -> RequestCounter:
-        return self.inner.request_counter
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        return self.inner.get_range(key, start, length)
-
-    def get_many(self, keys: Iterable[str]) -> Iterator[bytes | None]:
-        return self.inner.get_many(keys)
-
-    def get_range_many(
-        self, ranges: Iterable[tuple[str, int, int] | None]
-    ) -> Iterator[bytes | None]:
-        return self.inner.get_range_many(ranges)
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False, durable: bool = True) -> None:
         self.bytes_up += len(data)
@@ -100,36 +78,6 @@ class BytesCountingStore(Store):
         batch = list(items)
         self.bytes_up += sum(len(data) for _, data in batch)
         self.inner.put_many(batch)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list_info(prefix)
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def list_tokens(self, prefix: str) -> Iterator[tuple[str, str]]:
-        return self.inner.list_tokens(prefix)
-
-    def move(self, source: str, destination: str) -> None:
-        self.inner.move(source, destination)
-
-    def delete(self, key: str, *, durable: bool = True) -> None:
-        self.inner.delete(key, durable=durable)
-
-    def list_temporary(self) -> Iterator[ObjectInfo]:
-        return self.inner.list_temporary()
-
-    def delete_temporary(self, key: str) -> None:
-        self.inner.delete_temporary(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:

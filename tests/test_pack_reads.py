@@ -21,22 +21,22 @@ from src.infra.backup.repository.pack_index import Location
 from src.infra.backup.repository.pack_reader import SpanPlanner, coalesced_blobs
 from src.infra.backup.repository.repository import Repository
 from src.infra.backup.repository.snapshot_writer import DataInput
-from src.infra.backup.storage.base import ObjectInfo, Store
+from src.infra.backup.storage.base import Store
 from src.infra.backup.storage.memory import MemoryStore
 from src.infra.backup.storage.s3 import S3Store
+from src.infra.backup.storage.testing.delegating import DelegatingStore
 from tests.conftest import S3Bucket
 
 KIB = 1024
 Range = tuple[str, int, int]
 
 
-class CountingStore(Store):
+class CountingStore(DelegatingStore):
     """Delegates to ``inner`` (its parallel calls stay parallel); counts ranged reads and
     whole reads, and records the key of every object written."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.cheap_exists = inner.cheap_exists
+        super().__init__(inner)
         self.ranged = 0
         self.bytes_read = 0  # by get_range
         self.gets = 0
@@ -51,10 +51,6 @@ class CountingStore(Store):
                 with self._lock:
                     self.ranged += 1
             yield item
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
 
     def get(self, key: str) -> bytes:
         self.gets += 1
@@ -84,34 +80,15 @@ class CountingStore(Store):
         self.inner.put(key, data, exclusive=exclusive, durable=durable)
         self.put_keys.append(key)
 
+    def put_versioned(self, key: str, data: bytes, *, exclusive: bool = False) -> str:
+        version = self.inner.put_versioned(key, data, exclusive=exclusive)
+        self.put_keys.append(key)
+        return version
+
     def put_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         batch = list(items)
         self.inner.put_many(batch)
         self.put_keys.extend(key for key, _ in batch)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list_info(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list_info(prefix)
-
-    def move(self, source: str, destination: str) -> None:
-        self.inner.move(source, destination)
-
-    def delete(self, key: str, *, durable: bool = True) -> None:
-        self.inner.delete(key, durable=durable)
-
-    def list_temporary(self) -> Iterator[ObjectInfo]:
-        return self.inner.list_temporary()
-
-    def delete_temporary(self, key: str) -> None:
-        self.inner.delete_temporary(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def counted_s3(bucket: S3Bucket) -> tuple[Repository, CountingStore]:

@@ -7,11 +7,14 @@
   torn-write faults at a chosen call.
 - :mod:`.eventual`: :class:`EventualStore`, a wrapper whose listings (and optionally reads)
   lag writes and deletes.
+- :mod:`.delegating`: :class:`DelegatingStore`, a wrapper that forwards every call: the base
+  of test and benchmark stores that count a few of them.
 
 For an in-memory store see :class:`src.infra.backup.storage.memory.MemoryStore`. Nothing in
 the backup engine imports this package.
 """
 
+from src.infra.backup.storage.testing.delegating import DelegatingStore
 from src.infra.backup.storage.testing.eventual import EventualStore, PendingChange
 from src.infra.backup.storage.testing.faulty import (
     FAULT_KINDS,
@@ -23,6 +26,7 @@ from src.infra.backup.storage.testing.faulty import (
 
 __all__ = [
     "FAULT_KINDS",
+    "DelegatingStore",
     "EventualStore",
     "Fault",
     "FaultKind",
