@@ -256,3 +256,27 @@ def test_a_new_backup_joins_the_old_repository(old_repo: tuple[str, Path], tmp_p
         assert recovery.verify_backup(backup["id"])
     ids = {info.backup_id for info in reader.list_backups()}
     assert ids == {b["id"] for b in _backups(name)} | {new_id}
+
+
+def test_a_manifest_with_run_statistics_reads_in_a_schema_without_them(tmp_path: Path) -> None:
+    """``run`` (since 0.3) needs no new manifest format: a reader whose schema lacks it
+    (0.2.0's) parses the manifest as before, checksum included (it covers the bytes)."""
+    import msgspec
+
+    from src.infra.backup.format.manifest import Manifest, decode_checked
+
+    manager = BackupManager(BackupConfig(backup_path=str(tmp_path / "repo"), retention_days=0))
+    backup_id = manager.create_backup({"a": 1}, "daily")
+    raw = (tmp_path / "repo" / "snapshots" / f"{backup_id}.json").read_bytes()
+    assert b'"run":{' in raw
+
+    def spec(f: msgspec.structs.FieldInfo) -> tuple[Any, ...]:
+        if f.default_factory is not msgspec.NODEFAULT:
+            return (f.name, f.type, msgspec.field(default_factory=f.default_factory))
+        return (f.name, f.type) if f.default is msgspec.NODEFAULT else (f.name, f.type, f.default)
+
+    fields = [spec(f) for f in msgspec.structs.fields(Manifest) if f.name != "run"]
+    older = msgspec.defstruct("ManifestOf020", fields, kw_only=True, frozen=True)
+    old = decode_checked(raw, older, backup_id)
+    new = decode_checked(raw, Manifest, backup_id)
+    assert old.entries == new.entries and old.stats == new.stats and new.run is not None

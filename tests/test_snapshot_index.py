@@ -7,11 +7,21 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from src.infra.backup import BackupConfig, BackupManager
 from src.infra.backup.app.maintenance import plan_checked
-from src.infra.backup.format.index import IndexedSummary, decode_index, encode_index, summarize
+from src.infra.backup.format.index import (
+    PLAIN_MAGIC,
+    IndexedSummary,
+    ListingBasis,
+    _Untokened,
+    decode_index,
+    decode_index_file,
+    encode_index,
+    summarize,
+)
 from src.infra.backup.format.layout import INDEX_KEY
 from src.infra.backup.format.values import ENCODING_NAME, encode_value
 from src.infra.backup.repository.catalog import INDEX_REWRITE_UNKNOWN
@@ -321,3 +331,30 @@ def test_retention_never_acts_on_a_stale_summary_of_a_names_only_listing(repo_di
     assert next(s for s in stale if s.backup_id == old_id).time_utc < now - timedelta(days=300)
     decisions = plan_checked(bot, config, protect=[])
     assert all(d.keep for d in decisions) and len(decisions) == 2
+
+
+class _IndexFileOf020(msgspec.Struct, array_like=True):
+    """The snapshot index as 0.2.0 reads it: ``[format, entries]``."""
+
+    format: int
+    entries: list[_Untokened]
+
+
+def test_an_index_with_a_listing_basis_reads_as_before_in_older_versions(
+    repo_dir: Path,
+) -> None:
+    """The basis (format 2, network stores) is a trailing element of the index: a reader
+    that knows only ``[format, entries]`` (versions before 0.3) takes the entries as always,
+    and this version reads an index without one."""
+    manager = BackupManager(BackupConfig(backup_path=str(repo_dir), retention_days=0))
+    manager.create_backup({"a": 1}, "daily")
+    summary = summarize(manager.repository.read_manifest(manager.list_backups()[0].backup_id))
+    entries = [IndexedSummary("v1", summary, "t1")]
+    basis = ListingBasis("0123456789abcdef", datetime.now(timezone.utc), ("daily",))
+    stored = encode_index(entries, None, basis)
+
+    body = stored[len(PLAIN_MAGIC) + 32 :]
+    old = msgspec.msgpack.decode(body, type=_IndexFileOf020)
+    assert [e.summary for e in old.entries] == [summary]
+    assert decode_index_file(stored, None) == (entries, basis)
+    assert decode_index_file(encode_index(entries, None), None) == (entries, None)
