@@ -428,10 +428,10 @@ class SummaryCatalog:
             if row is not None and row.summary is summary:
                 entries.append(IndexedSummary(row.version, summary, tokens[summary.backup_id]))
         basis = self._basis if self.tails else None
+        self._index_basis = basis  # tried once per basis (credentials may not allow a PUT)
         try:
             self._index_version = self.store.put_versioned(
                 INDEX_KEY, encode_index(entries, self.keys, basis)
             )
-            self._index_basis = basis
         except StorageError as exc:
             log.info("could not update the snapshot index: %s", exc)

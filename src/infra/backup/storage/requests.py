@@ -31,10 +31,8 @@ requests themselves take micro- to milliseconds):
 - the process-wide totals of the store's location (:func:`process_requests`: what the
   Prometheus counter ``peak_backup_store_requests_total{op, store}`` reports), shared by every
   store object on that location;
-- the tallies of the current context: one that is always kept, per thread (or per copied
-  :mod:`contextvars` context), and taken by :func:`take_context_requests` (the run history
-  records with each backup what its thread asked since the previous record), and any open
-  :func:`measure` scopes. A store that makes requests on worker threads runs them in a copy of
+- the open :func:`measure` scopes of the current context (a backup measures its own: the
+  manifest's ``run``). A store that makes requests on worker threads runs them in a copy of
   the caller's context (:func:`in_caller_context`), so they are the caller's.
 
 Wrappers (the fault-injecting and eventually consistent test stores, a benchmark's byte
@@ -77,14 +75,8 @@ def list_pages(keys: int) -> int:
 
 
 def _current_tallies() -> tuple[dict[str, int], ...]:
-    """The tallies of this context: the context's own first, then open :func:`measure`
-    scopes. The context's own is created on the first count."""
-    try:
-        return _tallies.get()
-    except LookupError:
-        tallies: tuple[dict[str, int], ...] = ({},)
-        _tallies.set(tallies)
-        return tallies
+    """The tallies of the :func:`measure` scopes open in this context."""
+    return _tallies.get(())
 
 
 class RequestCounter:
@@ -159,16 +151,6 @@ def ordered(counts: Mapping[str, int]) -> dict[str, int]:
     return known | {op: n for op, n in sorted(counts.items()) if op not in known and n}
 
 
-def take_context_requests() -> dict[str, int]:
-    """The requests this context (thread) made since the last take (or since its first
-    request), and start counting anew. The run history records this with each backup."""
-    tally = _current_tallies()[0]
-    with _lock:
-        taken = dict(tally)
-        tally.clear()
-    return taken
-
-
 class RequestTally:
     """The requests made inside one :func:`measure` block (live: read it any time)."""
 
@@ -201,8 +183,7 @@ def measure() -> Iterator[RequestTally]:
 def in_caller_context(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """``fn`` to run on a worker thread with the requests it makes counted as the calling
     context's (one call: a context cannot be entered by two threads at once)."""
-    _current_tallies()  # the caller's own tally exists before the copy shares it
-    context = contextvars.copy_context()
+    context = contextvars.copy_context()  # shares the scopes' tallies (the same dicts)
 
     def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         return context.run(fn, *args, **kwargs)
